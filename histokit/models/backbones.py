@@ -1,0 +1,160 @@
+"""Backbone factory: timm models wrapped as :class:`~histokit.models.base.Encoder` with each paper's pooling.
+
+Names follow timm's (``vit_small_patch16_224``, ``swin_tiny_patch4_window7_224``, ``resnet50``, ``densenet121``,
+``convnextv2_base``); the kit adds tiny registered test variants (``*_test``) with the same code path and fewer
+layers, so CI stays cheap (the timm convention). ``create_encoder(name, pooling=...)`` returns an Encoder; CypherViT
+registers itself here too (``histokit.models.cyphervit``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import timm
+import torch
+from torch import nn
+
+from .base import Encoder, TokenOutput
+
+# name -> (timm name, extra timm kwargs). Test variants keep the family's code path with fewer/smaller layers.
+TEST_VARIANTS: dict[str, tuple[str, dict]] = {
+    "vit_test": ("vit_small_patch16_224", dict(depth=2, embed_dim=64, num_heads=4)),
+    "swin_test": ("swin_tiny_patch4_window7_224", dict(depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 2, 2, 4))),
+    "resnet_test": ("resnet18", dict(layers=(1, 1, 1, 1))),
+    "densenet_test": ("densenet121", dict(growth_rate=8, block_config=(1, 1, 1, 1))),
+}
+
+_CUSTOM: dict[str, Callable[..., Encoder]] = {}
+
+
+def register_encoder(name: str):
+    """Decorator registering a non-timm encoder constructor (e.g. CypherViT) under ``name``."""
+
+    def wrap(fn: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        _CUSTOM[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_encoders() -> list[str]:
+    return sorted(set(_CUSTOM) | set(TEST_VARIANTS))
+
+
+class ViTEncoder(Encoder):
+    """timm VisionTransformer; pooling ``cls`` (DINO, Chen & Krishnan) or ``avg_patch``. Supports iBOT masking."""
+
+    def __init__(self, model: nn.Module, pooling: str = "cls"):
+        super().__init__()
+        if pooling not in ("cls", "avg_patch"):
+            raise ValueError(f"ViT pooling must be 'cls' or 'avg_patch', got pooling={pooling!r}")
+        self.model = model
+        self.pooling = pooling
+        self.embed_dim = model.embed_dim
+        self.patch_size = model.patch_embed.patch_size[0]
+        self.num_prefix_tokens = model.num_prefix_tokens
+        # iBOT's learned [MASK] embedding, substituted for masked patch embeddings before the blocks.
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> TokenOutput:
+        m = self.model
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        tokens = m.patch_embed(x)
+        if tokens.ndim == 4:  # dynamic_img_size keeps NHWC
+            tokens = tokens.flatten(1, 2)
+        if mask is not None:
+            if mask.shape != tokens.shape[:2]:
+                raise ValueError(f"mask must be (B, N)={tuple(tokens.shape[:2])}, got {tuple(mask.shape)}")
+            tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype).expand_as(tokens), tokens)
+        tokens = tokens.reshape(x.shape[0], grid[0], grid[1], -1) if m.dynamic_img_size else tokens
+        tokens = m._pos_embed(tokens)
+        tokens = m.patch_drop(tokens)
+        tokens = m.norm_pre(tokens)
+        tokens = m.blocks(tokens)
+        tokens = m.norm(tokens)
+        cls = tokens[:, :1]
+        patches = tokens[:, self.num_prefix_tokens:]
+        pooled = cls[:, 0] if self.pooling == "cls" else patches.mean(1)
+        return TokenOutput(pooled=pooled, patch_tokens=patches, cls_tokens=cls, grid_size=grid)
+
+    def last_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Last block's attention of [CLS] to the patches, per head: (B, heads, h, w) — DINO's attention maps."""
+        m = self.model
+        captured = {}
+        attn = m.blocks[-1].attn
+
+        def hook(module, inputs, output):
+            (inp,) = inputs
+            B, N, C = inp.shape
+            qkv = module.qkv(inp).reshape(B, N, 3, module.num_heads, C // module.num_heads).permute(2, 0, 3, 1, 4)
+            q, k = module.q_norm(qkv[0]), module.k_norm(qkv[1])
+            captured["a"] = ((q * module.scale) @ k.transpose(-2, -1)).softmax(-1)
+
+        handle = attn.register_forward_hook(hook)
+        try:
+            out = self.forward_tokens(x)
+        finally:
+            handle.remove()
+        h, w = out.grid_size
+        return captured["a"][:, :, 0, self.num_prefix_tokens:].reshape(x.shape[0], -1, h, w)
+
+
+class SwinEncoder(Encoder):
+    """timm Swin Transformer (EsViT's backbone). Pooling ``avg_patch``: mean of the final-stage tokens, as in
+    Habijan et al. (average pooling of the final patch tokens, then L2 normalization in retrieval)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.embed_dim = model.num_features
+        self.patch_size = 32  # final-stage stride
+
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> TokenOutput:
+        if mask is not None:
+            raise NotImplementedError("Swin encoder does not support token masking")
+        feats = self.model.forward_features(x)  # (B, h, w, C), already layer-normed
+        B, h, w, C = feats.shape
+        patches = feats.reshape(B, h * w, C)
+        return TokenOutput(pooled=patches.mean(1), patch_tokens=patches, cls_tokens=None, grid_size=(h, w))
+
+
+class CNNEncoder(Encoder):
+    """timm CNN with global average pooling (ResNet-50, DenseNet-121 baselines); final feature map as 'patches'."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.embed_dim = model.num_features
+
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> TokenOutput:
+        if mask is not None:
+            raise NotImplementedError("CNN encoder does not support token masking")
+        fmap = self.model.forward_features(x)  # (B, C, h, w)
+        B, C, h, w = fmap.shape
+        patches = fmap.flatten(2).transpose(1, 2)
+        return TokenOutput(pooled=patches.mean(1), patch_tokens=patches, cls_tokens=None, grid_size=(h, w))
+
+
+def create_encoder(name: str, *, pretrained: bool = False, img_size: int = 224, pooling: Optional[str] = None,
+                   **kwargs) -> Encoder:
+    """Build an Encoder by name.
+
+    ``pretrained=True`` asks timm for its hub weights (ImageNet / FCMAE); it needs network or a populated cache.
+    ``pooling`` applies to ViTs only ('cls' default, 'avg_patch').
+    """
+    if name in _CUSTOM:
+        return _CUSTOM[name](img_size=img_size, **kwargs)
+    timm_name, extra = TEST_VARIANTS.get(name, (name, {}))
+    if timm_name not in timm.list_models() and timm_name.split(".")[0] not in timm.list_models():
+        raise ValueError(f"unknown encoder {name!r}; known: kit {list_encoders()} or any timm model name")
+    family = timm_name.split("_")[0]
+    model_kwargs = dict(extra, **kwargs)
+    if family in ("vit", "deit"):
+        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, img_size=img_size,
+                                  dynamic_img_size=True, **model_kwargs)
+        return ViTEncoder(model, pooling=pooling or "cls")
+    if family == "swin":
+        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, img_size=img_size, **model_kwargs)
+        return SwinEncoder(model)
+    model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **model_kwargs)
+    return CNNEncoder(model)
