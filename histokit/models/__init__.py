@@ -1,1 +1,2 @@
 """histokit.models."""
+from . import lgffem  # registers LGFFEM

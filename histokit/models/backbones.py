@@ -154,7 +154,9 @@ def create_encoder(name: str, *, pretrained: bool = False, img_size: int = 224, 
                                   dynamic_img_size=True, **model_kwargs)
         return ViTEncoder(model, pooling=pooling or "cls")
     if family == "swin":
-        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, img_size=img_size, **model_kwargs)
+        # strict_img_size=False: multi-crop feeds local views smaller than img_size through the same Swin.
+        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, img_size=img_size,
+                                  strict_img_size=False, **model_kwargs)
         return SwinEncoder(model)
     model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **model_kwargs)
     return CNNEncoder(model)

@@ -1,0 +1,368 @@
+"""Official pretrained weights: read a checkpoint file safely, convert its layout to the timm model inside our encoders,
+and load it with an explicit report of what matched.
+
+The official files (REFERENCE.md, "Official weights") and their layouts:
+
+* Chen & Krishnan 2022 DINO ViT-S/16 (``Richarizardd/Self-Supervised-ViT-Path`` ``ckpts/vits_tcga_brca_dino.pt``) and
+  HIPT ViT-256 (``mahmoodlab/HIPT`` ``HIPT_4K/Checkpoints/vit256_small_dino.pth``): full DINO training checkpoints
+  (``student``, ``teacher``, ``optimizer``, ``epoch``, ``args`` = an ``argparse.Namespace``, ``dino_loss``); the
+  ``teacher`` dict holds ``backbone.*`` (DINO's ViT, key-compatible with timm's) and ``head.*`` (the DINO projection
+  head). Their own loaders strip ``module.`` / ``backbone.`` and load non-strictly (``patch_extraction_utils.py``).
+* Chen & Krishnan SimCLR ResNet-50 (``ckpts/resnet50_tcga_brca_simclr.pt``): a backbone state dict with torchvision
+  ResNet key names (which timm's ResNet shares), loaded non-strictly into a ResNet-50 whose ``fc`` is removed.
+* EsViT Swin-T (``microsoft/esvit``): the ``teacher`` dict is the Swin itself with the view head ``head.*`` and the
+  region head ``head_dense.*`` attached; Swin keys follow the original Swin code, whose patch merging sits at the end
+  of a stage — timm's ``swin_transformer.checkpoint_filter_fn`` moves ``layers.i.downsample`` to
+  ``layers.i+1.downsample`` and drops the non-persistent ``relative_position_index`` / ``attn_mask`` buffers.
+
+All of these were trained on images normalised with mean = std = 0.5 except EsViT (ImageNet statistics); see
+:data:`OFFICIAL_WEIGHTS`. A Git-LFS pointer saved in place of the weights is the most reported failure in these
+repositories (``UnpicklingError: invalid load key 'v'``): :func:`read_checkpoint` recognises it and says so.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..io import sha256_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+# Classes that official training checkpoints pickle besides tensors and containers. argparse.Namespace holds the
+# training arguments in every DINO / EsViT checkpoint; it is plain attribute storage, so allowing it keeps
+# weights_only=True usable for the official files.
+SAFE_GLOBALS: tuple = (argparse.Namespace,)
+
+_SNIFF_BYTES = 1024
+_LIST_LIMIT = 10
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used as it is; the message names the file and what to do."""
+
+
+class LFSPointerError(CheckpointError):
+    """The file is a Git-LFS pointer (a ~130-byte text), not the weights it points to."""
+
+
+class CheckpointIntegrityError(CheckpointError):
+    """The file's size or sha256 differs from the published one."""
+
+
+class UntrustedPickleError(CheckpointError):
+    """The pickle needs classes that ``weights_only=True`` refuses; only ``trust_pickle=True`` loads it."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """The state dict does not fit the model (wrong architecture, wrong converter, truncated file)."""
+
+
+# --------------------------------------------------------------------------------------------- reading a file
+
+
+def _lfs_pointer_fields(head: bytes) -> dict[str, str]:
+    fields = {}
+    for line in head.decode("utf-8", errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key and value:
+            fields[key] = value.strip()
+    return fields
+
+
+def _looks_like_html(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in text[:512]
+
+
+def _sniff(path: Path) -> None:
+    """Refuse the two files most often saved in place of a checkpoint: an LFS pointer and an HTML page."""
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    if head.startswith(b"version https://git-lfs"):
+        info = _lfs_pointer_fields(head)
+        size = info.get("size", "?")
+        size_text = f"{int(size):,} bytes" if size.isdigit() else f"size {size!r}"
+        raise LFSPointerError(
+            f"{path} is a Git-LFS pointer file ({path.stat().st_size} bytes), not the checkpoint: the real file is "
+            f"{size_text} ({info.get('oid', 'oid unknown')}). Fetch the object with `git lfs pull` inside a clone "
+            f"of the repository (or `git lfs pull --include <path>`), or download it from the LFS URL "
+            f"https://media.githubusercontent.com/media/<owner>/<repo>/<branch>/<path>, then point at that file.")
+    if _looks_like_html(head):
+        raise CheckpointError(
+            f"{path} is an HTML/XML page ({path.stat().st_size:,} bytes), not a checkpoint: the download returned a "
+            f"web page (login, quota, expired-link or 'file not found' page, or a GitHub 'blob' URL instead of the "
+            f"raw/LFS one). "
+            f"Download the file itself again.")
+
+
+def _verify(path: Path, sha256: Optional[str], size: Optional[int]) -> None:
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        raise CheckpointIntegrityError(
+            f"{path}: size {actual_size:,} bytes, expected {size:,} bytes (incomplete download or a different file)")
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual.lower() != sha256.lower():
+            raise CheckpointIntegrityError(f"{path}: sha256 mismatch: expected {sha256.lower()}, actual {actual}")
+
+
+def read_checkpoint(path: str | Path, *, sha256: Optional[str] = None, size: Optional[int] = None,
+                    trust_pickle: bool = False) -> dict:
+    """Load a checkpoint file as a dict, refusing anything that is not what it claims to be.
+
+    Order of checks: the file exists; it is not a Git-LFS pointer or an HTML page; its ``size`` and ``sha256`` match
+    when given; it loads with ``torch.load(weights_only=True)`` (``argparse.Namespace`` allowed, see
+    :data:`SAFE_GLOBALS`). A pickle that needs other classes is refused unless ``trust_pickle=True`` — only then is
+    ``weights_only=False`` used, because unpickling arbitrary classes can execute code.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path {path} is not a file")
+    _sniff(path)
+    _verify(path, sha256, size)
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_pickle:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            if found:
+                raise UntrustedPickleError(
+                    f"{path} pickles {found.group(1)}, which torch.load(weights_only=True) refuses because "
+                    f"unpickling arbitrary classes can run code. If you trust the file's source, call again with "
+                    f"trust_pickle=True.") from err
+            raise CheckpointError(
+                f"{path} could not be read with torch.load(weights_only=True): the file is corrupt, truncated or "
+                f"not a torch.save file ({str(err).strip().splitlines()[-1][:200]}). If it is a trusted checkpoint "
+                f"that needs full unpickling, call again with trust_pickle=True.") from err
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except RuntimeError as err:  # a damaged zip container ("PytorchStreamReader failed ...")
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt): {err}") from err
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict / state dict")
+    return dict(obj)
+
+
+# --------------------------------------------------------------------------------------------- converters
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
+
+
+def _select(ckpt: Mapping, keys: Iterable[str], what: str) -> dict[str, torch.Tensor]:
+    """The first nested state dict under ``keys`` (e.g. ``teacher``), or ``ckpt`` itself if it is a bare one."""
+    for key in keys:
+        if key in ckpt and _is_state_dict(ckpt[key]):
+            return dict(ckpt[key])
+    if _is_state_dict(ckpt):
+        return dict(ckpt)
+    top = sorted(map(str, ckpt))[:_LIST_LIMIT]
+    raise CheckpointError(f"no {what} state dict found: expected one of the keys {list(keys)} or a bare state dict; "
+                          f"top-level keys are {top}")
+
+
+def _strip_prefixes(sd: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (DDP's ``module.``, DINO's ``backbone.``, ...) from the start of every key."""
+    prefixes = tuple(prefixes)
+    out = {}
+    for key, value in sd.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for p in prefixes:
+                if key.startswith(p):
+                    key, stripped = key[len(p):], True
+        out[key] = value
+    return out
+
+
+def _drop(sd: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
+    prefixes = tuple(prefixes)
+    return {k: v for k, v in sd.items() if not k.startswith(prefixes)}
+
+
+def dino_teacher_to_timm_vit(ckpt: Mapping, model: Optional[nn.Module] = None, *,
+                             key: str = "teacher") -> dict[str, torch.Tensor]:
+    """DINO checkpoint (Chen & Krishnan 2022; HIPT ViT-256) -> state dict for timm ``VisionTransformer``.
+
+    Takes ``ckpt[key]`` (the EMA teacher, as both projects evaluate), else ``student`` / ``state_dict`` / ``model``, else
+    a bare state dict; strips ``module.`` and ``backbone.``; drops the DINO head ``head.*``. DINO's ViT uses timm's key
+    names, so nothing is renamed. With ``model`` given, timm's own ViT filter resamples ``pos_embed`` (and the patch
+    embedding) to that model's grid, e.g. the 224-px checkpoint into a ViT built for 112 px.
+    """
+    sd = _select(ckpt, (key, "student", "state_dict", "model"), "DINO ViT")
+    sd = _drop(_strip_prefixes(sd, ("module.", "backbone.")), ("head.",))
+    if model is not None:
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        sd = checkpoint_filter_fn(sd, _timm_module(model))
+    return sd
+
+
+def esvit_teacher_to_timm_swin(ckpt: Mapping, model: nn.Module, *, key: str = "teacher") -> dict[str, torch.Tensor]:
+    """EsViT checkpoint (Li et al. 2022, ``microsoft/esvit``) -> state dict for timm ``SwinTransformer``.
+
+    Takes ``ckpt[key]`` (else ``student`` / ``state_dict`` / ``model`` / bare); strips ``module.`` / ``backbone.``;
+    drops the view head ``head.*`` and the region head ``head_dense.*`` that EsViT attaches to the Swin; then applies
+    timm's ``swin_transformer.checkpoint_filter_fn`` (which needs ``model``): original-layout patch merging
+    ``layers.i.downsample`` -> timm's ``layers.i+1.downsample``, non-persistent buffers dropped, relative-position
+    tables resized if the window differs.
+    """
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    sd = _select(ckpt, (key, "student", "state_dict", "model"), "EsViT Swin")
+    sd = _drop(_strip_prefixes(sd, ("module.", "backbone.")), ("head.", "head_dense."))
+    return checkpoint_filter_fn(sd, _timm_module(model))
+
+
+def simclr_resnet_to_timm(ckpt: Mapping) -> dict[str, torch.Tensor]:
+    """SimCLR ResNet-50 backbone (Chen & Krishnan 2022) -> state dict for timm ``ResNet`` (torchvision key names).
+
+    Accepts a bare state dict or one under ``state_dict`` / ``model``; strips ``module.``, ``model.``, ``encoder.``,
+    ``backbone.``, ``resnet.``; drops the classifier ``fc.*`` and any SimCLR projection head (``projection*``,
+    ``projector*``, ``head*``), which the retrieval embedding (global-average-pooled trunk) does not use.
+    """
+    sd = _select(ckpt, ("state_dict", "model"), "SimCLR ResNet")
+    sd = _strip_prefixes(sd, ("module.", "model.", "encoder.", "backbone.", "resnet."))
+    return _drop(sd, ("fc.", "projection", "projector", "head"))
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class KeyReport:
+    """What :func:`load_into` did: keys loaded, and the missing / unexpected ones it was allowed to ignore."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)       # in the model, absent from the state dict
+    unexpected: list[str] = field(default_factory=list)    # in the state dict, absent from the model
+
+    def __str__(self) -> str:
+        return (f"KeyReport(loaded={len(self.loaded)}, missing={len(self.missing)} {self.missing[:_LIST_LIMIT]}, "
+                f"unexpected={len(self.unexpected)} {self.unexpected[:_LIST_LIMIT]})")
+
+
+def _timm_module(target: nn.Module) -> nn.Module:
+    """Our timm-backed encoders keep the network in ``.model``; other modules (CypherViT) are loaded directly."""
+    inner = getattr(target, "model", None)
+    return inner if isinstance(inner, nn.Module) else target
+
+
+def _listing(title: str, items: list) -> str:
+    more = f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return f"  {title} ({len(items)}): {items[:_LIST_LIMIT]}{more}"
+
+
+def load_into(encoder_or_module: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+              allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = ("head",)) -> KeyReport:
+    """Copy ``state_dict`` into the encoder's timm model (or the module itself), strictly except for allowed prefixes.
+
+    A key missing from the state dict is tolerated only if it starts with one of ``allow_missing``; an extra key only
+    if it starts with one of ``allow_unexpected``; a shape mismatch never. Anything else raises
+    :class:`CheckpointMismatch` listing the offending keys, so a checkpoint for another architecture is an error,
+    not a silently half-initialised model.
+    """
+    module = _timm_module(encoder_or_module)
+    allow_missing, allow_unexpected = tuple(allow_missing), tuple(allow_unexpected)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    bad_missing = [k for k in missing if not (allow_missing and k.startswith(allow_missing))]
+    bad_unexpected = [k for k in unexpected if not (allow_unexpected and k.startswith(allow_unexpected))]
+    loaded = [k for k in expected if k in state_dict]
+    if bad_missing or bad_unexpected or shapes or not loaded:
+        lines = [f"state dict does not fit {type(module).__name__} ({len(loaded)} of {len(expected)} model keys "
+                 f"present): wrong architecture or converter?"]
+        if bad_missing:
+            lines.append(_listing("missing from the checkpoint", bad_missing))
+        if bad_unexpected:
+            lines.append(_listing("unexpected in the checkpoint", bad_unexpected))
+        if shapes:
+            lines.append(_listing("shape mismatches", shapes))
+        raise CheckpointMismatch("\n".join(lines))
+    module.load_state_dict({k: state_dict[k] for k in loaded}, strict=False)
+    return KeyReport(loaded=loaded, missing=missing, unexpected=unexpected)
+
+
+# --------------------------------------------------------------------------------------------- the official table
+
+
+@dataclass(frozen=True)
+class OfficialWeights:
+    """One published checkpoint: where it is, how to verify it, how to convert it, how to normalise its inputs."""
+
+    name: str
+    encoder: str                      # histokit / timm encoder name to build before loading
+    source: str                       # repository and path (or page) it comes from
+    converter: str                    # "dino_vit" | "esvit_swin" | "simclr_resnet"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    size: Optional[int] = None        # bytes, as published (LFS pointer)
+    sha256: Optional[str] = None
+    pooling: Optional[str] = None     # encoder pooling the paper uses
+
+
+OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {w.name: w for w in (
+    OfficialWeights(
+        "chen2022_dino_vits16_tcga_brca", "vit_small_patch16_224",
+        "github.com/Richarizardd/Self-Supervised-ViT-Path ckpts/vits_tcga_brca_dino.pt (Git LFS)",
+        "dino_vit", HALF, HALF, 704_238_867, "d04e3718649a13a5a49ae5c274ae3aefb9deb229ef5194106bb8ecbfd4f00c61", "cls"),
+    OfficialWeights(
+        "chen2022_simclr_resnet50_tcga_brca", "resnet50",
+        "github.com/Richarizardd/Self-Supervised-ViT-Path ckpts/resnet50_tcga_brca_simclr.pt (Git LFS)",
+        "simclr_resnet", HALF, HALF, 94_351_453, "88cf6fad519b1bac02e145578a1bae3ba89631ed580ddf65a780ef20de0d98cd"),
+    OfficialWeights(
+        "hipt_vit256_small_dino", "vit_small_patch16_224",
+        "github.com/mahmoodlab/HIPT HIPT_4K/Checkpoints/vit256_small_dino.pth (Git LFS)",
+        "dino_vit", HALF, HALF, 704_238_867, "6960cd5a8657dc8bb214671aa0c6dbd3f5b698e84386884955836487ddc89e24", "cls"),
+    OfficialWeights(  # no published size / sha256; the README's Azure links are reported dead (esvit issue #29)
+        "esvit_swin_tiny", "swin_tiny_patch4_window7_224",
+        "github.com/microsoft/esvit README (Azure blob)", "esvit_swin", IMAGENET_MEAN, IMAGENET_STD),
+)}
+
+_CONVERTERS: dict[str, Callable[[Mapping, nn.Module], dict]] = {
+    "dino_vit": lambda ckpt, enc: dino_teacher_to_timm_vit(ckpt, enc),
+    "esvit_swin": lambda ckpt, enc: esvit_teacher_to_timm_swin(ckpt, enc),
+    "simclr_resnet": lambda ckpt, enc: simclr_resnet_to_timm(ckpt),
+}
+
+
+def official_weights(name: str) -> OfficialWeights:
+    """The table entry for ``name`` (encoder to build, normalisation mean/std, size, sha256)."""
+    if name not in OFFICIAL_WEIGHTS:
+        raise ValueError(f"unknown official weights {name!r}; known: {sorted(OFFICIAL_WEIGHTS)}")
+    return OFFICIAL_WEIGHTS[name]
+
+
+def load_official(name: str, path: str | Path, encoder: nn.Module, sha256: Optional[str] = None, *,
+                  verify: bool = True, trust_pickle: bool = False) -> KeyReport:
+    """Verify, read, convert and load the official checkpoint ``name`` from ``path`` into ``encoder``.
+
+    With ``verify`` (default) the file must match the table's published size and sha256; ``sha256`` given explicitly
+    replaces the table's pin (for a re-saved or otherwise different copy: the size check is then skipped).
+    ``encoder`` must be built as ``official_weights(name).encoder``; its inputs must be normalised with the entry's
+    ``mean`` / ``std`` (mean = std = 0.5 for Chen & Krishnan's and HIPT's weights).
+    """
+    entry = official_weights(name)
+    if sha256 is None and verify:
+        sha, size = entry.sha256, entry.size
+    else:
+        sha, size = sha256, None
+    ckpt = read_checkpoint(path, sha256=sha, size=size, trust_pickle=trust_pickle)
+    state_dict = _CONVERTERS[entry.converter](ckpt, encoder)
+    return load_into(encoder, state_dict)

@@ -1,0 +1,171 @@
+"""A recipe is data: which datasets, which models, which training runs, which evaluations and which tables a paper
+reproduces, per profile. The stage notebooks are the same for every paper and do what the recipe lists.
+
+Profiles scale a recipe without changing its method: ``smoke`` = the bundled real tiles, small images, one or two
+epochs, CPU; ``full`` = the paper's datasets and hyper-parameters on a GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+WEIGHT_KINDS = ("random", "timm", "train", "checkpoint")
+
+
+def weight_sources(spec: str, dataset: str = "") -> list[tuple[str, str]]:
+    """Parse a weights / init spec into its alternatives, first available wins.
+
+    ``"checkpoint:esvit|train:esvit_pretrain"`` -> [("checkpoint", "esvit"), ("train", "esvit_pretrain")];
+    ``{dataset}`` is replaced by the dataset key (per-dataset training runs).
+    """
+    out = []
+    for part in spec.format(dataset=dataset).split("|"):
+        kind, _, value = part.partition(":")
+        out.append((kind.strip(), value.strip()))
+    return out
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset as the paper names it (``key``), read through a manifest (``dataset``)."""
+    key: str
+    dataset: str
+    split: str = "random"                  # random = stratified 80/10/10 with the run's seed; group; official
+    test_dataset: Optional[str] = None     # a separate official test set (e.g. CRC-VAL-HE-7K)
+    stand_in_for: Optional[str] = None     # smoke: the paper's dataset these tiles stand in for
+    merges: tuple = ()                     # protocol class merges, e.g. (("MUS", "STR"),)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training run: self-supervised pretraining / adaptation (``method``) or supervised fine-tuning."""
+    name: str
+    method: str                            # esvit | dino | ibot | moco | simclr | mae | supervised
+    encoder: str                           # histokit.models.backbones name
+    dataset: str                           # DatasetSpec.key whose *train* split is used
+    init: str = "random"                   # random | timm (hub weights) | train:<name> | checkpoint:<parameter>
+    epochs: int = 100
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_epochs: int = 5
+    image_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    method_cfg: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A row of a table: an encoder and where its weights come from."""
+    name: str                              # the paper's row label, e.g. "EsViT + k-NN"
+    encoder: str
+    weights: str                           # timm | random | train:<TrainSpec.name> | checkpoint:<parameter>
+    pooling: Optional[str] = None
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """One evaluation: ``kind`` names a protocol in histokit.stages.evaluate; records go to ``table``."""
+    kind: str
+    table: str
+    models: tuple
+    datasets: tuple
+    params: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)  # extra key columns written on every record, e.g. {"pretraining": ..}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table in the paper's layout: key columns, metric columns, and the paper's CSV for its numbers."""
+    id: str
+    title: str
+    paper_csv: str
+    keys: tuple                            # columns identifying a row, shared by the paper CSV and the records
+    metrics: tuple                         # paper CSV metric columns, in order
+    footnotes: tuple = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    paper: str
+    title: str
+    citation: str
+    profile: str
+    image_size: int
+    datasets: tuple
+    models: tuple
+    pretrain: tuple = ()
+    finetune: tuple = ()
+    evaluations: tuple = ()
+    ablations: tuple = ()
+    tables: tuple = ()
+    figures: tuple = ()                    # (figure id, kind, params)
+    notes: tuple = ()
+    extraction_batch_size: int = 64
+
+    def dataset(self, key: str) -> DatasetSpec:
+        for spec in self.datasets:
+            if spec.key == key:
+                return spec
+        raise KeyError(f"recipe {self.paper}/{self.profile} has no dataset {key!r}; it has "
+                       f"{[d.key for d in self.datasets]}")
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"recipe {self.paper}/{self.profile} has no model {name!r}")
+
+    def train_spec(self, name: str) -> TrainSpec:
+        for spec in self.pretrain + self.finetune:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"recipe {self.paper}/{self.profile} has no training run {name!r}")
+
+    def table(self, table_id: str) -> TableSpec:
+        for spec in self.tables:
+            if spec.id == table_id:
+                return spec
+        raise KeyError(f"recipe {self.paper}/{self.profile} has no table {table_id!r}")
+
+    def validate(self) -> "Recipe":
+        """Every cross-reference resolves: a typo in a recipe fails before any work starts."""
+        keys = {d.key for d in self.datasets}
+        runs = {t.name for t in self.pretrain + self.finetune}
+
+        def check_sources(owner: str, spec: str, dataset_keys) -> None:
+            for key in dataset_keys:
+                for kind, value in weight_sources(spec, key):
+                    if kind not in WEIGHT_KINDS:
+                        raise ValueError(f"{self.paper}: {owner} has unknown weight source {kind!r} in {spec!r}")
+                    if kind == "train" and value not in runs:
+                        raise ValueError(f"{self.paper}: {owner} uses weights of unknown run {value!r}")
+
+        for t in self.pretrain + self.finetune:
+            if t.dataset not in keys:
+                raise ValueError(f"{self.paper}: training run {t.name!r} uses unknown dataset {t.dataset!r}")
+            check_sources(f"training run {t.name!r}", t.init, [t.dataset])
+        for m in self.models:
+            check_sources(f"model {m.name!r}", m.weights, keys)
+        names = {m.name for m in self.models}
+        tables = {t.id for t in self.tables}
+        for e in self.evaluations + self.ablations:
+            if e.table not in tables:
+                raise ValueError(f"{self.paper}: evaluation {e.kind!r} writes to unknown table {e.table!r}")
+            for n in e.models:
+                if n not in names:
+                    raise ValueError(f"{self.paper}: evaluation {e.kind!r} names unknown model {n!r}")
+            for k in e.datasets:
+                if k not in keys:
+                    raise ValueError(f"{self.paper}: evaluation {e.kind!r} names unknown dataset {k!r}")
+        return self

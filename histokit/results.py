@@ -1,0 +1,116 @@
+"""Tables in each paper's format: the reproduced number, the paper's number and the difference, side by side.
+
+Evaluations write *records* (one per model x dataset x metric, with the protocol). A table is built from the
+records and the paper's transcribed CSV (``histokit/papers/paper_tables``): paper rows in the paper's order, a
+reproduced value only where this run measured one (never the paper's value), the difference, and footnotes
+stating the protocol and every deviation.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+
+from .io import atomic_write_text
+from .papers.recipe import TableSpec
+
+PAPER_TABLES_DIR = Path(__file__).resolve().parent / "papers" / "paper_tables"
+NOT_RUN = "not run"
+
+
+def paper_table(spec: TableSpec) -> pd.DataFrame:
+    if not spec.paper_csv:
+        return pd.DataFrame(columns=list(spec.keys) + list(spec.metrics))
+    return pd.read_csv(PAPER_TABLES_DIR / spec.paper_csv, dtype={k: str for k in spec.keys})
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, str):
+        return value
+    return f"{value:.{digits if abs(value) >= 1 else 3}f}"
+
+
+def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
+    """One row per paper row (paper order) plus rows measured here that the paper lacks (e.g. split variants).
+
+    Columns: the key columns, then per metric ``<m>`` (reproduced), ``<m> 95% CI`` where bootstrapped,
+    ``<m> (paper)`` and ``<m> Δ`` (reproduced - paper).
+    """
+    paper = paper_table(spec)
+    keys = list(spec.keys)
+    recs = records[records["table"] == spec.id] if len(records) else records
+    measured_rows = recs[keys].drop_duplicates() if len(recs) else pd.DataFrame(columns=keys)
+    rows = [tuple(r) for r in paper[keys].astype(str).itertuples(index=False)]
+    rows += [tuple(r) for r in measured_rows.astype(str).itertuples(index=False) if tuple(r) not in rows]
+    out = []
+    for row in rows:
+        entry = dict(zip(keys, row))
+        mask = pd.Series(True, index=recs.index)
+        for k, v in entry.items():
+            mask &= recs[k].astype(str) == v
+        p_mask = pd.Series(True, index=paper.index)
+        for k, v in entry.items():
+            p_mask &= paper[k].astype(str) == v
+        for metric in spec.metrics:
+            hit = recs[mask & (recs["metric"] == metric)]
+            value = float(hit["value"].iloc[0]) if len(hit) else None
+            paper_value = float(paper.loc[p_mask, metric].iloc[0]) if p_mask.any() and metric in paper else None
+            if paper_value is not None and math.isnan(paper_value):
+                paper_value = None
+            entry[metric] = value if value is not None else NOT_RUN
+            if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
+                entry[f"{metric} 95% CI"] = f"[{_fmt(hit['ci_low'].iloc[0])}, {_fmt(hit['ci_high'].iloc[0])}]"
+            entry[f"{metric} (paper)"] = paper_value
+            entry[f"{metric} Δ"] = (value - paper_value) if value is not None and paper_value is not None else None
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c]) if not isinstance(row[c], str) else row[c] for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_table(spec: TableSpec, table: pd.DataFrame, out_dir: Path, *, profile: str,
+                notes: Iterable[str] = (), paper_title: str = "") -> tuple[Path, Path]:
+    """``<id>.csv`` (machine-readable) and ``<id>.md`` (title, profile banner, table, footnotes), atomically."""
+    out_dir = Path(out_dir)
+    csv_path = atomic_write_text(out_dir / f"{spec.id}.csv", table.to_csv(index=False))
+    parts = [f"# {spec.title}", ""]
+    if paper_title:
+        parts += [f"*{paper_title}* — profile `{profile}`", ""]
+    if profile == "smoke":
+        parts += ["> **Smoke profile: not a reproduction.** Tiny bundled data, small images, few epochs on CPU. "
+                  "The paper's numbers are shown for layout only; the differences measure nothing yet.", ""]
+    parts += [to_markdown(table), ""]
+    foot = list(spec.footnotes) + [n for n in notes if n not in spec.footnotes]
+    if NOT_RUN in table.astype(str).values:
+        foot.append(f"'{NOT_RUN}': this profile did not measure that row; the paper's value is shown beside it, "
+                    "never in its place.")
+    parts += [f"{i}. {n}" for i, n in enumerate(foot, 1)]
+    md_path = atomic_write_text(out_dir / f"{spec.id}.md", "\n".join(parts) + "\n")
+    return csv_path, md_path
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(records) if records else pd.DataFrame(columns=["table", "metric", "value"])
+
+
+def read_records(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str).astype({"value": float}) if Path(path).exists() else records_frame([])
+
+
+def merge_records(old: pd.DataFrame, new: pd.DataFrame, keys: Optional[list] = None) -> pd.DataFrame:
+    """New records replace old ones with the same table, keys and metric (a re-run stage updates its rows)."""
+    if not len(old):
+        return new
+    both = pd.concat([old, new], ignore_index=True)
+    ident = [c for c in (keys or both.columns) if c not in ("value", "ci_low", "ci_high", "n", "note")]
+    return both.drop_duplicates(subset=ident, keep="last").reset_index(drop=True)

@@ -1,0 +1,304 @@
+"""Batched feature extraction with honest timing, and the feature-set artifact on disk.
+
+Habijan et al. (EUSIPCO 2025, Sec. III-B) describe the retrieval descriptor as the average of the final patch
+tokens, ``f(I) = 1/N sum_i Z_i``, followed by L2 normalization, ``f^(I) = f(I) / ||f(I)||``. The pooling belongs to
+the encoder (``histokit.models.base.Encoder.forward`` already returns each paper's pooled embedding: mean patch token
+for EsViT, [CLS] for DINO ViT, mean [cls] tokens for CypherViT, GAP for CNNs); this module only applies the
+L2 normalization, so inner product on the stored vectors equals the paper's cosine similarity (Eq. 1).
+
+Timings follow the kit's rule (DESIGN.md): every number says its batch size, precision, device and whether image
+decoding was included, and CUDA is synchronized before a clock is read.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from ..io import atomic_path, sha256_file
+
+PRECISIONS = ("fp32", "bf16")
+_NPZ_KEYS = ("features", "labels", "indices", "timing_json")
+
+
+class FeatureFileError(ValueError):
+    """A feature file is missing, corrupt, or does not match its expected checksum."""
+
+
+@dataclass
+class FeatureSet:
+    """Embeddings of one dataset split, row ``i`` belonging to dataset item ``indices[i]``."""
+
+    features: np.ndarray          # (N, D) float32, L2-normalized unless extracted with normalize=False
+    labels: np.ndarray            # (N,) int64 (-1 where the dataset has no label)
+    indices: np.ndarray           # (N,) int64 dataset indices, to map a hit back to its image
+    timing: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.features = np.ascontiguousarray(self.features, dtype=np.float32)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.indices = np.asarray(self.indices, dtype=np.int64)
+        if self.features.ndim != 2:
+            raise ValueError(f"FeatureSet.features must be (N, D), got shape {self.features.shape}")
+        n = self.features.shape[0]
+        for name in ("labels", "indices"):
+            arr = getattr(self, name)
+            if arr.shape != (n,):
+                raise ValueError(f"FeatureSet.{name} must have shape ({n},), got {arr.shape}")
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+
+def l2_normalize(x: np.ndarray | torch.Tensor, eps: float = 1e-12):
+    """Row-wise ``x / max(||x||_2, eps)`` (Habijan et al., Sec. III-B.3); numpy in -> numpy, tensor in -> tensor.
+
+    ``eps`` keeps an all-zero row at zero instead of NaN (the convention of ``torch.nn.functional.normalize``).
+    """
+    if isinstance(x, torch.Tensor):
+        return torch.nn.functional.normalize(x, p=2, dim=-1, eps=eps)
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got precision={precision!r}")
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast where asked (GPU tensor cores; CPU autocast works too); fp32 runs without autocast."""
+    _check_precision(precision)
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA kernels, so a wall clock read afterwards measures finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _infer_decode_included(dataset: Dataset) -> bool:
+    # A dataset may say so itself; otherwise anything but an in-memory TensorDataset reads (and decodes) files.
+    flag = getattr(dataset, "decode_included", None)
+    if flag is not None:
+        return bool(flag)
+    return not isinstance(dataset, TensorDataset)
+
+
+def _split_batch(batch, batch_index: int):
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+        raise ValueError(
+            "extract_features expects a dataset yielding (image_tensor, label, index); "
+            f"batch {batch_index} has {len(batch) if isinstance(batch, (tuple, list)) else type(batch).__name__} "
+            "element(s)"
+        )
+    return batch
+
+
+def extract_features(
+    encoder: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    num_workers: int = 0,
+    normalize: bool = True,
+    decode_included: Optional[bool] = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Embed every item of ``dataset`` (yielding ``(tensor, label, index)``) with ``encoder``'s pooled output.
+
+    The encoder already applies its paper's pooling (``Encoder.forward`` -> ``(B, D)``); ``normalize`` applies the
+    L2 normalization of Habijan et al. Sec. III-B.3 so inner product = cosine similarity.
+
+    ``timing`` records: ``device``, ``batch_size``, ``precision``, ``num_workers``, ``decode_included`` (True when the
+    clock ran while images were read and decoded from files, i.e. the loader's time is inside ``total_s``; inferred
+    from ``dataset.decode_included`` or "not a TensorDataset" unless given), ``n_images``, ``total_s`` (wall clock of
+    the whole loop, CUDA synchronized at both ends), ``model_s`` (forward passes only, synchronized per batch) and
+    ``ms_per_image`` (= total_s / n_images, amortized over batches — not a batch-1 latency; see ``measure_latency``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got batch_size={batch_size}")
+    _check_precision(precision)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} requested but CUDA is not available")
+    if len(dataset) == 0:
+        raise ValueError("extract_features got an empty dataset")
+    decode_included = _infer_decode_included(dataset) if decode_included is None else bool(decode_included)
+
+    on_cuda = device.type == "cuda"
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=on_cuda,  # pinned host memory makes the non_blocking copy below truly asynchronous
+    )
+    was_training = encoder.training
+    encoder.eval().to(device)
+
+    feats, labels, indices = [], [], []
+    model_s = 0.0
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b, batch in enumerate(tqdm(loader, desc="extract features", disable=not progress, leave=False)):
+            images, y, idx = _split_batch(batch, b)
+            images = images.to(device, non_blocking=on_cuda)
+            t0 = time.perf_counter()
+            with autocast_context(device, precision):
+                out = encoder(images)
+            if out.ndim != 2 or out.shape[0] != images.shape[0]:
+                raise ValueError(
+                    f"encoder must return a pooled (B, D) embedding (histokit.models.base.Encoder), "
+                    f"got shape {tuple(out.shape)} for a batch of {images.shape[0]}"
+                )
+            out = out.float()
+            if normalize:
+                out = l2_normalize(out)
+            synchronize(device)
+            model_s += time.perf_counter() - t0
+            feats.append(out.cpu())
+            labels.append(torch.as_tensor(y).reshape(-1).long())
+            indices.append(torch.as_tensor(idx).reshape(-1).long())
+    synchronize(device)
+    total_s = time.perf_counter() - start
+    encoder.train(was_training)
+
+    n = sum(f.shape[0] for f in feats)
+    timing = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+        "batch_size": batch_size,
+        "precision": precision,
+        "num_workers": num_workers,
+        "decode_included": decode_included,
+        "n_images": n,
+        "total_s": total_s,
+        "model_s": model_s,
+        "ms_per_image": 1000.0 * total_s / n,
+        "model_ms_per_image": 1000.0 * model_s / n,
+        "cuda_synchronized": on_cuda,
+    }
+    return FeatureSet(
+        features=torch.cat(feats).numpy(), labels=torch.cat(labels).numpy(),
+        indices=torch.cat(indices).numpy(), timing=timing,
+    )
+
+
+def measure_latency(
+    encoder: nn.Module,
+    image_size: int | tuple[int, int],
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    precision: str = "fp32",
+    warmup: int = 3,
+    repeats: int = 20,
+    normalize: bool = True,
+) -> dict[str, Any]:
+    """Forward-pass latency on an in-memory random batch: NO file reading or decoding is included.
+
+    Each repeat times one ``encoder(x)`` (+ L2 normalization) between two CUDA synchronizations; ``warmup`` untimed
+    passes first (cuDNN autotuning, lazy allocations). Returns ``ms_per_batch`` (median over repeats),
+    ``ms_per_batch_p90``, ``ms_per_image`` (= median / batch_size), ``images_per_s`` and the conditions (device,
+    batch size, precision, image size, ``decode_included=False``). Habijan et al.'s "feature extraction time" per
+    image is compared against ``batch_size=1`` here (REFERENCE.md, speed references).
+    """
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(
+            f"need batch_size >= 1, repeats >= 1, warmup >= 0; got batch_size={batch_size}, "
+            f"repeats={repeats}, warmup={warmup}"
+        )
+    _check_precision(precision)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} requested but CUDA is not available")
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    x = torch.randn(batch_size, 3, h, w, device=device)
+    was_training = encoder.training
+    encoder.eval().to(device)
+    times_ms = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            synchronize(device)
+            t0 = time.perf_counter()
+            with autocast_context(device, precision):
+                out = encoder(x)
+            out = out.float()
+            if normalize:
+                out = l2_normalize(out)
+            synchronize(device)
+            if i >= warmup:
+                times_ms.append(1000.0 * (time.perf_counter() - t0))
+    encoder.train(was_training)
+    med = float(np.median(times_ms))
+    return {
+        "ms_per_batch": med,
+        "ms_per_batch_p90": float(np.percentile(times_ms, 90)),
+        "ms_per_image": med / batch_size,
+        "images_per_s": 1000.0 * batch_size / med,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch_size": batch_size,
+        "precision": precision,
+        "image_size": [h, w],
+        "warmup": warmup,
+        "repeats": repeats,
+        "decode_included": False,
+        "note": "in-memory random tensors already on the device; no file reading or decoding",
+    }
+
+
+def save_features(path: str | os.PathLike, fs: FeatureSet) -> str:
+    """Write ``fs`` as an uncompressed ``.npz`` atomically; return the file's sha256 (record it in the run)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:  # a file handle: np.savez would otherwise append ".npz" to the temp name
+            np.savez(
+                fh, features=fs.features, labels=fs.labels, indices=fs.indices,
+                timing_json=np.array(json.dumps(fs.timing, sort_keys=True, default=str)),
+            )
+    return sha256_file(path)
+
+
+def load_features(path: str | os.PathLike, expected_sha256: Optional[str] = None) -> FeatureSet:
+    """Read a feature file written by :func:`save_features`, verifying ``expected_sha256`` when given."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FeatureFileError(f"feature file not found: {path}")
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256.lower():
+            raise FeatureFileError(
+                f"feature file {path} has sha256 {actual}, expected {expected_sha256}: "
+                "it changed since it was recorded (re-run the extraction stage)"
+            )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in _NPZ_KEYS if k not in z.files]
+            if missing:
+                raise FeatureFileError(f"feature file {path} lacks field(s) {missing}")
+            return FeatureSet(
+                features=z["features"], labels=z["labels"], indices=z["indices"],
+                timing=json.loads(str(z["timing_json"])),
+            )
+    except FeatureFileError:
+        raise
+    except Exception as exc:  # zipfile/pickle/json errors: name the file
+        raise FeatureFileError(f"feature file {path} is not a readable histokit .npz: {exc}") from exc

@@ -1,0 +1,218 @@
+"""FAISS index: build, search (with self-exclusion), save/load with a verified JSON sidecar.
+
+Habijan et al. (Sec. III-D/E) index L2-normalized descriptors with FAISS and rank the gallery by cosine similarity
+(Eq. 1). On unit vectors cosine = inner product, so the default is an exact ``IndexFlatIP``: exact search is the
+kit's default so that an approximate index's recall loss never leaks into a reported metric (DESIGN.md). IVF and
+HNSW are there for scale; :func:`recall_at_k` measures what they lose against the flat index.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import faiss
+import numpy as np
+
+from ..io import atomic_path, atomic_write_json, sha256_file
+
+KINDS = ("flat", "ivf", "hnsw")
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+class IndexFileError(ValueError):
+    """An index file or its sidecar is missing, corrupt, or disagrees with the other."""
+
+
+def _as_float32_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return x
+
+
+def _default_nlist(n: int) -> int:
+    # ~4 sqrt(N) lists (FAISS wiki guideline), but at least 39 training points per centroid (FAISS warns below).
+    return int(max(1, min(4 * int(np.sqrt(n)), n // 39)))
+
+
+def _gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(
+    features: np.ndarray,
+    *,
+    kind: str = "flat",
+    metric: str = "ip",
+    nlist: Optional[int] = None,
+    nprobe: int = 8,
+    hnsw_m: int = 32,
+    device: str = "cpu",
+) -> faiss.Index:
+    """Index ``features`` (N, D) with FAISS; row ``i`` gets id ``i``.
+
+    kind: ``flat`` (exact, default), ``ivf`` (IndexIVFFlat, ``nlist`` lists, ``nprobe`` searched; trained on the
+    features themselves), ``hnsw`` (IndexHNSWFlat with ``hnsw_m`` links). metric: ``ip`` (inner product = cosine on
+    L2-normalized vectors, the paper's similarity) or ``l2`` (squared Euclidean). device ``cuda`` moves the index to
+    a GPU through FAISS GPU resources when this FAISS build has GPUs; otherwise it warns and stays on the CPU
+    (faiss-cpu is the pinned build). HNSW has no FAISS GPU implementation and always stays on the CPU.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got kind={kind!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {tuple(METRICS)}, got metric={metric!r}")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got device={device!r}")
+    x = _as_float32_matrix(features, "features")
+    n, d = x.shape
+    mt = METRICS[metric]
+
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d) if metric == "ip" else faiss.IndexFlatL2(d)
+    elif kind == "ivf":
+        nlist = _default_nlist(n) if nlist is None else int(nlist)
+        if not 1 <= nlist <= n:
+            raise ValueError(f"nlist must be in [1, N={n}], got nlist={nlist}")
+        quantizer = faiss.IndexFlatIP(d) if metric == "ip" else faiss.IndexFlatL2(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, mt)
+        index.train(x)
+        index.nprobe = int(min(max(1, nprobe), nlist))
+    else:
+        if hnsw_m < 2:
+            raise ValueError(f"hnsw_m must be >= 2, got hnsw_m={hnsw_m}")
+        index = faiss.IndexHNSWFlat(d, int(hnsw_m), mt)
+    index.add(x)
+
+    if str(device).startswith("cuda"):
+        if kind == "hnsw":
+            warnings.warn("FAISS has no GPU HNSW index; the HNSW index stays on the CPU", stacklevel=2)
+        elif not _gpu_available():
+            warnings.warn(
+                f"device={device!r} requested but this FAISS build has no GPU support "
+                f"(faiss {faiss.__version__}, {faiss.get_num_gpus()} GPUs); searching on the CPU instead",
+                stacklevel=2,
+            )
+        else:
+            gpu_id = int(str(device).split(":")[1]) if ":" in str(device) else 0
+            res = faiss.StandardGpuResources()
+            gpu_index = faiss.index_cpu_to_gpu(res, gpu_id, index)
+            gpu_index._histokit_gpu_resources = res  # keep the resources alive as long as the index
+            index = gpu_index
+    return index
+
+
+def search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    *,
+    exclude_self: bool = False,
+    query_ids: Optional[np.ndarray] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` gallery hits per query: ``(scores (Q, k) float32, ids (Q, k) int64)``, best first.
+
+    ``exclude_self=True`` is for queries drawn from the gallery itself: a query's own image is never a hit. The
+    search asks for ``k + 1`` and removes the query's own id (``query_ids[q]``, default ``q``: the queries *are* the
+    gallery, in order); a row whose own id was not among the ``k + 1`` (possible with exact duplicates) drops its
+    last hit instead, so every row keeps exactly ``k``. FAISS pads with id ``-1`` where fewer hits exist.
+    """
+    q = _as_float32_matrix(queries, "queries")
+    if q.shape[1] != index.d:
+        raise ValueError(f"queries have dimension {q.shape[1]}, the index has dimension {index.d}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got k={k}")
+    if not exclude_self:
+        if query_ids is not None:
+            raise ValueError("query_ids is only meaningful with exclude_self=True")
+        scores, ids = index.search(q, int(k))
+        return scores, ids.astype(np.int64, copy=False)
+
+    if k + 1 > index.ntotal:
+        raise ValueError(f"k={k} with exclude_self needs a gallery of at least k+1={k + 1} items, has {index.ntotal}")
+    own = np.arange(q.shape[0], dtype=np.int64) if query_ids is None else np.asarray(query_ids, dtype=np.int64)
+    if own.shape != (q.shape[0],):
+        raise ValueError(f"query_ids must have shape ({q.shape[0]},), got {own.shape}")
+    scores, ids = index.search(q, int(k) + 1)
+    drop = ids == own[:, None]
+    drop[~drop.any(axis=1), -1] = True  # own id not retrieved: drop the (k+1)-th hit to keep k
+    keep = ~drop
+    # Boolean indexing walks row-major, so each row keeps its ranking order.
+    return scores[keep].reshape(q.shape[0], k), ids[keep].reshape(q.shape[0], k).astype(np.int64, copy=False)
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
+    """Mean over queries of |approx top-k ∩ exact top-k| / k: what an approximate index loses vs exact search."""
+    a = np.asarray(approx_ids)[:, :k]
+    e = np.asarray(exact_ids)[:, :k]
+    if a.shape != e.shape or a.shape[1] != k:
+        raise ValueError(f"approx_ids and exact_ids need >= k={k} columns and equal rows, got {a.shape} vs {e.shape}")
+    found = (a[:, :, None] == e[:, None, :]) & (e[:, None, :] >= 0)
+    return float(found.any(axis=1).sum(axis=1).mean() / k)
+
+
+def _describe(index: faiss.Index) -> dict[str, Any]:
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        kind = "hnsw"
+    elif isinstance(inner, faiss.IndexIVF):
+        kind = "ivf"
+    elif isinstance(inner, faiss.IndexFlat):
+        kind = "flat"
+    else:
+        kind = type(inner).__name__
+    metric = {v: k for k, v in METRICS.items()}.get(index.metric_type, str(index.metric_type))
+    return {"kind": kind, "metric": metric, "dim": int(index.d), "ntotal": int(index.ntotal)}
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def save_index(index: faiss.Index, path: str | os.PathLike) -> dict[str, Any]:
+    """Write ``index`` atomically (GPU indexes are copied to the CPU first) plus ``<path>.json`` with its sha256,
+    dim, ntotal, kind, metric and FAISS version; return that metadata."""
+    path = Path(path)
+    cpu_index = faiss.index_gpu_to_cpu(index) if _gpu_available() and "Gpu" in type(index).__name__ else index
+    with atomic_path(path) as tmp:
+        faiss.write_index(cpu_index, str(tmp))
+    meta = {**_describe(cpu_index), "sha256": sha256_file(path), "faiss_version": faiss.__version__,
+            "file": path.name}
+    atomic_write_json(_sidecar(path), meta)
+    return meta
+
+
+def load_index(path: str | os.PathLike) -> faiss.Index:
+    """Read an index written by :func:`save_index`, checking sha256, dim and count against its sidecar."""
+    import json
+
+    path = Path(path)
+    side = _sidecar(path)
+    if not path.is_file():
+        raise IndexFileError(f"index file not found: {path}")
+    if not side.is_file():
+        raise IndexFileError(f"index sidecar not found: {side} (write indexes with histokit.retrieval.index.save_index)")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexFileError(f"index sidecar {side} is not valid JSON: {exc}") from exc
+    for key in ("sha256", "dim", "ntotal"):
+        if key not in meta:
+            raise IndexFileError(f"index sidecar {side} lacks field {key!r}")
+    actual = sha256_file(path)
+    if actual != meta["sha256"]:
+        raise IndexFileError(f"index file {path} has sha256 {actual}, sidecar {side} says {meta['sha256']}")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexFileError(f"index file {path} is not a readable FAISS index: {exc}") from exc
+    if index.d != meta["dim"]:
+        raise IndexFileError(f"index file {path} has dim {index.d}, sidecar {side} says dim={meta['dim']}")
+    if index.ntotal != meta["ntotal"]:
+        raise IndexFileError(f"index file {path} holds {index.ntotal} vectors, sidecar {side} says ntotal={meta['ntotal']}")
+    return index

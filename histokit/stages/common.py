@@ -1,0 +1,123 @@
+"""What several stages share: a recipe dataset with its splits, and an encoder with its weights resolved."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..data.datasets import PatchDataset, load_dataset, merge_classes
+from ..data.splits import load_or_make_split
+from ..models.backbones import create_encoder
+from ..models.base import Encoder
+from ..papers.recipe import ModelSpec, weight_sources
+from .context import StageContext
+
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+def slug(text: str) -> str:
+    """A file-system-safe name for a model row or dataset key ("EsViT + k-NN" -> "esvit_k-nn")."""
+    return re.sub(r"[^a-z0-9._-]+", "_", text.lower()).strip("_")
+
+
+def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> PatchDataset:
+    """The dataset behind a recipe key (its official test set when ``test``), protocol merges applied."""
+    spec = ctx.recipe.dataset(key)
+    name = spec.test_dataset if test else spec.dataset
+    root = None if name == "kather2016_tiny" else ctx.data_root
+    dataset = load_dataset(name, root=root)
+    if spec.merges:
+        dataset = merge_classes(dataset, dict(spec.merges))
+    return dataset
+
+
+def split_indices(ctx: StageContext, key: str, scheme: Optional[str] = None) -> Optional[dict]:
+    """{split: indices} for a dataset, made once per run and reused (``run_dir/data/<key>/split_<scheme>.json``).
+
+    ``random`` = the paper's stratified 80/10/10; ``group`` = group-aware (None when the data has no group ids).
+    A dataset with a separate official test set splits its training data into train/val and keeps the test set whole.
+    """
+    spec = ctx.recipe.dataset(key)
+    scheme = scheme or spec.split
+    dataset = load_recipe_dataset(ctx, key)
+    groups = None
+    if scheme == "group":
+        if not any(g is not None for g in dataset.groups):
+            return None
+        groups = np.asarray([str(g) for g in dataset.groups])
+    fractions = (0.9, 0.1, 0.0) if spec.test_dataset else SPLIT_FRACTIONS
+    split = load_or_make_split(ctx.path("data", slug(key), f"split_{scheme}.json"), dataset.labels, groups,
+                               fractions, ctx.seed)
+    if spec.test_dataset:
+        split = {"train": split["train"], "val": split["val"]}
+    return split
+
+
+@dataclass
+class LoadedModel:
+    encoder: Encoder
+    source: str        # what the weights are, in words, for footnotes
+    spec: ModelSpec
+
+
+def trained_weights_path(ctx: StageContext, run_name: str) -> Path:
+    return ctx.path("train", run_name, "encoder.pt")
+
+
+def load_encoder_weights(encoder: Encoder, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    encoder.load_state_dict(state)
+
+
+def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: str, *, image_size: int,
+                    pooling: Optional[str] = None, scope: str = "all") -> tuple[Encoder, str]:
+    """Build ``encoder_name`` and load the first available weight source of ``spec`` (see recipe.weight_sources).
+
+    ``timm`` hub weights that cannot be fetched (no network) are an error in the full profile; in the smoke profile
+    the encoder stays randomly initialised and a footnote says so.
+    """
+    tried = []
+    for kind, value in weight_sources(spec, dataset):
+        if kind == "checkpoint":
+            path = ctx.checkpoints.get(value)
+            if not path:
+                tried.append(f"no --checkpoint {value}=PATH given")
+                continue
+            from ..models.checkpoints import load_official
+
+            encoder = create_encoder(encoder_name, img_size=image_size, pooling=pooling)
+            load_official(value, path, encoder)
+            return encoder, f"official checkpoint {value} ({Path(path).name})"
+        if kind == "train":
+            path = trained_weights_path(ctx, value)
+            if not path.exists():
+                tried.append(f"training run {value} has not produced {path}")
+                continue
+            encoder = create_encoder(encoder_name, img_size=image_size, pooling=pooling)
+            load_encoder_weights(encoder, path)
+            return encoder, f"trained by this run ({value})"
+        if kind == "timm":
+            try:
+                encoder = create_encoder(encoder_name, pretrained=True, img_size=image_size, pooling=pooling)
+                return encoder, f"timm hub weights ({encoder_name})"
+            except Exception as exc:  # no network, no cache: say exactly what happened
+                if ctx.profile != "smoke":
+                    raise RuntimeError(f"timm weights for {encoder_name} could not be loaded ({exc}); put them in "
+                                       "the Hugging Face cache or pass a local checkpoint") from exc
+                ctx.add_note(scope, f"{encoder_name}: ImageNet weights could not be fetched offline "
+                                    f"({type(exc).__name__}); the smoke run uses random initialisation instead.")
+                return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random (timm offline)"
+        if kind == "random":
+            return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random initialisation"
+    raise RuntimeError(f"no weights available for {encoder_name} from {spec!r}: " + "; ".join(tried))
+
+
+def load_model(ctx: StageContext, model_name: str, dataset: str, scope: str = "all") -> LoadedModel:
+    spec = ctx.recipe.model(model_name)
+    encoder, source = resolve_weights(ctx, spec.encoder, spec.weights, dataset, image_size=ctx.recipe.image_size,
+                                      pooling=spec.pooling, scope=scope)
+    return LoadedModel(encoder.eval(), source, spec)

@@ -1,0 +1,74 @@
+"""The state one stage notebook works with: the recipe, the run directory and the run's notes."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import paths
+from ..device import resolve_device
+from ..io import atomic_write_json
+from ..papers import get_recipe
+from ..papers.recipe import Recipe
+
+
+@dataclass
+class StageContext:
+    paper: str
+    profile: str
+    recipe: Recipe
+    run_dir: Path
+    data_root: Path
+    device: str
+    seed: int
+    checkpoints: dict = field(default_factory=dict)
+    progress: bool = True
+
+    @property
+    def results_dir(self) -> Path:
+        return self.run_dir / "results"
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    # Notes are footnotes gathered across stages (e.g. "ImageNet weights unreachable: random init") that the
+    # tables must carry; they persist in the run directory because every notebook runs in its own kernel.
+    def _notes_file(self) -> Path:
+        return self.results_dir / "notes.json"
+
+    def notes(self) -> dict:
+        f = self._notes_file()
+        return json.loads(f.read_text()) if f.exists() else {}
+
+    def add_note(self, scope: str, text: str) -> None:
+        """Record a footnote for a table id (or "all"); repeated notes are stored once."""
+        notes = self.notes()
+        bucket = notes.setdefault(scope, [])
+        if text not in bucket:
+            bucket.append(text)
+            atomic_write_json(self._notes_file(), notes)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def open_stage(paper: str = "esvit", profile: str = "smoke", data_root: str = "", run_dir: str = "",
+               device: str = "auto", seed: int = 0, checkpoints: dict | None = None) -> StageContext:
+    """What every stage notebook calls first; empty strings mean the defaults (``histokit.paths``)."""
+    recipe = get_recipe(paper, profile)
+    ctx = StageContext(paper=paper, profile=profile, recipe=recipe,
+                       run_dir=Path(run_dir) if run_dir else paths.default_run_dir(paper, profile),
+                       data_root=Path(data_root) if data_root else paths.DATA_ROOT,
+                       device=resolve_device(device), seed=int(seed), checkpoints=dict(checkpoints or {}))
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(ctx.seed)
+    for note in recipe.notes:
+        ctx.add_note("all", note)
+    return ctx

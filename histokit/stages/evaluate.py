@@ -1,0 +1,99 @@
+"""Stages 05 (evaluate) and 06 (ablations): run each EvalSpec of the recipe, write records, rebuild the tables.
+
+Each evaluation ``kind`` is one protocol; a new paper adds kinds here only when it brings a new protocol.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation.stats import bootstrap_ci
+from ..io import atomic_write_text
+from ..papers.recipe import EvalSpec
+from ..results import build_table, merge_records, read_records, records_frame, write_table
+from ..retrieval.metrics import evaluate_retrieval
+from .common import slug
+from .context import StageContext
+from .index import gallery_and_queries
+
+RETRIEVAL_COLUMNS = {"mAP@{k}": "AP@{k}", "Precision@{k}": "P@{k}", "nDCG@{k}": "nDCG@{k}"}
+
+
+def _retrieval_records(ctx: StageContext, spec: EvalSpec, model: str, dataset: str, scheme=None, extra=None):
+    p = spec.params
+    k = p.get("k", 10)
+    parts = gallery_and_queries(ctx, model, dataset, p.get("gallery", "train"), p.get("queries", "test"), scheme)
+    base = {"table": spec.table, "model": model, "dataset": dataset, **spec.labels, **(extra or {})}
+    if parts is None:
+        return [dict(base, metric=col.format(k=k), value=np.nan, note="no group ids in this dataset")
+                for col in RETRIEVAL_COLUMNS]
+    gallery, queries = parts
+    result = evaluate_retrieval(gallery.features, gallery.labels, queries.features, queries.labels, k=k,
+                                ap_normalization=p.get("ap_normalization", "min_k_R"))
+    records = []
+    for column, per_query_key in RETRIEVAL_COLUMNS.items():
+        values = result.per_query[per_query_key.format(k=k)] * 100.0
+        low, high = bootstrap_ci(values, seed=ctx.seed)
+        records.append(dict(base, metric=column.format(k=k), value=float(values.mean()), ci_low=low, ci_high=high,
+                            n=len(values), note=f"AP normalisation {result.ap_normalization}"))
+    if p.get("timing"):
+        timing = json.loads(ctx.path("timing", slug(model), slug(dataset) + ".json").read_text())
+        for metric in ("feature_extraction_ms", "retrieval_latency_ms"):
+            records.append(dict(base, metric=metric, value=float(timing[metric]),
+                                note=f"device {timing['device']}, {timing['precision']}"))
+    return records
+
+
+def eval_retrieval(ctx: StageContext, spec: EvalSpec) -> list[dict]:
+    return [r for m in spec.models for d in spec.datasets for r in _retrieval_records(ctx, spec, m, d)]
+
+
+def eval_retrieval_split_variants(ctx: StageContext, spec: EvalSpec) -> list[dict]:
+    """The paper's random 80/10/10 split beside a group-aware (patient / slide) split of the same data."""
+    records = []
+    for m in spec.models:
+        for d in spec.datasets:
+            records += _retrieval_records(ctx, spec, m, d, "random", {"split": "random 80/10/10 (paper)"})
+            group = _retrieval_records(ctx, spec, m, d, "group", {"split": "group-aware 80/10/10"})
+            if any(np.isnan(r["value"]) for r in group):
+                ctx.add_note(spec.table, f"{d}: the data has no patient/slide ids, so no group-aware split exists; "
+                                         "that row stays empty.")
+            records += group
+    return records
+
+
+EVALUATIONS: dict[str, Callable[[StageContext, EvalSpec], list]] = {
+    "retrieval": eval_retrieval,
+    "retrieval_split_variants": eval_retrieval_split_variants,
+}
+
+
+def write_tables(ctx: StageContext) -> dict[str, pd.DataFrame]:
+    records = read_records(ctx.results_dir / "records.csv")
+    notes = ctx.notes()
+    tables = {}
+    for spec in ctx.recipe.tables:
+        if len(records) == 0 or spec.id not in set(records["table"]):
+            continue
+        table = build_table(spec, records)
+        write_table(spec, table, ctx.results_dir, profile=ctx.profile, paper_title=ctx.recipe.title,
+                    notes=notes.get("all", []) + notes.get(spec.id, []))
+        tables[spec.id] = table
+    return tables
+
+
+def run(ctx: StageContext, stage: str = "evaluate") -> dict[str, pd.DataFrame]:
+    specs = ctx.recipe.evaluations if stage == "evaluate" else ctx.recipe.ablations
+    new = []
+    for spec in specs:
+        if spec.kind not in EVALUATIONS:
+            raise ValueError(f"recipe {ctx.paper}: unknown evaluation kind {spec.kind!r}; "
+                             f"known: {sorted(EVALUATIONS)}")
+        new += EVALUATIONS[spec.kind](ctx, spec)
+    path = ctx.results_dir / "records.csv"
+    merged = merge_records(read_records(path), records_frame(new))
+    atomic_write_text(path, merged.to_csv(index=False))
+    return write_tables(ctx)

@@ -1,0 +1,107 @@
+"""Stage 04: extract each model's features for every image of each dataset, index the galleries, time it.
+
+Features are stored per image for the whole dataset (``features/<model>/<dataset>.npz``), so every split and
+split variant is an index array into them; a separate official test set gets its own file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..data.transforms import eval_transform
+from ..io import atomic_write_json
+from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
+from ..retrieval.index import build_index, save_index
+from ..retrieval.metrics import retrieval_latency_ms
+from .common import load_model, load_recipe_dataset, slug, split_indices
+from .context import StageContext
+
+
+@dataclass
+class IndexSummary:
+    features: pd.DataFrame
+    timing: pd.DataFrame
+
+
+def pairs_needed(ctx: StageContext) -> list[tuple[str, str]]:
+    """(model, dataset) pairs that any evaluation, ablation or figure of the recipe reads."""
+    pairs = []
+    for spec in ctx.recipe.evaluations + ctx.recipe.ablations:
+        pairs += [(m, d) for m in spec.models for d in spec.datasets]
+    for _, _, params in ctx.recipe.figures:
+        if "model" in params and "dataset" in params:
+            pairs.append((params["model"], params["dataset"]))
+    return list(dict.fromkeys(pairs))
+
+
+def feature_path(ctx: StageContext, model: str, dataset: str, test: bool = False):
+    return ctx.path("features", slug(model), slug(dataset) + ("__test" if test else "") + ".npz")
+
+
+def load_feature_set(ctx: StageContext, model: str, dataset: str, test: bool = False) -> FeatureSet:
+    path = feature_path(ctx, model, dataset, test)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    return load_features(path, expected_sha256=meta["sha256"])
+
+
+def gallery_and_queries(ctx: StageContext, model: str, dataset: str, gallery: str = "train", queries: str = "test",
+                        scheme: str | None = None):
+    """(gallery FeatureSet, query FeatureSet) for a split scheme; the official test set when the recipe has one."""
+    full = load_feature_set(ctx, model, dataset)
+    split = split_indices(ctx, dataset, scheme)
+    if split is None:
+        return None
+
+    def part(name: str) -> FeatureSet:
+        if name == "test" and ctx.recipe.dataset(dataset).test_dataset:
+            return load_feature_set(ctx, model, dataset, test=True)
+        rows = np.asarray(split[name])
+        return FeatureSet(full.features[rows], full.labels[rows], full.indices[rows], full.timing)
+
+    return part(gallery), part(queries)
+
+
+def extract_pair(ctx: StageContext, model_name: str, dataset_key: str) -> dict:
+    """Features (+ official test set), the gallery index and the timings of one (model, dataset)."""
+    model = load_model(ctx, model_name, dataset_key)
+    transform = eval_transform(ctx.recipe.image_size, model.spec.mean, model.spec.std)
+    batch = ctx.recipe.extraction_batch_size
+    record = {"model": model_name, "dataset": dataset_key, "weights": model.source}
+    targets = [(False, load_recipe_dataset(ctx, dataset_key))]
+    if ctx.recipe.dataset(dataset_key).test_dataset:
+        targets.append((True, load_recipe_dataset(ctx, dataset_key, test=True)))
+    for is_test, dataset in targets:
+        path = feature_path(ctx, model_name, dataset_key, is_test)
+        if path.exists() and path.with_suffix(".json").exists():
+            continue
+        dataset.transform = transform
+        fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device, progress=ctx.progress)
+        sha = save_features(path, fs)
+        atomic_write_json(path.with_suffix(".json"), {"sha256": sha, **record, "timing": fs.timing})
+    gallery, _ = gallery_and_queries(ctx, model_name, dataset_key)
+    index = build_index(gallery.features, kind="flat", metric="ip")
+    save_index(index, ctx.path("index", slug(model_name), slug(dataset_key) + ".faiss"))
+    amortized = measure_latency(model.encoder, ctx.recipe.image_size, device=ctx.device, batch_size=batch)
+    latency = retrieval_latency_ms(model.encoder, index, ctx.recipe.image_size, device=ctx.device)
+    end_to_end = json.loads(feature_path(ctx, model_name, dataset_key).with_suffix(".json").read_text())["timing"]
+    timing = {**record, "device": ctx.device, "precision": "fp32",
+              "feature_extraction_ms": amortized["ms_per_image"], "extraction_batch_size": batch,
+              "extraction_decode_included": False,
+              "end_to_end_ms_per_image": end_to_end.get("ms_per_image"), "end_to_end_decode_included": True,
+              "retrieval_latency_ms": latency["latency_ms"], "latency_batch_size": 1,
+              "latency_search_ms": latency.get("search_ms"), "gallery_size": int(index.ntotal)}
+    atomic_write_json(ctx.path("timing", slug(model_name), slug(dataset_key) + ".json"), timing)
+    return timing
+
+
+def run(ctx: StageContext) -> IndexSummary:
+    timings = [extract_pair(ctx, m, d) for m, d in pairs_needed(ctx)]
+    timing = pd.DataFrame(timings)
+    atomic_write_json(ctx.path("timing", "all.json"), timings)
+    ctx.results_dir.mkdir(parents=True, exist_ok=True)
+    timing.to_csv(ctx.results_dir / "timing.csv", index=False)
+    features = timing[["model", "dataset", "weights", "gallery_size"]]
+    return IndexSummary(features, timing)

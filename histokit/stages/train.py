@@ -1,0 +1,93 @@
+"""Stages 02 (pretraining) and 03 (fine-tuning): every TrainSpec of the recipe through the one training engine.
+
+A run whose final encoder exists is not trained again; an interrupted run resumes from its last epoch checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..io import atomic_torch_save, atomic_write_json
+from ..papers.recipe import TrainSpec
+from .common import load_recipe_dataset, resolve_weights, split_indices, trained_weights_path
+from .context import StageContext
+
+
+@dataclass
+class TrainOutcome:
+    name: str
+    status: str          # trained | reused
+    init: str            # where the starting weights came from
+    history: list
+    figure: Path | None
+
+
+def views_transform(spec: TrainSpec, mean, std):
+    from ..data.transforms import MultiCropTransform, TwoViewTransform
+    from ..ssl.registry import views_for
+
+    kind = views_for(spec.method)
+    if kind == "multicrop":
+        return MultiCropTransform(global_size=spec.image_size, local_size=spec.local_size, n_global=2,
+                                  n_local=spec.n_local, mean=mean, std=std)
+    if kind == "two_views":
+        return TwoViewTransform(spec.image_size, mean=mean, std=std)
+    from ..data.transforms import eval_transform
+
+    single = eval_transform(spec.image_size, mean, std)
+    return lambda image: [single(image)]
+
+
+def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
+    from ..ssl.registry import create_method
+    from ..train.engine import train
+    from ..viz.curves import loss_curve
+
+    final = trained_weights_path(ctx, spec.name)
+    history_file = final.parent / "history.json"
+    figure = ctx.results_dir / "figures" / f"loss_{spec.name}.png"
+    if final.exists() and history_file.exists():
+        saved = json.loads(history_file.read_text())
+        return TrainOutcome(spec.name, "reused", saved["init"], saved["history"], figure if figure.exists() else None)
+    encoder, init = resolve_weights(ctx, spec.encoder, spec.init, spec.dataset, image_size=spec.image_size, scope=scope)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    dataset = load_recipe_dataset(ctx, spec.dataset)
+    train_split = split_indices(ctx, spec.dataset)["train"]
+    dataset = dataset.subset(train_split)
+    dataset.transform = views_transform(spec, mean, std)
+    loader = DataLoader(dataset, batch_size=min(spec.batch_size, len(dataset)), shuffle=True, drop_last=True,
+                        num_workers=0, generator=torch.Generator().manual_seed(ctx.seed))
+    method = create_method(spec.method, encoder, **spec.method_cfg)
+    history = train(method, loader, epochs=spec.epochs, optimizer=spec.optimizer, lr=spec.lr,
+                    weight_decay=spec.weight_decay, warmup_epochs=spec.warmup_epochs, min_lr=spec.min_lr,
+                    device=ctx.device, checkpoint_dir=final.parent / "checkpoints", resume=True, seed=ctx.seed,
+                    progress=ctx.progress)
+    atomic_torch_save(method.eval_encoder().state_dict(), final)
+    atomic_write_json(history_file, {"init": init, "history": history, "spec": spec.__dict__})
+    loss_curve(history, figure, title=f"{spec.name}: {spec.method} on {spec.dataset} (init: {init})")
+    return TrainOutcome(spec.name, "trained", init, history, figure)
+
+
+def run(ctx: StageContext, stage: str) -> list[TrainOutcome]:
+    """``stage`` = "pretrain" or "finetune": the recipe's list of that name."""
+    specs = ctx.recipe.pretrain if stage == "pretrain" else ctx.recipe.finetune
+    outcomes = []
+    for spec in specs:
+        if stage == "pretrain" and any(ctx.checkpoints.get(v) for k, v in _checkpoint_alternatives(ctx, spec)):
+            continue  # an official checkpoint replaces this pretraining
+        outcomes.append(train_one(ctx, spec, scope="all"))
+    return outcomes
+
+
+def _checkpoint_alternatives(ctx: StageContext, spec: TrainSpec):
+    """Pretraining runs that a downstream run would skip in favour of a user-given checkpoint."""
+    from ..papers.recipe import weight_sources
+
+    for other in ctx.recipe.finetune:
+        sources = weight_sources(other.init, other.dataset)
+        if ("train", spec.name) in sources:
+            yield from [(k, v) for k, v in sources[: sources.index(("train", spec.name))] if k == "checkpoint"]

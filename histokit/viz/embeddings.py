@@ -1,0 +1,178 @@
+"""2-D projections of embeddings: Ye et al. (Sci. Rep. 2024) Fig. 1, LGFFEM (Sensors 2025) Fig. 7.
+
+Ye et al. plot UMAP "with the default parameters (neighbors = 15, dist = 0.1)" on the CRC embeddings of each
+pre-trained model, one panel per model; LGFFEM colours a 2-D projection of the Kimia Path24C test embeddings by
+class (scan). Both go through umap-learn here. A projection is a picture, not a metric: no number is read off it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from histokit.viz.grid import new_figure, save_figure
+
+MIN_UMAP_SAMPLES = 4  # below this umap-learn's spectral initialisation fails (k >= N); checked in the tests
+
+
+def _as_features(features: Any, name: str = "features") -> np.ndarray:
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a (samples, dim) array, got shape {x.shape}")
+    bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad_rows.size:
+        raise ValueError(f"{name} has {bad_rows.size} rows with NaN/inf (first: row {bad_rows[0]})")
+    return x
+
+
+def umap_projection(features: Any, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, *,
+                    metric: str = "euclidean", n_epochs: int | None = None) -> tuple[np.ndarray, dict]:
+    """UMAP of ``features`` (N, D) to (N, 2) with Ye et al.'s settings (n_neighbors = 15, min_dist = 0.1).
+
+    Returns ``(coords, info)``. UMAP needs ``n_neighbors < N``: with fewer samples n_neighbors is lowered to
+    ``N - 1`` and ``info["note"]`` says so (``info["n_neighbors"]`` is the value used); fewer than
+    ``MIN_UMAP_SAMPLES`` points raise ``ValueError``. ``seed`` makes the layout reproducible (umap-learn then
+    runs single-threaded). ``n_epochs=None`` keeps umap-learn's default (200 for large, 500 for small data).
+    """
+    import umap
+
+    x = _as_features(features)
+    n = x.shape[0]
+    if n < MIN_UMAP_SAMPLES:
+        raise ValueError(f"UMAP needs at least {MIN_UMAP_SAMPLES} samples, got {n} rows in features")
+    if n_neighbors < 2:
+        raise ValueError(f"n_neighbors must be >= 2, got {n_neighbors}")
+    used = min(n_neighbors, n - 1)
+    info: dict[str, Any] = {"method": "umap", "n_neighbors_requested": n_neighbors, "n_neighbors": used,
+                            "min_dist": min_dist, "metric": metric, "seed": seed, "n_samples": n, "note": ""}
+    if used < n_neighbors:
+        info["note"] = f"n_neighbors lowered from {n_neighbors} to {used}: only {n} samples"
+    reducer = umap.UMAP(n_neighbors=used, min_dist=min_dist, metric=metric, random_state=seed,
+                        n_epochs=n_epochs, n_components=2, n_jobs=1)
+    with warnings.catch_warnings():
+        # Fixed seed forces n_jobs=1 (we ask for it) and umap says so; tiny sets warn about disconnected points.
+        warnings.filterwarnings("ignore", message=r"n_jobs value .* overridden", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*disconnected", category=UserWarning)
+        coords = reducer.fit_transform(x)
+    return np.asarray(coords, dtype=np.float32), info
+
+
+def group_palette(n: int) -> list:
+    """Distinct colours for ``n`` classes: tab10 / tab20 while they suffice, then evenly spaced husl hues."""
+    import seaborn as sns
+
+    if n <= 10:
+        return sns.color_palette("tab10", n)
+    if n <= 20:
+        return sns.color_palette("tab20", n)
+    return sns.color_palette("husl", n)
+
+
+def _scatter_groups(ax, coords: np.ndarray, codes: np.ndarray, names: Sequence[str], palette: list,
+                    point_size: float) -> None:
+    """One scatter call per group so each group gets a legend entry with its readable name."""
+    for code, name in enumerate(names):
+        member = codes == code
+        if member.any():
+            ax.scatter(coords[member, 0], coords[member, 1], s=point_size, color=palette[code], label=name,
+                       alpha=0.8, linewidths=0, rasterized=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+
+
+def _point_size(n: int) -> float:
+    """Large dots for a handful of points, small ones for 100k (CRC) so clusters stay visible."""
+    return float(np.clip(3000.0 / max(n, 1), 1.0, 40.0))
+
+
+def _legend_columns(n: int) -> int:
+    return 1 if n <= 12 else 2 if n <= 30 else 3
+
+
+def embedding_panels(panels: Mapping[str, tuple[Any, Any]], classes: Sequence[str],
+                     path: str | os.PathLike | None, title: str = "UMAP of feature embeddings", *,
+                     n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, n_epochs: int | None = None,
+                     progress: bool = True) -> Figure:
+    """One UMAP panel per method, points coloured by class, one shared legend (Ye et al. Fig. 1).
+
+    ``panels`` maps a method name (panel title) to ``(features (N, D), labels (N,))`` with labels indexing
+    ``classes``. Every panel uses the same class colours. A panel whose n_neighbors had to be lowered says so.
+    """
+    if not panels:
+        raise ValueError("panels is empty: give at least one method_name -> (features, labels)")
+    classes = list(classes)
+    palette = group_palette(len(classes))
+    n_cols = min(len(panels), 3)
+    n_rows = int(np.ceil(len(panels) / n_cols))
+    fig = new_figure(4.2 * n_cols + 2.2, 4.0 * n_rows + 0.6)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax, (method, pair) in zip(axes, tqdm(panels.items(), desc="UMAP panels", disable=not progress)):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"panels[{method!r}] must be a (features, labels) pair")
+        features, labels = pair
+        labels = np.asarray(labels)
+        x = _as_features(features, f"panels[{method!r}] features")
+        if labels.shape != (x.shape[0],):
+            raise ValueError(f"panels[{method!r}]: {x.shape[0]} feature rows but labels of shape {labels.shape}")
+        bad = labels[(labels < 0) | (labels >= len(classes))]
+        if bad.size:
+            raise ValueError(f"panels[{method!r}] labels {sorted(set(bad.tolist()))[:5]} are outside classes "
+                             f"(0..{len(classes) - 1})")
+        coords, info = umap_projection(x, n_neighbors, min_dist, seed, n_epochs=n_epochs)
+        _scatter_groups(ax, coords, labels, classes, palette, _point_size(len(labels)))
+        ax.set_title(method if not info["note"] else f"{method}\n({info['note']})", fontsize=11)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    fig.legend(handles=_legend_handles(classes, palette), loc="outside right center", title="tissue class", fontsize=9,
+               ncols=_legend_columns(len(classes)))
+    fig.suptitle(title, fontsize=13)
+    return save_figure(fig, path)
+
+
+def _legend_handles(names: Sequence[str], palette: list) -> list:
+    """Legend markers of one fixed size, whatever the scatter point size."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], marker="o", linestyle="", markersize=7, color=palette[i], label=str(name))
+            for i, name in enumerate(names)]
+
+
+def projection_plot(features: Any, groups: Sequence[Any], path: str | os.PathLike | None,
+                    title: str = "2-D projection of embeddings", *, group_names: Sequence[str] | None = None,
+                    legend_title: str = "class", n_neighbors: int = 15, min_dist: float = 0.1,
+                    seed: int = 0, n_epochs: int | None = None) -> Figure:
+    """A single UMAP scatter coloured by group (LGFFEM Fig. 7: Kimia Path24C test embeddings, one colour per scan).
+
+    ``groups`` holds one entry per row of ``features``: integer codes indexing ``group_names`` when given, else
+    any labels (scan ids, names) used as they are in the legend, sorted.
+    """
+    x = _as_features(features)
+    groups = np.asarray(groups)
+    if groups.shape != (x.shape[0],):
+        raise ValueError(f"groups must have one entry per feature row ({x.shape[0]}), got shape {groups.shape}")
+    if group_names is not None:
+        names = [str(g) for g in group_names]
+        codes = groups.astype(np.int64)
+        bad = codes[(codes < 0) | (codes >= len(names))]
+        if bad.size:
+            raise ValueError(f"groups holds {sorted(set(bad.tolist()))[:5]}, outside group_names "
+                             f"(0..{len(names) - 1})")
+    else:
+        uniques, codes = np.unique(groups, return_inverse=True)
+        names = [str(u) for u in uniques]
+    coords, info = umap_projection(x, n_neighbors, min_dist, seed, n_epochs=n_epochs)
+    palette = group_palette(len(names))
+    fig = new_figure(8.0, 6.0)
+    ax = fig.subplots()
+    _scatter_groups(ax, coords, codes, names, palette, _point_size(x.shape[0]))
+    ax.set_title(title if not info["note"] else f"{title}\n({info['note']})", fontsize=12)
+    fig.legend(handles=_legend_handles(names, palette), loc="outside right center", title=legend_title,
+               fontsize=8, ncols=_legend_columns(len(names)))
+    return save_figure(fig, path)
