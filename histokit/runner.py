@@ -88,14 +88,20 @@ def _fingerprint(notebook: Path, params: dict) -> str:
     return h.hexdigest()
 
 
-def _failed_cell(executed: Path) -> Optional[int]:
+def _failed_cell(source: Path, executed: Path) -> Optional[int]:
+    """Index (0-based, in the *source* notebook) of the cell that raised; papermill's executed copy has extra
+    cells (injected parameters, an error banner), so the failed cell is matched back by its source text."""
     try:
-        nb = json.loads(executed.read_text())
+        ran = json.loads(executed.read_text())
+        original = json.loads(source.read_text())
     except (OSError, ValueError):
         return None
-    for i, cell in enumerate(nb.get("cells", [])):
+    for cell in ran.get("cells", []):
         if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-            return i
+            text = "".join(cell.get("source", []))
+            for i, orig in enumerate(original.get("cells", [])):
+                if "".join(orig.get("source", [])) == text:
+                    return i
     return None
 
 
@@ -112,6 +118,9 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
     if unknown:  # papermill would only warn; a typo must not silently run the defaults
         raise RunnerError(f"{notebook.name} does not declare parameter(s) {unknown}; it declares {sorted(declared)}")
     executed = run_dir / "notebooks" / notebook.name
+    if executed.resolve() == notebook.resolve():
+        raise RunnerError(f"run directory {run_dir} would write executed notebooks over the sources in "
+                          f"{notebook.parent}; choose another --run-dir")
     marker = run_dir / "stages" / f"{stage}.done.json"
     fingerprint = _fingerprint(notebook, params)
     if not force and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
@@ -123,7 +132,7 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
         papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=KERNEL_NAME,
                                    cwd=str(notebook.parent), progress_bar=False, log_output=log_output)
     except PapermillExecutionError as exc:
-        raise StageFailed(stage, executed, _failed_cell(executed), exc.ename, exc.evalue) from None
+        raise StageFailed(stage, executed, _failed_cell(notebook, executed), exc.ename, exc.evalue) from None
     seconds = time.perf_counter() - start
     atomic_write_json(marker, {"stage": stage, "fingerprint": fingerprint, "params": params, "seconds": seconds,
                                "finished": now_iso()})

@@ -18,8 +18,8 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PARAMETERS = '''# Parameters (papermill injects overrides after this cell; the defaults run the smoke profile)
 paper = "esvit"        # esvit | chen2022 | cyphervit | lgffem
 profile = "smoke"      # smoke | full
-data_root = ""         # "" = $HISTOKIT_DATA_ROOT or ~/histokit_data
-run_dir = ""           # "" = runs/<paper>/<profile>
+data_root = ""         # empty means $HISTOKIT_DATA_ROOT or ~/histokit_data
+run_dir = ""           # empty means runs/<paper>/<profile>
 device = "auto"        # auto | cpu | cuda | cuda:N
 seed = 0
 checkpoints = {}       # official weights, e.g. {"esvit": "/weights/esvit_swin_t.pth"}'''

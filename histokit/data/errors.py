@@ -11,7 +11,14 @@ class ManifestError(DataError, ValueError):
 
 
 class DownloadError(DataError):
-    """A download failed for good (HTTP 4xx, or 5xx / connection errors after all retries); names the URL."""
+    """A download failed for good (HTTP 4xx, or 5xx / connection errors after all retries); names the URL.
+
+    ``http_status`` is the last HTTP status, or None when no server answered (offline, DNS, refused, timeout).
+    """
+
+    def __init__(self, message: str, url: str = "", http_status: int | None = None):
+        super().__init__(message)
+        self.url, self.http_status = url, http_status
 
 
 class ChecksumMismatch(DataError):

@@ -1,2 +1,3 @@
 """histokit.models."""
 from . import lgffem  # registers LGFFEM
+from . import cyphervit  # registers CypherViT encoders

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from histokit.viz.grid import hide_ticks, load_tile, new_figure, save_figure
 
-MAX_COLUMNS = 7
+MAX_COLUMNS = 8  # tile + 6 ViT-S heads + mean fit one row; ViT-B's 14 panels wrap into 2 rows of 7
 COLORBAR_LABEL = "relative attention\n(min-max per map)"
 
 
@@ -58,9 +58,10 @@ def _overlay(ax, image: np.ndarray, heat: np.ndarray, cmap: str, alpha: float) -
     hide_ticks(ax)
 
 
-def _colorbar(fig: Figure, axes, cmap: str) -> None:
-    fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=colormaps[cmap]), ax=axes, shrink=0.8,
-                 label=COLORBAR_LABEL, ticks=[0, 0.5, 1])
+def _colorbar(fig: Figure, axes, cmap: str, n_rows: int) -> None:
+    """One colour bar for all overlays, about two rows tall whatever the figure height."""
+    fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=colormaps[cmap]), ax=axes,
+                 shrink=min(0.8, 2.0 / n_rows), label=COLORBAR_LABEL, ticks=[0, 0.5, 1])
 
 
 def attention_heads_figure(image: Any, attn: Any, path: str | os.PathLike | None,
@@ -77,8 +78,8 @@ def attention_heads_figure(image: Any, attn: Any, path: str | os.PathLike | None
     heads = upsample_maps(maps, size, upsample)
     mean = upsample_maps(maps.mean(axis=0, keepdims=True), size, upsample)[0]
     n_panels = maps.shape[0] + 2
-    n_cols = min(n_panels, MAX_COLUMNS)
-    n_rows = int(np.ceil(n_panels / n_cols))
+    n_rows = int(np.ceil(n_panels / MAX_COLUMNS))
+    n_cols = int(np.ceil(n_panels / n_rows))  # balanced rows, no near-empty last row
     fig = new_figure(2.2 * n_cols + 1.2, 2.4 * n_rows + 0.7)
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
     axes[0].imshow(image)
@@ -91,7 +92,7 @@ def attention_heads_figure(image: Any, attn: Any, path: str | os.PathLike | None
     axes[n_panels - 1].set_title("Mean of heads", fontsize=10, fontweight="bold")
     for ax in axes[n_panels:]:
         ax.set_axis_off()
-    _colorbar(fig, axes, cmap)
+    _colorbar(fig, axes, cmap, n_rows)
     fig.suptitle(title, fontsize=12)
     return save_figure(fig, path)
 
@@ -127,6 +128,6 @@ def cls_attention_figure(images: Sequence[Any], attn: Sequence[Any], classes: Se
     axes[0, 0].set_title("Tile", fontsize=10, fontweight="bold")
     for j in range(n_tokens):
         axes[0, j + 1].set_title(f"[cls] {j + 1}", fontsize=10)
-    _colorbar(fig, axes, cmap)
+    _colorbar(fig, axes, cmap, len(classes))
     fig.suptitle(title, fontsize=12)
     return save_figure(fig, path)

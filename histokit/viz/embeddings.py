@@ -62,25 +62,32 @@ def umap_projection(features: Any, n_neighbors: int = 15, min_dist: float = 0.1,
     return np.asarray(coords, dtype=np.float32), info
 
 
-def group_palette(n: int) -> list:
-    """Distinct colours for ``n`` classes: tab10 / tab20 while they suffice, then evenly spaced husl hues."""
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def group_styles(n: int) -> list[tuple[tuple[float, float, float], str]]:
+    """A distinct (colour, marker) per group: the 10 tab10 colours, then the same colours with a new marker.
+
+    Why markers: beyond ~10 groups (Kimia Path24C has 24 scans) neighbouring hues of any single palette become
+    indistinguishable; colour x shape stays readable up to 60. Past that, evenly spaced husl hues.
+    """
     import seaborn as sns
 
-    if n <= 10:
-        return sns.color_palette("tab10", n)
-    if n <= 20:
-        return sns.color_palette("tab20", n)
-    return sns.color_palette("husl", n)
+    tab10 = sns.color_palette("tab10", 10)
+    if n <= len(tab10) * len(MARKERS):
+        return [(tab10[i % 10], MARKERS[i // 10]) for i in range(n)]
+    return [(color, "o") for color in sns.color_palette("husl", n)]
 
 
-def _scatter_groups(ax, coords: np.ndarray, codes: np.ndarray, names: Sequence[str], palette: list,
+def _scatter_groups(ax, coords: np.ndarray, codes: np.ndarray, names: Sequence[str], styles: list,
                     point_size: float) -> None:
     """One scatter call per group so each group gets a legend entry with its readable name."""
     for code, name in enumerate(names):
         member = codes == code
         if member.any():
-            ax.scatter(coords[member, 0], coords[member, 1], s=point_size, color=palette[code], label=name,
-                       alpha=0.8, linewidths=0, rasterized=True)
+            color, marker = styles[code]
+            ax.scatter(coords[member, 0], coords[member, 1], s=point_size, color=color, marker=marker,
+                       label=name, alpha=0.8, linewidths=0, rasterized=True)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel("UMAP 1")
@@ -108,7 +115,7 @@ def embedding_panels(panels: Mapping[str, tuple[Any, Any]], classes: Sequence[st
     if not panels:
         raise ValueError("panels is empty: give at least one method_name -> (features, labels)")
     classes = list(classes)
-    palette = group_palette(len(classes))
+    styles = group_styles(len(classes))
     n_cols = min(len(panels), 3)
     n_rows = int(np.ceil(len(panels) / n_cols))
     fig = new_figure(4.2 * n_cols + 2.2, 4.0 * n_rows + 0.6)
@@ -126,22 +133,22 @@ def embedding_panels(panels: Mapping[str, tuple[Any, Any]], classes: Sequence[st
             raise ValueError(f"panels[{method!r}] labels {sorted(set(bad.tolist()))[:5]} are outside classes "
                              f"(0..{len(classes) - 1})")
         coords, info = umap_projection(x, n_neighbors, min_dist, seed, n_epochs=n_epochs)
-        _scatter_groups(ax, coords, labels, classes, palette, _point_size(len(labels)))
+        _scatter_groups(ax, coords, labels, classes, styles, _point_size(len(labels)))
         ax.set_title(method if not info["note"] else f"{method}\n({info['note']})", fontsize=11)
     for ax in axes[len(panels):]:
         ax.set_axis_off()
-    fig.legend(handles=_legend_handles(classes, palette), loc="outside right center", title="tissue class", fontsize=9,
+    fig.legend(handles=_legend_handles(classes, styles), loc="outside right center", title="tissue class", fontsize=9,
                ncols=_legend_columns(len(classes)))
     fig.suptitle(title, fontsize=13)
     return save_figure(fig, path)
 
 
-def _legend_handles(names: Sequence[str], palette: list) -> list:
+def _legend_handles(names: Sequence[str], styles: list) -> list:
     """Legend markers of one fixed size, whatever the scatter point size."""
     from matplotlib.lines import Line2D
 
-    return [Line2D([], [], marker="o", linestyle="", markersize=7, color=palette[i], label=str(name))
-            for i, name in enumerate(names)]
+    return [Line2D([], [], marker=marker, linestyle="", markersize=7, color=color, label=str(name))
+            for name, (color, marker) in zip(names, styles)]
 
 
 def projection_plot(features: Any, groups: Sequence[Any], path: str | os.PathLike | None,
@@ -168,11 +175,11 @@ def projection_plot(features: Any, groups: Sequence[Any], path: str | os.PathLik
         uniques, codes = np.unique(groups, return_inverse=True)
         names = [str(u) for u in uniques]
     coords, info = umap_projection(x, n_neighbors, min_dist, seed, n_epochs=n_epochs)
-    palette = group_palette(len(names))
+    styles = group_styles(len(names))
     fig = new_figure(8.0, 6.0)
     ax = fig.subplots()
-    _scatter_groups(ax, coords, codes, names, palette, _point_size(x.shape[0]))
+    _scatter_groups(ax, coords, codes, names, styles, _point_size(x.shape[0]))
     ax.set_title(title if not info["note"] else f"{title}\n({info['note']})", fontsize=12)
-    fig.legend(handles=_legend_handles(names, palette), loc="outside right center", title=legend_title,
+    fig.legend(handles=_legend_handles(names, styles), loc="outside right center", title=legend_title,
                fontsize=8, ncols=_legend_columns(len(names)))
     return save_figure(fig, path)

@@ -39,13 +39,13 @@ def retrieval_gallery(query_paths: Sequence[Any], query_labels: Sequence[int], g
                       gallery_labels: Sequence[int], ids: Any, classes: Sequence[str],
                       path: str | os.PathLike | None, k: int = 5, n_queries: int = 4, *,
                       query_indices: Sequence[int] | None = None, scores: Any = None,
-                      title: str = "Query tiles and their top retrieved tiles") -> Figure:
+                      score_label: str = "sim", title: str = "Query tiles and their top retrieved tiles") -> Figure:
     """Rows = queries, columns = query then its top-``k`` retrieved gallery tiles (hits green, misses red).
 
     ``ids`` is the (Q, >=k) index-search result into the gallery (FAISS returns -1 for "no result"; such a cell
     is left empty). ``query_paths`` / ``gallery_paths`` hold file paths or (H, W, 3) arrays. The first
     ``n_queries`` queries are shown unless ``query_indices`` picks them. ``scores`` (Q, >=k), if given,
-    prints each tile's similarity next to its rank.
+    prints each tile's score next to its rank, prefixed by ``score_label`` ("sim" for inner product, "dist" for L2).
     """
     ids = np.asarray(ids)
     query_labels = np.asarray(query_labels)
@@ -81,12 +81,13 @@ def retrieval_gallery(query_paths: Sequence[Any], query_labels: Sequence[int], g
 
     n_rows = len(query_indices)
     # A narrow empty column separates the query from its results, as in Habijan et al. Fig. 2.
-    fig = new_figure(1.9 * (k + 1) + 0.4, 2.15 * n_rows + 0.8)
+    fig = new_figure(1.9 * (k + 1) + 0.4, 2.4 * n_rows + 0.8)
     grid = fig.add_gridspec(n_rows, k + 2, width_ratios=[1, 0.12] + [1] * k)
     for row, q in enumerate(query_indices):
         q_label = int(query_labels[q])
         ax = fig.add_subplot(grid[row, 0], label=f"query{row}")
-        ax.imshow(load_tile(query_paths[q]))
+        query_tile = load_tile(query_paths[q])
+        ax.imshow(query_tile)
         hide_ticks(ax)
         _frame(ax, QUERY_COLOR)
         ax.set_title("Query", fontsize=10, fontweight="bold", color=QUERY_COLOR)
@@ -96,14 +97,17 @@ def retrieval_gallery(query_paths: Sequence[Any], query_labels: Sequence[int], g
             hide_ticks(ax)
             g = int(ids[q, rank])
             if g < 0:
+                # Keep the cell the size of a tile so the row stays aligned, and say why it is empty.
+                ax.imshow(np.full_like(query_tile, 255))
+                ax.text(0.5, 0.5, "no result", transform=ax.transAxes, ha="center", va="center", color="grey")
                 for spine in ax.spines.values():
-                    spine.set_visible(False)
-                ax.set_xlabel("no result", fontsize=9, color="grey")
+                    spine.set_edgecolor("lightgrey")
+                ax.set_title(f"#{rank + 1}", fontsize=9)
                 continue
             g_label = int(gallery_labels[g])
             ax.imshow(load_tile(gallery_paths[g]))
             _frame(ax, HIT_COLOR if g_label == q_label else MISS_COLOR)
-            rank_text = f"#{rank + 1}" + (f"  sim {float(scores[q, rank]):.2f}" if scores is not None else "")
+            rank_text = f"#{rank + 1}" + (f"  {score_label} {float(scores[q, rank]):.2f}" if scores is not None else "")
             ax.set_title(rank_text, fontsize=9)
             ax.set_xlabel(classes[g_label], fontsize=9, color=HIT_COLOR if g_label == q_label else MISS_COLOR)
     fig.suptitle(f"{title}\n(frame: green = same class as the query, red = different class)", fontsize=12)

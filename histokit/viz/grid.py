@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from histokit.io import atomic_path
 
@@ -36,7 +37,15 @@ def save_figure(fig: Figure, path: str | os.PathLike | None, dpi: int = DEFAULT_
     with atomic_path(path) as tmp:
         # The temp file ends in .tmp, so the format must be named explicitly.
         fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
+        # mkstemp creates the temp file 0600; a figure is for sharing, so give it the usual umask mode.
+        tmp.chmod(0o666 & ~_current_umask())
     return fig
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_tile(source: Any) -> np.ndarray:
@@ -131,7 +140,7 @@ def sample_grid(dataset_or_paths_labels: Any, classes: Sequence[str], per_class:
 
 
 def class_counts_bar(counts: Mapping[str, Any], path: str | os.PathLike | None = None, *,
-                     title: str = "Tiles per class", xlabel: str = "number of tiles") -> Figure:
+                     title: str | None = None, xlabel: str = "number of tiles") -> Figure:
     """Horizontal bars of tiles per class, each bar annotated with its count.
 
     ``counts`` is ``{class_name: n}``, or ``{split_name: {class_name: n}}`` for bars grouped by split
@@ -156,7 +165,7 @@ def class_counts_bar(counts: Mapping[str, Any], path: str | os.PathLike | None =
 
     n_classes = df["class"].nunique()
     n_splits = df["split"].nunique()
-    fig = new_figure(7.0, 0.9 + 0.32 * n_classes * max(1, n_splits * 0.7))
+    fig = new_figure(7.0, 1.0 + 0.3 * n_classes * (1 + 0.45 * (n_splits - 1)))
     ax = fig.subplots()
     sns.barplot(data=df, y="class", x="count", hue="split" if nested else None, ax=ax, orient="h",
                 color=None if nested else "#4c72b0", errorbar=None)
@@ -164,8 +173,11 @@ def class_counts_bar(counts: Mapping[str, Any], path: str | os.PathLike | None =
         ax.bar_label(container, fmt="%d", padding=3, fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("")
-    ax.set_title(title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tiles are counted, never fractional
     ax.margins(x=0.12)  # room for the count labels at the end of the longest bar
     if nested:
-        ax.legend(title="split", loc="lower right", fontsize=8)
+        # Outside the axes so it never covers a bar; constrained layout makes room for it.
+        ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+        title = title if title is not None else "Tiles per class and split"
+    ax.set_title(title if title is not None else "Tiles per class")
     return save_figure(fig, path)

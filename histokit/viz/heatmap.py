@@ -38,6 +38,7 @@ def metric_heatmap(df, path: str | os.PathLike | None, title: str = "Retrieval r
     n_rows, n_cols = values.shape
     fig = new_figure(max(4.5, 1.25 * n_cols + 3.0), max(2.5, 0.5 * n_rows + 1.4))
     ax = fig.subplots()
+    ax.set_facecolor("#e0e0e0")  # missing results (NaN) are masked by seaborn and show this grey
     sns.heatmap(values.astype(float), annot=True, fmt=fmt, cmap=cmap if higher_is_better else f"{cmap}_r",
                 linewidths=0.5, linecolor="white", cbar_kws={"label": metric_label}, ax=ax,
                 annot_kws={"fontsize": 10})
@@ -45,6 +46,9 @@ def metric_heatmap(df, path: str | os.PathLike | None, title: str = "Retrieval r
     ax.set_ylabel(str(df.index.name or "method"))
     ax.tick_params(axis="x", labelrotation=0 if n_cols <= 4 else 30)
     ax.tick_params(axis="y", labelrotation=0)
-    direction = "higher is better" if higher_is_better else "lower is better"
-    ax.set_title(f"{title}\n({metric_label + ', ' if metric_label else ''}{direction})", fontsize=11)
+    notes = [metric_label] if metric_label else []
+    notes.append("higher is better" if higher_is_better else "lower is better")
+    if values.isna().to_numpy().any():
+        notes.append("grey = no result")
+    ax.set_title(f"{title}\n({', '.join(notes)})", fontsize=11)
     return save_figure(fig, path)

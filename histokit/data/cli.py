@@ -1,0 +1,85 @@
+"""``histokit data download|verify|prepare|list``: subcommands the top-level CLI registers with
+:func:`add_data_subcommands`. Each handler returns an exit code (0 ok, 1 failure with a one-paragraph message)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import DataError
+from .manifests import list_manifests, load_manifest
+
+
+def _cmd_list(args) -> int:
+    for name in list_manifests():
+        m = load_manifest(name)
+        lic = m.license["name"] + ("" if m.redistributable else ", not redistributable")
+        print(f"{name:24s} {m.access:12s} {m.layout.type:14s} {lic}")
+    return 0
+
+
+def _cmd_download(args) -> int:
+    from .download import download
+
+    for p in download(args.name, args.root, progress=not args.quiet):
+        print(p)
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .verify import verify
+
+    report = verify(args.name, args.root, progress=not args.quiet)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _cmd_prepare(args) -> int:
+    from .prepare import prepare
+
+    print(prepare(args.name, args.root, progress=not args.quiet))
+    return 0
+
+
+def _guard(handler):
+    """Turn data-layer errors into a clear message on stderr and exit code 1 (no traceback)."""
+
+    def run(args) -> int:
+        try:
+            return handler(args)
+        except (DataError, OSError) as exc:
+            print(f"histokit data {args.data_command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def add_data_subcommands(subparsers) -> argparse.ArgumentParser:
+    """Register ``data`` and its subcommands on the top-level ``subparsers``; each sets ``args.func(args) -> int``."""
+    data = subparsers.add_parser("data", help="download, verify and prepare datasets from data_manifests/")
+    sub = data.add_subparsers(dest="data_command", required=True)
+    for cmd, handler, help_ in [
+        ("download", _cmd_download, "fetch a dataset's files (resumable, checksum-verified)"),
+        ("verify", _cmd_verify, "check a dataset's files against its manifest"),
+        ("prepare", _cmd_prepare, "download + verify + extract"),
+    ]:
+        p = sub.add_parser(cmd, help=help_)
+        p.add_argument("name", choices=list_manifests(), metavar="NAME", help="dataset (see `histokit data list`)")
+        p.add_argument("--root", default=None, help="data root; the dataset lives in ROOT/NAME (default: "
+                                                    "$HISTOKIT_DATA_ROOT or ~/histokit_data)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=_guard(handler))
+    p = sub.add_parser("list", help="list the datasets the kit knows")
+    p.set_defaults(func=_guard(_cmd_list))
+    return data
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (``python -m histokit.data.cli data verify kather2016_tiny``), used by the tests."""
+    parser = argparse.ArgumentParser(prog="histokit")
+    add_data_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
