@@ -36,14 +36,17 @@ class Sample:
     row: Optional[int] = None  # row of a .npy array (PanNuke, MedMNIST); None for an image file
 
 
-_ARRAYS: dict[str, np.ndarray] = {}
+_ARRAYS: dict[tuple, np.ndarray] = {}
 
 
 def _mmap(path: str) -> np.ndarray:
-    """Memory-map a .npy once per process (DataLoader workers inherit or reopen it; nothing is read whole)."""
-    arr = _ARRAYS.get(path)
+    """Memory-map a .npy once per process (DataLoader workers inherit or reopen it; nothing is read whole).
+    Keyed by path, size and mtime, so a file replaced on disk is mapped afresh."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    arr = _ARRAYS.get(key)
     if arr is None:
-        arr = _ARRAYS[path] = np.load(path, mmap_mode="r", allow_pickle=False)
+        arr = _ARRAYS[key] = np.load(path, mmap_mode="r", allow_pickle=False)
     return arr
 
 

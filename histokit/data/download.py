@@ -64,13 +64,15 @@ def _write_marker(dest: Path, digests: dict[str, str]) -> None:
     atomic_write_json(_marker_path(dest), {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digests": digests})
 
 
-def keep_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<name>.corrupt`` (``.corrupt.1``, ... if taken) and return the new path."""
-    target = path.with_name(path.name + ".corrupt")
+def keep_aside(path: Path, name: Optional[Path] = None) -> Path:
+    """Rename ``path`` to ``<name>.corrupt`` (``.corrupt.1``, ... if taken; ``name`` defaults to ``path``) and
+    return the new path. Used instead of deleting: a bad download stays inspectable."""
+    name = name or path
+    target = name.with_name(name.name + ".corrupt")
     n = 0
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}.corrupt.{n}")
+        target = name.with_name(f"{name.name}.corrupt.{n}")
     os.replace(path, target)
     return target
 
@@ -93,7 +95,7 @@ def _verify_or_keep_aside(path: Path, dest: Path, size, expected, progress) -> d
     try:
         return check_file(path, size=size, expected=expected, progress=progress, shown_as=dest)
     except ChecksumMismatch as exc:
-        kept = keep_aside(path)
+        kept = keep_aside(path, dest)
         raise ChecksumMismatch(dest, exc.algorithm, exc.expected, exc.actual, kept_as=kept) from None
 
 

@@ -5,9 +5,10 @@ Fallbacks for tiny data (documented because the smoke profile and Table 2's 1 % 
 
 - Ungrouped: sklearn ``train_test_split(stratify=labels)`` in two steps (train vs rest, then val vs test).
   Stratification needs >= 2 members per class in the part being split and a held-out part at least as large as
-  the number of classes. Classes too small to stratify (fewer members than non-empty splits) go to **train only**
-  (they can still be retrieved, never queried); if sklearn still cannot stratify, the step falls back to a seeded
-  unstratified split and warns.
+  the number of classes. A class with a single member in the part being split stays on the kept side: a
+  1-sample class goes to **train only** (it can be retrieved, never queried); a class left with one member in the
+  held-out part goes to test rather than val. If sklearn still cannot stratify (e.g. 10 % of 30 samples is fewer
+  than the 8 classes), that step falls back to a seeded unstratified split and warns.
 - Grouped: ``StratifiedGroupKFold`` with ``n_folds = round(1 / smallest non-zero fraction)`` folds
   (0.8/0.1/0.1 -> 10 folds: 1 test, 1 val, 8 train), so no group is in two splits and label proportions are kept as
   far as the groups allow. With fewer groups than folds, ``n_folds`` drops to the number of groups; fewer groups
@@ -102,7 +103,7 @@ def make_split(labels, groups: Optional[Sequence] = None, fractions: Sequence[fl
         parts = _grouped(strat, groups, fr, seed)
     else:
         idx = np.arange(n)
-        train, rest = _stratified_two_way(idx, strat, 1.0 - fr[0], seed)
+        train, rest = _stratified_two_way(idx, strat, sum(fr[1:]), seed)  # not 1 - train: 1 - 0.7 != 0.3
         if len(fr) == 2:
             parts = [train, rest]
         else:

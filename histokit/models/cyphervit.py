@@ -1,5 +1,5 @@
 """CypherViT: the multi-[cls]-token hierarchical ViT of Ye, Kalra & Miri, "Cluster-based histopathology phenotype
-representation learning by self-supervised multi-class-token hierarchical ViT", Sci. Rep. 14, 3202 (2024).
+representation learning by self-supervised multi-class-token hierarchical ViT", Scientific Reports (2024).
 
 No public code exists; this follows the paper's Methods ("CypherViT architecture"), Eqs. (1)-(2), Figs. 3-4 and
 the ``CYPHERViT(x)`` function of Algorithm 1. Where each part lives:
@@ -88,7 +88,7 @@ class SemanticClusteringBlock(nn.Module):
         p = self.w_p(self.norm_tokens(tokens))
         c = self.w_c(self.norm_cls(cls))
         logits = (p @ c.transpose(1, 2)) * self.scale + self.gamma  # gamma_j broadcast over every token i
-        return logits.softmax(dim=1)  # the denominator of Eq. (1) sums over u = 1..N_c
+        return logits.softmax(dim=-1)  # the denominator of Eq. (1) sums over u = 1..N_c
 
     def forward(self, tokens: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. (2): ``C_j <- C_j + W (sum_i Attn_ij W_v P_i / sum_i Attn_ij)``; returns (new cls, Attn)."""

@@ -16,7 +16,6 @@ from typing import Optional
 
 import timm
 import torch
-from torch import nn
 
 from .backbones import register_encoder
 from .base import Encoder, TokenOutput

@@ -137,7 +137,8 @@ class iBOTLoss(nn.Module):
         loss_cls = cls_total / n_cls * self.lambda1
         loss_mim = mim_total / n_mim * self.lambda2
         self.update_centers(torch.cat(list(t_cls)), torch.cat(list(t_patch)))
-        return loss_cls + loss_mim, {"cls_loss": float(loss_cls), "mim_loss": float(loss_mim)}
+        return loss_cls + loss_mim, {"cls_loss": float(loss_cls.detach()),
+                                         "mim_loss": float(loss_mim.detach())}
 
     @torch.no_grad()
     def update_centers(self, teacher_cls: torch.Tensor, teacher_patch: torch.Tensor) -> None:

@@ -46,6 +46,13 @@ class ViewSpec:
     def n_views(self) -> int:
         return self.n_global + self.n_local
 
+    @property
+    def kind(self) -> str:
+        """'multicrop' (globals + locals), 'two_views' or 'one_view': which transform the data side builds."""
+        if self.n_local > 0:
+            return "multicrop"
+        return {1: "one_view", 2: "two_views"}.get(self.n_global, "multicrop")
+
 
 _VIEWS: dict[str, ViewSpec] = {
     # DINO main_dino.py: 2 x 224 (0.4-1) + 8 x 96 (0.05-0.4); EsViT main_esvit.py: same defaults.

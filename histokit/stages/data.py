@@ -36,7 +36,7 @@ def split_size_table(ctx: StageContext) -> pd.DataFrame:
                 rows.append({"dataset": spec.key, "scheme": scheme, "note": "no group ids in this dataset"})
                 continue
             rows.append({"dataset": spec.key, "scheme": scheme, **{k: len(v) for k, v in split.items()}})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).convert_dtypes()
 
 
 def run(ctx: StageContext) -> DataSummary:

@@ -27,17 +27,18 @@ class TrainOutcome:
 
 
 def views_transform(spec: TrainSpec, mean, std):
-    from ..data.transforms import MultiCropTransform, TwoViewTransform
+    """The views the method needs (its ViewSpec), at the recipe's sizes."""
+    from ..data.transforms import MultiCropTransform, TwoViewTransform, eval_transform
     from ..ssl.registry import views_for
 
-    kind = views_for(spec.method)
-    if kind == "multicrop":
-        return MultiCropTransform(global_size=spec.image_size, local_size=spec.local_size, n_global=2,
-                                  n_local=spec.n_local, mean=mean, std=std)
-    if kind == "two_views":
+    views = views_for(spec.method)
+    if views.n_local > 0:
+        views = views_for(spec.method, global_size=spec.image_size, local_size=spec.local_size, n_local=spec.n_local)
+        return MultiCropTransform(global_size=views.global_size, local_size=views.local_size, n_global=views.n_global,
+                                  n_local=views.n_local, global_scale=views.global_scale,
+                                  local_scale=views.local_scale, mean=mean, std=std)
+    if views.n_global == 2:
         return TwoViewTransform(spec.image_size, mean=mean, std=std)
-    from ..data.transforms import eval_transform
-
     single = eval_transform(spec.image_size, mean, std)
     return lambda image: [single(image)]
 

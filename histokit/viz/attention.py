@@ -113,9 +113,10 @@ def cls_attention_figure(images: Sequence[Any], attn: Sequence[Any], classes: Se
     tiles = [load_tile(im) for im in images]
     maps = [_as_maps(a, f"attn[{i}] ({classes[i]})") for i, a in enumerate(attn)]
     n_tokens = maps[0].shape[0]
-    if any(m.shape[0] != n_tokens for m in maps):
-        raise ValueError(f"every attn[i] must have the same number of [cls] maps; got "
-                         f"{[m.shape[0] for m in maps]}")
+    for i, m in enumerate(maps):
+        if m.shape[0] != n_tokens:
+            raise ValueError(f"attn[{i}] ({classes[i]}) has {m.shape[0]} [cls] maps but attn[0] has {n_tokens}; "
+                             "every class needs the same [cls] tokens")
     fig = new_figure(2.0 * (n_tokens + 1) + 2.4, 2.0 * len(classes) + 0.8)
     axes = fig.subplots(len(classes), n_tokens + 1, squeeze=False)
     for row, (name, tile, m) in enumerate(zip(classes, tiles, maps)):

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from histokit.viz.grid import new_figure, save_figure
+from histokit.viz.grid import check_class_labels, new_figure, save_figure
 
 MIN_UMAP_SAMPLES = 4  # below this umap-learn's spectral initialisation fails (k >= N); checked in the tests
 
@@ -106,7 +106,7 @@ def _legend_columns(n: int) -> int:
 def embedding_panels(panels: Mapping[str, tuple[Any, Any]], classes: Sequence[str],
                      path: str | os.PathLike | None, title: str = "UMAP of feature embeddings", *,
                      n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, n_epochs: int | None = None,
-                     progress: bool = True) -> Figure:
+                     legend_title: str = "tissue class", progress: bool = True) -> Figure:
     """One UMAP panel per method, points coloured by class, one shared legend (Ye et al. Fig. 1).
 
     ``panels`` maps a method name (panel title) to ``(features (N, D), labels (N,))`` with labels indexing
@@ -128,17 +128,14 @@ def embedding_panels(panels: Mapping[str, tuple[Any, Any]], classes: Sequence[st
         x = _as_features(features, f"panels[{method!r}] features")
         if labels.shape != (x.shape[0],):
             raise ValueError(f"panels[{method!r}]: {x.shape[0]} feature rows but labels of shape {labels.shape}")
-        bad = labels[(labels < 0) | (labels >= len(classes))]
-        if bad.size:
-            raise ValueError(f"panels[{method!r}] labels {sorted(set(bad.tolist()))[:5]} are outside classes "
-                             f"(0..{len(classes) - 1})")
+        labels = check_class_labels(f"panels[{method!r}] labels", labels, classes)
         coords, info = umap_projection(x, n_neighbors, min_dist, seed, n_epochs=n_epochs)
         _scatter_groups(ax, coords, labels, classes, styles, _point_size(len(labels)))
         ax.set_title(method if not info["note"] else f"{method}\n({info['note']})", fontsize=11)
     for ax in axes[len(panels):]:
         ax.set_axis_off()
-    fig.legend(handles=_legend_handles(classes, styles), loc="outside right center", title="tissue class", fontsize=9,
-               ncols=_legend_columns(len(classes)))
+    fig.legend(handles=_legend_handles(classes, styles), loc="outside right center", title=legend_title,
+               fontsize=9, ncols=_legend_columns(len(classes)))
     fig.suptitle(title, fontsize=13)
     return save_figure(fig, path)
 

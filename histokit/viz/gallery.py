@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from histokit.viz.grid import hide_ticks, load_tile, new_figure, save_figure
+from histokit.viz.grid import check_class_labels, hide_ticks, load_tile, new_figure, save_figure
 
 QUERY_COLOR = "#1f5fbf"
 HIT_COLOR = "#1a9850"
@@ -27,12 +27,6 @@ def _frame(ax, color: str) -> None:
         spine.set_visible(True)
         spine.set_edgecolor(color)
         spine.set_linewidth(FRAME_WIDTH)
-
-
-def _check_labels(name: str, labels: np.ndarray, n_classes: int) -> None:
-    bad = labels[(labels < 0) | (labels >= n_classes)]
-    if bad.size:
-        raise ValueError(f"{name} holds {sorted(set(bad.tolist()))[:5]}, outside classes (0..{n_classes - 1})")
 
 
 def retrieval_gallery(query_paths: Sequence[Any], query_labels: Sequence[int], gallery_paths: Sequence[Any],
@@ -65,8 +59,8 @@ def retrieval_gallery(query_paths: Sequence[Any], query_labels: Sequence[int], g
                          "must have the same length")
     if ids.max(initial=-1) >= len(gallery_labels) or ids.min(initial=0) < -1:
         raise ValueError(f"ids must index the gallery (0..{len(gallery_labels) - 1}, or -1 for no result)")
-    _check_labels("query_labels", query_labels, len(classes))
-    _check_labels("gallery_labels", gallery_labels, len(classes))
+    query_labels = check_class_labels("query_labels", query_labels, classes)
+    gallery_labels = check_class_labels("gallery_labels", gallery_labels, classes)
     if scores is not None:
         scores = np.asarray(scores)
         if scores.shape[0] != ids.shape[0] or scores.shape[1] < k:

@@ -1,10 +1,9 @@
 """Dataset overview figures for notebook 01: sample tiles per class, class counts.
 
-Also home of the three helpers every ``histokit.viz`` module shares: :func:`new_figure` (a pyplot-free
-``Figure``), :func:`save_figure` (atomic PNG write) and :func:`load_tile` (path / array / PIL -> RGB uint8).
-Figures are built with ``matplotlib.figure.Figure`` rather than ``pyplot`` so nothing is registered in pyplot's
-global figure list (no leaks in long runs, no double display in notebooks) and the PNG is rendered by Agg whatever
-backend the notebook uses.
+Also home of the helpers every ``histokit.viz`` module shares: :func:`new_figure` (a figure outside pyplot's
+figure list), :func:`save_figure` (atomic PNG write), :func:`load_tile` (path / array / PIL -> RGB uint8),
+:func:`check_class_labels` and :func:`hide_ticks`. Every figure function writes its PNG (when given a path) and
+returns the Figure, which a notebook displays.
 """
 from __future__ import annotations
 
@@ -23,8 +22,18 @@ DEFAULT_DPI = 150
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A ``Figure`` with constrained layout, so titles, labels and legends never overlap."""
-    return Figure(figsize=(width, height), layout="constrained")
+    """A ``Figure`` with constrained layout, so titles, labels and legends never overlap.
+
+    Made by pyplot, then at once removed from pyplot's figure list: creating it through pyplot loads the
+    notebook's backend, which registers Jupyter's PNG display for figures (a bare ``Figure()`` in a kernel that
+    never touched pyplot shows as text); closing it means nothing piles up in long runs and a notebook shows the
+    returned figure exactly once.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(width, height), layout="constrained")
+    plt.close(fig)
+    return fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike | None, dpi: int = DEFAULT_DPI) -> Figure:
@@ -85,10 +94,38 @@ def hide_ticks(ax) -> None:
     ax.set_yticks([])
 
 
+def check_class_labels(name: str, labels: Any, classes: Sequence[str]) -> np.ndarray:
+    """``labels`` as an int array, each a valid index into ``classes``; the error names the argument."""
+    labels = np.asarray(labels)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} must be integer indices into classes, got dtype {labels.dtype}")
+    bad = labels[(labels < 0) | (labels >= len(classes))]
+    if bad.size:
+        raise ValueError(f"{name} holds {sorted(set(bad.tolist()))[:5]}, outside classes (0..{len(classes) - 1})")
+    return labels.astype(np.int64)
+
+
+class _DatasetImages:
+    """``[i]`` -> the image of ``dataset[i]`` (item 0), for datasets without files (PanNuke's memory-mapped npy)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i][0]
+
+
 def _paths_and_labels(data: Any) -> tuple[Sequence[Any], np.ndarray]:
-    """Accept a PatchDataset (``.paths`` + ``.labels``), an ImageFolder (``.samples``) or a (paths, labels) pair."""
-    if hasattr(data, "paths") and hasattr(data, "labels") and data.paths is not None:
-        paths, labels = list(data.paths), data.labels
+    """Accept a PatchDataset (``.paths`` + ``.labels``), an ImageFolder (``.samples``) or a (paths, labels) pair.
+
+    A dataset whose ``.paths`` is None (images not stored as files) is read through ``dataset[i][0]``.
+    """
+    if hasattr(data, "paths") and hasattr(data, "labels"):
+        paths = _DatasetImages(data) if data.paths is None else list(data.paths)
+        labels = data.labels
     elif hasattr(data, "samples"):
         paths, labels = [s[0] for s in data.samples], [s[1] for s in data.samples]
     elif isinstance(data, (tuple, list)) and len(data) == 2:
@@ -116,9 +153,7 @@ def sample_grid(dataset_or_paths_labels: Any, classes: Sequence[str], per_class:
     classes = list(classes)
     if len(classes) == 0:
         raise ValueError("classes must name at least one class")
-    bad = labels[(labels < 0) | (labels >= len(classes))] if labels.size else labels
-    if bad.size:
-        raise ValueError(f"labels {sorted(set(bad.tolist()))[:5]} are outside classes (0..{len(classes) - 1})")
+    labels = check_class_labels("labels", labels, classes)
 
     rng = np.random.default_rng(seed)
     fig = new_figure(1.6 * per_class + 1.6, 1.6 * len(classes) + 0.6)

@@ -1,0 +1,71 @@
+"""Training checkpoints: everything a resumed run needs to continue bit-identically, written atomically and read
+back with ``torch.load(weights_only=True)`` (so only tensors and plain containers are stored — RNG states included).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from histokit.io import atomic_torch_save
+
+CHECKPOINT_NAME = "checkpoint_last.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (corrupt, a Git-LFS pointer, or from a different run)."""
+
+
+def checkpoint_path(checkpoint_dir: str | os.PathLike) -> Path:
+    return Path(checkpoint_dir) / CHECKPOINT_NAME
+
+
+def capture_rng(generator: Optional[torch.Generator] = None) -> dict[str, Any]:
+    """Python, NumPy, torch CPU / CUDA RNG states (and a loader's own generator) as weights_only-safe values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if generator is not None:
+        state["loader_generator"] = generator.get_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: Optional[torch.Generator] = None) -> None:
+    """Inverse of :func:`capture_rng`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "loader_generator" in state:
+        generator.set_state(state["loader_generator"])
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Atomic ``torch.save``: the file is either the complete new checkpoint or the previous one."""
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on CPU, with a clear error for a Git-LFS pointer or a corrupt file."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        raise CheckpointError(f"{path} is a Git-LFS pointer file, not a checkpoint: fetch it with `git lfs pull`")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle / zip errors: name the file
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from err

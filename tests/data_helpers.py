@@ -1,0 +1,120 @@
+"""Test helpers for the data layer: a local HTTP server with scripted failures, and tiny archives / images."""
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+class ScriptedServer:
+    """Serves ``files`` (url path -> bytes). ``script[path]`` is a list of behaviours consumed one per request:
+    ``"ok"``, ``"404"``, ``"500"``, ``"drop"`` (send half the body then close), ``"wrong"`` (one byte flipped),
+    ``"norange"`` (ignore Range, send 200). After the script runs out every request is ``"ok"``.
+    ``requests`` logs (path, Range header or None) for every request."""
+
+    def __init__(self, files: dict[str, bytes], script: dict[str, list[str]] | None = None):
+        self.files = dict(files)
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.requests: list[tuple[str, str | None]] = []
+        self.lock = threading.Lock()
+
+    def next_behaviour(self, path: str) -> str:
+        with self.lock:
+            queue = self.script.get(path)
+            return queue.pop(0) if queue else "ok"
+
+
+def _handler(state: ScriptedServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            rng = self.headers.get("Range")
+            state.requests.append((path, rng))
+            behaviour = state.next_behaviour(path)
+            body = state.files.get(path)
+            if body is None or behaviour == "404":
+                self._reply(404, b"not found")
+                return
+            if behaviour == "500":
+                self._reply(500, b"server error")
+                return
+            if behaviour == "wrong":
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+            start = 0
+            if rng and behaviour != "norange":
+                start = int(rng.split("=")[1].split("-")[0])
+                if start >= len(body):
+                    self._reply(416, b"")
+                    return
+            part = body[start:]
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(part)))
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            if behaviour == "drop":
+                self.wfile.write(part[: len(part) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(part)
+
+        def _reply(self, code: int, body: bytes):
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+@contextmanager
+def serve(files: dict[str, bytes], script: dict[str, list[str]] | None = None):
+    """``with serve({"/a.zip": data}) as (base_url, state): ...`` on 127.0.0.1, a free port, in a thread."""
+    state = ScriptedServer(files, script)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def png_bytes(color=(200, 100, 150), size=(16, 16)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def class_folder_zip(top: str, classes: dict[str, int], size=(16, 16)) -> bytes:
+    """A zip of ``top/<class>/img_<i>.png`` with ``classes[class]`` small random PNGs each."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for cls, n in classes.items():
+            for i in range(n):
+                arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+                img = io.BytesIO()
+                Image.fromarray(arr).save(img, format="PNG")
+                zf.writestr(f"{top}/{cls}/img_{i}.png", img.getvalue())
+    return buf.getvalue()
+
+
+def write_png(path: Path, color=(200, 100, 150), size=(16, 16)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(color, size))
+    return path

@@ -1,0 +1,44 @@
+"""Tables: the paper's layout and numbers beside the measured ones, never in their place."""
+import pandas as pd
+
+from histokit.papers import get_recipe, list_papers
+from histokit.results import NOT_RUN, build_table, paper_table, write_table
+
+
+def _spec():
+    return get_recipe("esvit", "smoke").table("table1")
+
+
+def test_measured_value_paper_value_and_difference():
+    records = pd.DataFrame([{"table": "table1", "model": "EsViT + k-NN", "dataset": "CRC", "metric": "mAP@10",
+                             "value": 70.0, "ci_low": 60.0, "ci_high": 80.0}])
+    table = build_table(_spec(), records)
+    row = table[(table.model == "EsViT + k-NN") & (table.dataset == "CRC")].iloc[0]
+    assert row["mAP@10"] == 70.0 and row["mAP@10 (paper)"] == 74.9
+    assert abs(row["mAP@10 Δ"] - (70.0 - 74.9)) < 1e-9
+    assert row["mAP@10 95% CI"] == "[60.00, 80.00]"
+
+
+def test_unmeasured_rows_say_not_run_and_keep_paper_values_apart():
+    table = build_table(_spec(), pd.DataFrame(columns=["table", "model", "dataset", "metric", "value"]))
+    assert len(table) == len(paper_table(_spec())) == 12
+    assert (table["mAP@10"] == NOT_RUN).all()
+    assert table["mAP@10 Δ"].isna().all()
+    assert list(table.model[:3]) == ["ResNet50 + k-NN"] * 3, "paper row order is kept"
+
+
+def test_markdown_has_smoke_banner_and_footnotes(tmp_path):
+    spec = _spec()
+    table = build_table(spec, pd.DataFrame(columns=["table", "model", "dataset", "metric", "value"]))
+    _, md = write_table(spec, table, tmp_path, profile="smoke", notes=["a run note"])
+    text = md.read_text()
+    assert "not a reproduction" in text and "a run note" in text and "| ResNet50 + k-NN |" in text
+
+
+def test_every_recipe_builds_for_every_profile():
+    for paper in list_papers():
+        for profile in ("smoke", "full"):
+            recipe = get_recipe(paper, profile)
+            assert recipe.tables and recipe.models
+            for table in recipe.tables:
+                paper_table(table)  # the paper CSV exists and has the key columns
