@@ -23,7 +23,9 @@ NOT_RUN = "not run"
 def paper_table(spec: TableSpec) -> pd.DataFrame:
     if not spec.paper_csv:
         return pd.DataFrame(columns=list(spec.keys) + list(spec.metrics))
-    return pd.read_csv(PAPER_TABLES_DIR / spec.paper_csv, dtype={k: str for k in spec.keys})
+    # keep_default_na=False: a key such as "None" (Habijan et al. Table II) is a label, not a missing value.
+    return pd.read_csv(PAPER_TABLES_DIR / spec.paper_csv, dtype={k: str for k in spec.keys},
+                       keep_default_na=False, na_values=[""])
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -63,11 +65,16 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
                 paper_value = None
             entry[metric] = value if value is not None else NOT_RUN
             if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
-                entry[f"{metric} 95% CI"] = f"[{_fmt(hit['ci_low'].iloc[0])}, {_fmt(hit['ci_high'].iloc[0])}]"
+                entry[f"{metric} 95% CI"] = (f"[{_fmt(float(hit['ci_low'].iloc[0]))}, "
+                                              f"{_fmt(float(hit['ci_high'].iloc[0]))}]")
             entry[f"{metric} (paper)"] = paper_value
             entry[f"{metric} Δ"] = (value - paper_value) if value is not None and paper_value is not None else None
         out.append(entry)
-    return pd.DataFrame(out)
+    columns = list(keys)
+    for metric in spec.metrics:
+        columns += [c for c in (metric, f"{metric} 95% CI", f"{metric} (paper)", f"{metric} Δ")
+                    if any(c in e for e in out)]
+    return pd.DataFrame(out, columns=columns)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -104,7 +111,10 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def read_records(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str).astype({"value": float}) if Path(path).exists() else records_frame([])
+    if not Path(path).exists():
+        return records_frame([])
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    return frame.astype({c: float for c in ("value", "ci_low", "ci_high") if c in frame})
 
 
 def merge_records(old: pd.DataFrame, new: pd.DataFrame, keys: Optional[list] = None) -> pd.DataFrame:

@@ -37,7 +37,7 @@ def test_normalizing_the_target_to_itself_is_near_identity(tiles):
     target = tiles["STROMA"]
     out = np.asarray(MacenkoNormalizer().fit(target)(target), dtype=np.float64)
     diff = np.abs(out - np.asarray(target, dtype=np.float64)).mean()
-    assert diff < 12  # only the OD component outside the H-E plane is lost
+    assert diff < 8  # only the OD component outside the H-E plane is lost (2-5 levels on these tiles)
 
 
 def test_normalization_moves_colour_towards_target(tiles):

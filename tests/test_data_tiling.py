@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from histokit.data import load_dataset
-from histokit.data.tiling import MIN_SATURATION, tile_image, tissue_fraction, tissue_threshold
+from histokit.data.tiling import MAX_SATURATION, MIN_SATURATION, tile_image, tissue_fraction, tissue_threshold
 
 PINK = (200, 110, 170)   # eosin-like, saturated
 GLASS = (242, 242, 240)  # background
@@ -42,6 +42,9 @@ def test_tissue_fraction_synthetic():
     assert tissue_fraction(_half_tissue(256, 128)) == pytest.approx(0.5)
     assert tissue_fraction(Image.new("RGB", (64, 64), GLASS)) == 0.0
     assert tissue_threshold(Image.new("RGB", (64, 64), GLASS)) == MIN_SATURATION  # blank: the floor applies
+    noisy_pink = np.random.default_rng(0).normal(PINK, 10, (64, 64, 3)).clip(0, 255).astype(np.uint8)
+    assert tissue_threshold(Image.fromarray(noisy_pink)) == MAX_SATURATION  # all tissue: the cap applies
+    assert tissue_fraction(Image.fromarray(noisy_pink)) > 0.95
 
 
 def test_tissue_fraction_real_tiles():
@@ -49,7 +52,7 @@ def test_tissue_fraction_real_tiles():
     def mean_fraction(cls):
         return np.mean([tissue_fraction(ds[i][0]) for i in np.flatnonzero(ds.labels == ds.classes.index(cls))[:4]])
 
-    assert mean_fraction("EMPTY") < 0.1 and mean_fraction("TUMOR") > 0.3
+    assert mean_fraction("EMPTY") < 0.1 and mean_fraction("ADIPOSE") < 0.2 and mean_fraction("TUMOR") > 0.7
 
 
 def test_bad_arguments():

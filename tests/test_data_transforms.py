@@ -47,8 +47,8 @@ def test_multicrop_shapes_and_dino_parameters(tile):
     jitter = _find(mc.global1, T.ColorJitter)[0]
     assert jitter.brightness == (0.6, 1.4) and jitter.hue == (-0.1, 0.1)
     assert _find(mc.global2, T.RandomSolarize) and not _find(mc.global1, T.RandomSolarize)
-    ps = {name: [a.p for a in _find(getattr(mc, name), T.RandomApply) if isinstance(a.transforms[0], T.GaussianBlur)]
-          for name in ("global1", "global2", "local")}
+    ps = {name: [a.p for a in _find(getattr(mc, name), T.RandomApply)
+                 if isinstance(a.transforms[0], T.GaussianBlur)] for name in ("global1", "global2", "local")}
     assert ps == {"global1": [1.0], "global2": [0.1], "local": [0.5]}
 
 
@@ -77,7 +77,8 @@ def test_two_view_simclr_and_mocov3(tile):
     v1, v2 = simclr(tile)
     assert v1.shape == v2.shape == (3, 48, 48)
     jitter = _find(simclr.view1, T.ColorJitter)[0]
-    assert jitter.brightness == pytest.approx((0.2, 1.8)) and jitter.hue == pytest.approx((-0.2, 0.2))  # 0.8 s / 0.2 s with s = 1
+    # SimCLR's strength s = 1: brightness 0.8 s, hue 0.2 s
+    assert jitter.brightness == pytest.approx((0.2, 1.8)) and jitter.hue == pytest.approx((-0.2, 0.2))
     assert _find(simclr.view1, T.RandomResizedCrop)[0].scale == (0.08, 1.0)
     moco = TwoViewTransform(48, style="mocov3")
     assert _find(moco.view2, T.RandomSolarize) and not _find(moco.view1, T.RandomSolarize)

@@ -66,3 +66,5 @@ def test_cli_exit_codes(tiles_copy, capsys):
     assert "histokit data download" in err and "bracs.icar.cnr.it" in err
     assert main(["data", "list"]) == 0
     assert "kather2016_tiny" in capsys.readouterr().out
+    assert main(["data", "list", "bracs"]) == 0
+    assert "step 1: Register" in capsys.readouterr().out

@@ -1,11 +1,10 @@
 """The method registry and the view specs the data side builds transforms from."""
 import pytest
+import torch
 
 from histokit.models.backbones import create_encoder
 from histokit.ssl import create_method, list_methods, views_for
 from histokit.ssl.base import views_from_batch
-
-import torch
 
 
 def test_every_method_is_registered_and_builds():

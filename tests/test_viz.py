@@ -83,7 +83,7 @@ def test_sample_grid_is_seeded_and_accepts_dataset_objects(tiles):
     pair = (tiles.paths, tiles.labels)
     as_dataset = SimpleNamespace(paths=tiles.paths, labels=tiles.labels)
     as_imagefolder = SimpleNamespace(samples=list(zip(tiles.paths, tiles.labels)))
-    pil_tiles = [Image.open(p).convert("RGB") for p in tiles.paths]  # a dataset without files: images by index
+    pil_tiles = [Image.fromarray(grid.load_tile(p)) for p in tiles.paths]  # a file-less dataset: images by index
 
     class FileLessDataset:
         paths, labels = None, tiles.labels

@@ -10,6 +10,18 @@ from .manifests import list_manifests, load_manifest
 
 
 def _cmd_list(args) -> int:
+    if args.name:  # one dataset in detail: access, license, files, manual steps
+        m = load_manifest(args.name)
+        print(f"{m.name}: {m.title}\n  homepage {m.homepage}\n  access {m.access}; license {m.license['name']}"
+              f" (redistributable: {m.redistributable})\n  layout {m.layout.type} in {m.layout.subdir or '.'}; "
+              f"{len(m.classes)} classes; splits {m.splits['type']}; groups {m.groups['id']}")
+        for f in m.files[:20]:
+            print(f"  file {f.name}: {f.size or '?'} bytes, {dict(f.checksums) or 'no checksum'} ({f.checksum_source})")
+        if len(m.files) > 20:
+            print(f"  ... {len(m.files) - 20} more files")
+        for i, step in enumerate(m.manual_steps, 1):
+            print(f"  step {i}: {step.strip()}")
+        return 0
     for name in list_manifests():
         m = load_manifest(name)
         lic = m.license["name"] + ("" if m.redistributable else ", not redistributable")
@@ -68,7 +80,8 @@ def add_data_subcommands(subparsers) -> argparse.ArgumentParser:
                                                     "$HISTOKIT_DATA_ROOT or ~/histokit_data)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.set_defaults(func=_guard(handler))
-    p = sub.add_parser("list", help="list the datasets the kit knows")
+    p = sub.add_parser("list", help="list the datasets the kit knows, or show one in detail")
+    p.add_argument("name", nargs="?", choices=list_manifests(), metavar="NAME", help="show this dataset in detail")
     p.set_defaults(func=_guard(_cmd_list))
     return data
 

@@ -199,7 +199,8 @@ def manual_instructions(manifest: Manifest, root: Optional[str | os.PathLike] = 
     for f in files:
         digest = ", ".join(f"{k} {v}" for k, v in f.checksums.items()) or "no published checksum"
         size = f"{f.size:,} bytes" if f.size else "size not stated"
-        lines.append(f"  - {f.name} from {f.url or manifest.homepage}\n    put it at {ddir / f.name} ({size}; {digest})")
+        lines.append(f"  - {f.name} from {f.url or manifest.homepage}")
+        lines.append(f"    put it at {ddir / f.name} ({size}; {digest})")
     if not files and manifest.access != "unavailable":
         lines.append(f"Expected layout: {ddir / manifest.layout.subdir}")
     lines.append(f"Then run: histokit data prepare {manifest.name} --root {root_txt}")

@@ -128,7 +128,8 @@ def _freeze(data: dict, path: Path) -> Manifest:
         FileSpec(
             name=f["name"], url=f["url"], size=f["size"], checksums=dict(f["checksums"]),
             checksum_source=f["checksum_source"], extract=f.get("extract", False),
-            extract_to=f.get("extract_to", ""), optional=f.get("optional", False), checksum_note=f.get("checksum_note", ""),
+            extract_to=f.get("extract_to", ""), optional=f.get("optional", False),
+            checksum_note=f.get("checksum_note", ""),
         )
         for f in data["files"]
     )

@@ -41,10 +41,15 @@ def build(profile: str) -> Recipe:
     datasets = _datasets(profile)
     first = datasets[0].key
 
+    # Smoke keeps EsViT's loss, heads and schedules but shrinks the prototype count (65,536 -> 4,096) and the
+    # teacher-temperature warm-up to the run's length: a two-epoch run could not move a 65k-way head.
+    esvit_cfg = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
+
     def ssl(name, method, encoder, dataset, init, **kw):
+        cfg = esvit_cfg if method == "esvit" else {}
         return TrainSpec(name=name, method=method, encoder=encoder, dataset=dataset, init=init, epochs=epochs,
                          batch_size=batch, optimizer="adam", lr=1e-4, warmup_epochs=warmup, image_size=size,
-                         local_size=local, n_local=n_local, **kw)
+                         local_size=local, n_local=n_local, method_cfg=cfg, **kw)
 
     # Stage 02: the "ImageNet self-supervised" EsViT. An official checkpoint (--checkpoint esvit=PATH) replaces it;
     # without one the kit's own EsViT stage provides it (full: on an ImageNet folder; smoke: the stand-in tiles).
@@ -99,7 +104,8 @@ def build(profile: str) -> Recipe:
     notes = ()
     if smoke:
         notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC; "
-                 "BracS and BATCH need registration and are not run; 64 px images, 2 epochs, CPU.",)
+                 "BracS and BATCH need registration and are not run; 64 px images, 2 epochs, CPU; EsViT heads with 4,096 "
+                 "prototypes instead of 65,536.",)
     return Recipe(paper="esvit", title=TITLE, citation=CITATION, profile=profile, image_size=size,
                   datasets=datasets, models=models, pretrain=pretrain, finetune=tuple(finetune),
                   evaluations=evaluations, ablations=ablations, tables=tables, figures=figures, notes=notes,

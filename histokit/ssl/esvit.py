@@ -14,7 +14,7 @@ skipped and the total is averaged over pairs, as in DINO.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,10 +93,12 @@ class EsViT(DINO):
 
     View level: the encoder's pooled embedding (mean of the final Swin tokens) through ``student_head``; region
     level: every final token through ``student_dense_head``. Schedules, EMA and ``eval_encoder()`` (teacher) as DINO.
+    Defaults follow the released Swin-T run (README: ``--teacher_temp 0.07 --warmup_teacher_temp_epochs 30
+    --norm_last_layer false --use_dense_prediction True``).
     """
 
     def __init__(self, encoder: Encoder, *, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 use_bn_in_head: bool = False, norm_last_layer: bool = True, student_temp: float = 0.1,
+                 use_bn_in_head: bool = False, norm_last_layer: bool = False, student_temp: float = 0.1,
                  warmup_teacher_temp: float = 0.04, teacher_temp: float = 0.07, warmup_teacher_temp_epochs: int = 30,
                  center_momentum: float = 0.9, momentum_teacher: float = 0.996, freeze_last_layer_epochs: int = 1,
                  n_global_views: int = 2):

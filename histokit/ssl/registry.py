@@ -85,7 +85,8 @@ def create_method(name: str, encoder: Encoder, **cfg) -> SSLMethod:
     accepted = set(inspect.signature(METHODS[key]).parameters) - {"encoder"}
     unknown = set(cfg) - accepted
     if unknown:
-        raise ValueError(f"unknown config key(s) {sorted(unknown)} for SSL method {key!r}; accepted: {sorted(accepted)}")
+        raise ValueError(f"unknown config key(s) {sorted(unknown)} for SSL method {key!r}; "
+                         f"accepted: {sorted(accepted)}")
     return METHODS[key](encoder, **cfg)
 
 

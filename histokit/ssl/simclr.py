@@ -28,7 +28,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     if temperature <= 0:
         raise ValueError(f"NT-Xent temperature must be > 0, got temperature={temperature}")
     if z1.shape != z2.shape:
-        raise ValueError(f"NT-Xent needs two views of the same batch, got shapes {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(f"NT-Xent needs two views of the same batch, got shapes {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     logits = z @ z.t() / temperature

@@ -1,7 +1,10 @@
 """What several stages share: a recipe dataset with its splits, and an encoder with its weights resolved."""
 from __future__ import annotations
 
+import os
 import re
+import socket
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -73,6 +76,18 @@ def load_encoder_weights(encoder: Encoder, path: Path) -> None:
     encoder.load_state_dict(state)
 
 
+@lru_cache(maxsize=1)
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """One quick TCP probe, so an offline smoke run does not sit through the hub client's retries per model."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: str, *, image_size: int,
                     pooling: Optional[str] = None, scope: str = "all") -> tuple[Encoder, str]:
     """Build ``encoder_name`` and load the first available weight source of ``spec`` (see recipe.weight_sources).
@@ -101,6 +116,10 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
             load_encoder_weights(encoder, path)
             return encoder, f"trained by this run ({value})"
         if kind == "timm":
+            if ctx.profile == "smoke" and not hub_reachable():
+                ctx.add_note(scope, f"{encoder_name}: ImageNet weights could not be fetched (no network to the "
+                                    "Hugging Face hub); the smoke run uses random initialisation instead.")
+                return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random (hub offline)"
             try:
                 encoder = create_encoder(encoder_name, pretrained=True, img_size=image_size, pooling=pooling)
                 return encoder, f"timm hub weights ({encoder_name})"

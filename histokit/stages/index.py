@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.transforms import eval_transform
-from ..io import atomic_write_json
+from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
 from ..retrieval.index import build_index, save_index
 from ..retrieval.metrics import retrieval_latency_ms
@@ -101,7 +101,6 @@ def run(ctx: StageContext) -> IndexSummary:
     timings = [extract_pair(ctx, m, d) for m, d in pairs_needed(ctx)]
     timing = pd.DataFrame(timings)
     atomic_write_json(ctx.path("timing", "all.json"), timings)
-    ctx.results_dir.mkdir(parents=True, exist_ok=True)
-    timing.to_csv(ctx.results_dir / "timing.csv", index=False)
+    atomic_write_text(ctx.results_dir / "timing.csv", timing.to_csv(index=False))
     features = timing[["model", "dataset", "weights", "gallery_size"]]
     return IndexSummary(features, timing)

@@ -16,7 +16,6 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -47,7 +46,8 @@ def _is_main() -> bool:
 
 
 def param_groups(module: nn.Module) -> list[dict[str, Any]]:
-    """Trainable parameters split as DINO's ``get_params_groups``: biases and 1-D tensors (norms) get no weight decay."""
+    """Trainable parameters split as DINO's ``get_params_groups``: biases and 1-D tensors (norms) get no weight
+    decay."""
     regularized, not_regularized = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
@@ -151,8 +151,9 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     model: nn.Module = method
     if _distributed():
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # as DINO for BN networks; no-op otherwise
-        model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
-                                                    find_unused_parameters=True)
+        # unused parameters exist by design (e.g. the ViT [MASK] token outside iBOT)
+        model = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     groups = param_groups(method)
     opt = build_optimizer(optimizer, groups, momentum=momentum)
     params = [p for g in groups for p in g["params"]]

@@ -1,4 +1,5 @@
-"""Per-step schedules of the DINO family (facebookresearch/dino ``utils.cosine_scheduler``, main_dino.py).
+"""Per-step schedules of the DINO family (facebookresearch/dino ``utils.cosine_scheduler``,
+main_dino.py).
 
 * learning rate: linear warm-up from ``warmup_start`` to ``base`` over the warm-up steps, then a half-cosine to ``final``;
 * weight decay: cosine 0.04 -> 0.4 (no warm-up);
@@ -42,7 +43,8 @@ def dino_weight_decay(step: int, total_steps: int, start: float = 0.04, end: flo
 
 
 def teacher_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
-    """EMA momentum of the teacher, increased to 1 with a cosine (DINO ``--momentum_teacher``; MoCo v3 ``--moco-m-cos``)."""
+    """EMA momentum of the teacher, increased to 1 with a cosine (DINO ``--momentum_teacher``; MoCo v3
+    ``--moco-m-cos``)."""
     return cosine_with_warmup(step, total_steps, base, final)
 
 
