@@ -23,9 +23,11 @@ install: $(VENV)/.installed
 reproduce: install
 	$(BIN)/histokit reproduce $(PAPERS) --profile $(PROFILE)
 
+# nbval executes every notebook with its defaults (the esvit smoke chain) in a throw-away run directory, so a test
+# run never touches runs/ or results/.
 test: install
 	$(BIN)/python -m pytest tests
-	$(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
+	HISTOKIT_RUNS_DIR=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
 
 bench: install
 	$(BIN)/histokit bench

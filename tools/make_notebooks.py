@@ -105,7 +105,7 @@ def keep_checked_outputs(nb: nbformat.NotebookNode, executed: Path) -> None:
     done = {c["id"]: c for c in json.loads(executed.read_text())["cells"]}
     for cell in nb.cells:
         if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source and cell["id"] in done:
-            cell.outputs = done[cell["id"]]["outputs"]
+            cell.outputs = nbformat.from_dict(done[cell["id"]]["outputs"])
             cell.execution_count = None
 
 

@@ -97,6 +97,11 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
     """
     tried = []
     for kind, value in weight_sources(spec, dataset):
+        if tried and kind != "checkpoint" and any("--checkpoint" in t for t in tried):
+            # The paper's official weights were not given: the table must say what stands in for them.
+            missing = [t for t in tried if "--checkpoint" in t]
+            ctx.add_note(scope, f"{encoder_name}: {'; '.join(missing)} — the kit's fallback ({kind}"
+                                f"{':' + value if value else ''}) is used instead, never silently another model.")
         if kind == "checkpoint":
             path = ctx.checkpoints.get(value)
             if not path:
