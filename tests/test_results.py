@@ -42,3 +42,4 @@ def test_every_recipe_builds_for_every_profile():
             assert recipe.tables and recipe.models
             for table in recipe.tables:
                 paper_table(table)  # the paper CSV exists and has the key columns
+

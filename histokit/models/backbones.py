@@ -7,6 +7,7 @@ registers itself here too (``histokit.models.cyphervit``).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import timm
@@ -143,7 +144,12 @@ def create_encoder(name: str, *, pretrained: bool = False, img_size: int = 224, 
     ``pooling`` applies to ViTs only ('cls' default, 'avg_patch').
     """
     if name in _CUSTOM:
-        return _CUSTOM[name](img_size=img_size, **kwargs)
+        build = _CUSTOM[name]
+        if "pretrained" in inspect.signature(build).parameters:
+            return build(img_size=img_size, pretrained=pretrained, **kwargs)
+        if pretrained:  # never hand back an untrained model when weights were asked for
+            raise ValueError(f"encoder {name!r} has no hub weights; train it with the kit or load a checkpoint")
+        return build(img_size=img_size, **kwargs)
     timm_name, extra = TEST_VARIANTS.get(name, (name, {}))
     if timm_name not in timm.list_models() and timm_name.split(".")[0] not in timm.list_models():
         raise ValueError(f"unknown encoder {name!r}; known: kit {list_encoders()} or any timm model name")
