@@ -106,7 +106,7 @@ def keep_checked_outputs(nb: nbformat.NotebookNode, executed: Path) -> None:
     for cell in nb.cells:
         if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source and cell["id"] in done:
             cell.outputs = nbformat.from_dict(done[cell["id"]]["outputs"])
-            cell.execution_count = None
+            cell.execution_count = 1  # nbval skips an "unrun" reference cell that holds outputs
 
 
 if __name__ == "__main__":
