@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from ..io import atomic_write_json
+from .hashing import read_stat_marker
 from .errors import UnsafeArchiveError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -68,15 +69,7 @@ def _tar_members(tf: tarfile.TarFile, archive: Path, dest: Path) -> list[tarfile
 def is_extracted(archive: str | os.PathLike, dest: str | os.PathLike) -> bool:
     """True when ``dest`` holds a completed extraction of this very archive (same size and mtime)."""
     archive, dest = Path(archive), Path(dest)
-    marker = _marker(archive, dest)
-    if not marker.is_file():
-        return False
-    try:
-        rec = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    st = archive.stat()
-    return rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
+    return read_stat_marker(_marker(archive, dest), archive) is not None
 
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, progress: bool = True) -> Path:

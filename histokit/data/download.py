@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write_json
 from .errors import ChecksumMismatch, DownloadError, ManualDownloadRequired
-from .hashing import file_digests
+from .hashing import file_digests, read_stat_marker
 from .manifests import FileSpec, Manifest, dataset_dir, load_manifest
 
 _CHUNK = 1 << 16
@@ -47,16 +47,8 @@ def _expected(sha256: Optional[str], md5: Optional[str]) -> dict[str, str]:
 
 
 def _marker_matches(dest: Path, expected: dict[str, str]) -> bool:
-    marker = _marker_path(dest)
-    if not marker.is_file():
-        return False
-    try:
-        rec = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    st = dest.stat()
-    same_file = rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
-    return same_file and all(rec.get("digests", {}).get(k) == v for k, v in expected.items())
+    rec = read_stat_marker(_marker_path(dest), dest)
+    return rec is not None and all(rec.get("digests", {}).get(k) == v for k, v in expected.items())
 
 
 def _write_marker(dest: Path, digests: dict[str, str]) -> None:

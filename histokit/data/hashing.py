@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from typing import Iterable
 
 from tqdm.auto import tqdm
@@ -29,3 +30,20 @@ def file_digests(path: str | os.PathLike, algorithms: Iterable[str], *, progress
                 h.update(chunk)
             bar.update(len(chunk))
     return {name: h.hexdigest() for name, h in hashers.items()}
+
+
+def read_stat_marker(marker: Path, target: Path) -> dict | None:
+    """The JSON record in ``marker`` if it still describes ``target`` (same size and mtime), else None.
+
+    Download and extraction both leave such a marker so a re-run can be a no-op without re-hashing.
+    """
+    import json
+
+    if not marker.is_file():
+        return None
+    try:
+        rec = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    st = target.stat()
+    return rec if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns else None
