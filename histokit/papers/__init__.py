@@ -8,6 +8,8 @@ from .recipe import Recipe
 # paper id -> module defining ``build(profile) -> Recipe``
 _PAPERS = {
     "esvit": "histokit.papers.esvit",
+    "chen2022": "histokit.papers.chen2022",
+    "cyphervit": "histokit.papers.cyphervit",
 }
 
 

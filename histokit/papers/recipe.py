@@ -38,6 +38,8 @@ class DatasetSpec:
     test_dataset: Optional[str] = None     # a separate official test set (e.g. CRC-VAL-HE-7K)
     stand_in_for: Optional[str] = None     # smoke: the paper's dataset these tiles stand in for
     merges: tuple = ()                     # protocol class merges, e.g. (("MUS", "STR"),)
+    stain: Optional[str] = None            # "macenko": the kit normalizes every tile (CRC "w/ norm" stand-in)
+    task: str = "classification"           # classification | regression (BreastPathQ cellularity)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class TrainSpec:
     local_size: int = 96
     n_local: int = 8
     method_cfg: dict = field(default_factory=dict)
+    encoder_kwargs: dict = field(default_factory=dict)   # e.g. CypherViT's num_final_cls (Table 4)
+    mean: tuple = IMAGENET_MEAN            # input normalization the encoder is trained (and later used) with
+    std: tuple = IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class ModelSpec:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     note: str = ""
+    encoder_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

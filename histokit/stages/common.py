@@ -14,7 +14,7 @@ import torch
 
 from ..data.datasets import PatchDataset, load_dataset, merge_classes
 from ..data.splits import load_or_make_split
-from ..models.backbones import create_encoder
+from ..models.backbones import create_encoder as _create_encoder
 from ..models.base import Encoder
 from ..papers.recipe import ModelSpec, weight_sources
 from .context import StageContext
@@ -28,14 +28,50 @@ def slug(text: str) -> str:
 
 
 def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> PatchDataset:
-    """The dataset behind a recipe key (its official test set when ``test``), protocol merges applied."""
+    """The dataset behind a recipe key (its official test set when ``test``), protocol merges and stain
+    normalization applied."""
     spec = ctx.recipe.dataset(key)
     name = spec.test_dataset if test else spec.dataset
     root = None if name == "kather2016_tiny" else ctx.data_root
     dataset = load_dataset(name, root=root)
     if spec.merges:
         dataset = merge_classes(dataset, dict(spec.merges))
+    if spec.stain:
+        dataset = stain_normalized(ctx, key, dataset, spec.stain)
     return dataset
+
+
+def stain_normalized(ctx: StageContext, key: str, dataset: PatchDataset, method: str) -> PatchDataset:
+    """The same tiles, each Macenko-normalized to one reference tile of the dataset (as NCT-CRC-HE-100K was).
+
+    The reference is the most stained of the first 20 tiles (sorted by path), so it is fixed for a dataset and
+    never a background tile; tiles without tissue pass through unchanged. Normalized tiles are kept in memory.
+    """
+    from ..data.datasets import read_sample_image
+    from ..data.stain import MacenkoNormalizer
+
+    if method != "macenko":
+        raise ValueError(f"recipe {ctx.paper}: dataset {key!r} asks for stain normalization {method!r}; "
+                         "the kit has 'macenko'")
+    normalizer = MacenkoNormalizer(on_no_tissue="passthrough")
+    candidates = sorted(dataset.samples, key=lambda s: str(s.path))[:20]
+    stained = [(normalizer.stained_pixels(np.asarray(read_sample_image(s).convert("RGB"))), str(s.path), s)
+               for s in candidates]
+    _, ref_path, reference = max(stained, key=lambda t: (t[0], t[1]))
+    normalizer.fit(read_sample_image(reference))
+    ctx.add_note("all", f"{key}: tiles Macenko-normalized by the kit (torchstain) to the reference tile "
+                        f"{Path(ref_path).name}; tiles without tissue are left as they are.")
+    cache: dict = {}
+
+    def load(sample):
+        if sample.row is not None:  # rows of an array file: cheap to re-read, costly to hold
+            return normalizer(read_sample_image(sample))
+        if sample.path not in cache:
+            cache[sample.path] = normalizer(read_sample_image(sample))
+        return cache[sample.path].copy()
+
+    return PatchDataset(dataset.samples, dataset.classes, dataset.transform, name=f"{dataset.name}+macenko",
+                        image_loader=load)
 
 
 def split_indices(ctx: StageContext, key: str, scheme: Optional[str] = None) -> Optional[dict]:
@@ -47,6 +83,8 @@ def split_indices(ctx: StageContext, key: str, scheme: Optional[str] = None) -> 
     spec = ctx.recipe.dataset(key)
     scheme = scheme or spec.split
     dataset = load_recipe_dataset(ctx, key)
+    if scheme == "official":
+        return official_train_val_test(ctx, key, dataset)
     groups = None
     if scheme == "group":
         if not any(g is not None for g in dataset.groups):
@@ -58,6 +96,25 @@ def split_indices(ctx: StageContext, key: str, scheme: Optional[str] = None) -> 
     if spec.test_dataset:
         split = {"train": split["train"], "val": split["val"]}
     return split
+
+
+def official_train_val_test(ctx: StageContext, key: str, dataset: PatchDataset) -> dict:
+    """train / val / test from a dataset's official split: named train/test as they are; folds (PanNuke) -> the
+    last fold is the test set; train + val only (BreastPathQ, test labels withheld) -> the official validation set
+    is the test set (Chen & Krishnan). Without an official val set, 10 % of train (stratified, seeded) is val."""
+    from ..data.splits import make_split, official_split
+
+    named = official_split(dataset)
+    if "test" not in named and "val" in named:
+        named = {"train": named["train"], "test": named.pop("val")}
+    elif "train" not in named or "test" not in named:
+        folds = list(named)
+        named = {"train": np.concatenate([named[f] for f in folds[:-1]]), "test": named[folds[-1]]}
+    if "val" not in named:
+        train = np.asarray(named["train"])
+        inner = make_split(dataset.labels[train], None, (0.9, 0.1), ctx.seed)
+        named["train"], named["val"] = train[inner["train"]], train[inner["test"]]
+    return {k: np.sort(np.asarray(named[k], dtype=np.int64)) for k in ("train", "val", "test")}
 
 
 @dataclass
@@ -89,13 +146,19 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: str, *, image_size: int,
-                    pooling: Optional[str] = None, scope: str = "all") -> tuple[Encoder, str]:
+                    pooling: Optional[str] = None, scope: str = "all",
+                    encoder_kwargs: Optional[dict] = None) -> tuple[Encoder, str]:
     """Build ``encoder_name`` and load the first available weight source of ``spec`` (see recipe.weight_sources).
 
     ``timm`` hub weights that cannot be fetched (no network) are an error in the full profile; in the smoke profile
     the encoder stays randomly initialised and a footnote says so.
     """
     tried = []
+    kwargs = dict(encoder_kwargs or {})
+
+    def create_encoder(name, **kw):  # every branch builds the same architecture
+        return _create_encoder(name, **kw, **kwargs)
+
     for kind, value in weight_sources(spec, dataset):
         if tried and kind != "checkpoint" and any("--checkpoint" in t for t in tried):
             # The paper's official weights were not given: the table must say what stands in for them.
@@ -143,5 +206,5 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
 def load_model(ctx: StageContext, model_name: str, dataset: str, scope: str = "all") -> LoadedModel:
     spec = ctx.recipe.model(model_name)
     encoder, source = resolve_weights(ctx, spec.encoder, spec.weights, dataset, image_size=ctx.recipe.image_size,
-                                      pooling=spec.pooling, scope=scope)
+                                      pooling=spec.pooling, scope=scope, encoder_kwargs=spec.encoder_kwargs)
     return LoadedModel(encoder.eval(), source, spec)

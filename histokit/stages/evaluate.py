@@ -16,6 +16,7 @@ from ..papers.recipe import EvalSpec
 from ..results import build_table, merge_records, read_records, records_frame, write_table
 from ..retrieval.metrics import evaluate_retrieval
 from .common import slug
+from .eval_classification import eval_classification_probes, eval_label_fraction, eval_resplit_knn
 from .context import StageContext
 from .index import gallery_and_queries
 
@@ -68,7 +69,22 @@ def eval_retrieval_split_variants(ctx: StageContext, spec: EvalSpec) -> list[dic
 EVALUATIONS: dict[str, Callable[[StageContext, EvalSpec], list]] = {
     "retrieval": eval_retrieval,
     "retrieval_split_variants": eval_retrieval_split_variants,
+    "classification_probes": eval_classification_probes,
+    "label_fraction": eval_label_fraction,
+    "resplit_knn": eval_resplit_knn,
 }
+
+
+def with_row_keys(ctx: StageContext, records: list[dict]) -> list[dict]:
+    """A table keyed by ``method`` (Ye et al.) takes the model's row label when the recipe gives no other."""
+    for rec in records:
+        for key in ctx.recipe.table(rec["table"]).keys:
+            if key not in rec and key == "method":
+                rec[key] = rec["model"]
+            if key not in rec:
+                raise ValueError(f"recipe {ctx.paper}: table {rec['table']!r} is keyed by {key!r} but the "
+                                 f"evaluation of {rec['model']!r} gives no such label (EvalSpec labels / rows)")
+    return records
 
 
 def write_tables(ctx: StageContext) -> dict[str, pd.DataFrame]:
@@ -92,7 +108,7 @@ def run(ctx: StageContext, stage: str = "evaluate") -> dict[str, pd.DataFrame]:
         if spec.kind not in EVALUATIONS:
             raise ValueError(f"recipe {ctx.paper}: unknown evaluation kind {spec.kind!r}; "
                              f"known: {sorted(EVALUATIONS)}")
-        new += EVALUATIONS[spec.kind](ctx, spec)
+        new += with_row_keys(ctx, EVALUATIONS[spec.kind](ctx, spec))
     path = ctx.results_dir / "records.csv"
     merged = merge_records(read_records(path), records_frame(new))
     atomic_write_text(path, merged.to_csv(index=False))

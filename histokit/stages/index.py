@@ -26,15 +26,24 @@ class IndexSummary:
     timing: pd.DataFrame
 
 
-def pairs_needed(ctx: StageContext) -> list[tuple[str, str]]:
-    """(model, dataset) pairs that any evaluation, ablation or figure of the recipe reads."""
-    pairs = []
+# Evaluation kinds that work on images, not on stored features (fine-tuning).
+IMAGE_KINDS = {"label_fraction"}
+
+
+def pairs_needed(ctx: StageContext) -> dict[tuple[str, str], bool]:
+    """(model, dataset) pairs whose features an evaluation, ablation or figure reads -> whether a table reports
+    their timing (only those pay for the latency measurements)."""
+    pairs: dict = {}
     for spec in ctx.recipe.evaluations + ctx.recipe.ablations:
-        pairs += [(m, d) for m in spec.models for d in spec.datasets]
+        if spec.kind in IMAGE_KINDS:
+            continue
+        for pair in ((m, d) for m in spec.models for d in spec.datasets):
+            pairs[pair] = pairs.get(pair, False) or bool(spec.params.get("timing"))
     for _, _, params in ctx.recipe.figures:
-        if "model" in params and "dataset" in params:
-            pairs.append((params["model"], params["dataset"]))
-    return list(dict.fromkeys(pairs))
+        if "dataset" in params and params.get("features", True):
+            for model in params.get("models", [params["model"]] if "model" in params else []):
+                pairs.setdefault((model, params["dataset"]), False)
+    return pairs
 
 
 def feature_path(ctx: StageContext, model: str, dataset: str, test: bool = False):
@@ -64,8 +73,19 @@ def gallery_and_queries(ctx: StageContext, model: str, dataset: str, gallery: st
     return part(gallery), part(queries)
 
 
-def extract_pair(ctx: StageContext, model_name: str, dataset_key: str) -> dict:
-    """Features (+ official test set), the gallery index and the timings of one (model, dataset)."""
+def feature_parts(ctx: StageContext, model: str, dataset: str, scheme: str | None = None) -> dict[str, FeatureSet]:
+    """{"train", "val", "test"} FeatureSets of a dataset's split (test = the official test set when there is one)."""
+    full = load_feature_set(ctx, model, dataset)
+    split = split_indices(ctx, dataset, scheme)
+    parts = {name: FeatureSet(full.features[np.asarray(rows)], full.labels[np.asarray(rows)],
+                              full.indices[np.asarray(rows)], full.timing) for name, rows in split.items()}
+    if ctx.recipe.dataset(dataset).test_dataset:
+        parts["test"] = load_feature_set(ctx, model, dataset, test=True)
+    return parts
+
+
+def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bool = True) -> dict:
+    """Features (+ official test set), the gallery index and (``timed``) the timings of one (model, dataset)."""
     model = load_model(ctx, model_name, dataset_key)
     transform = eval_transform(ctx.recipe.image_size, model.spec.mean, model.spec.std)
     batch = ctx.recipe.extraction_batch_size
@@ -81,9 +101,11 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str) -> dict:
         fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device, progress=ctx.progress)
         sha = save_features(path, fs)
         atomic_write_json(path.with_suffix(".json"), {"sha256": sha, **record, "timing": fs.timing})
-    gallery, _ = gallery_and_queries(ctx, model_name, dataset_key)
+    gallery = feature_parts(ctx, model_name, dataset_key)["train"]
     index = build_index(gallery.features, kind="flat", metric="ip")
     save_index(index, ctx.path("index", slug(model_name), slug(dataset_key) + ".faiss"))
+    if not timed:
+        return {**record, "gallery_size": int(index.ntotal)}
     amortized = measure_latency(model.encoder, ctx.recipe.image_size, device=ctx.device, batch_size=batch)
     latency = retrieval_latency_ms(model.encoder, index, ctx.recipe.image_size, device=ctx.device)
     end_to_end = json.loads(feature_path(ctx, model_name, dataset_key).with_suffix(".json").read_text())["timing"]
@@ -98,7 +120,7 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str) -> dict:
 
 
 def run(ctx: StageContext) -> IndexSummary:
-    timings = [extract_pair(ctx, m, d) for m, d in pairs_needed(ctx)]
+    timings = [extract_pair(ctx, m, d, timed) for (m, d), timed in pairs_needed(ctx).items()]
     timing = pd.DataFrame(timings)
     atomic_write_json(ctx.path("timing", "all.json"), timings)
     atomic_write_text(ctx.results_dir / "timing.csv", timing.to_csv(index=False))

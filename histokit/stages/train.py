@@ -31,12 +31,12 @@ def views_transform(spec: TrainSpec, mean, std):
     from ..data.transforms import MultiCropTransform, TwoViewTransform, eval_transform
     from ..ssl.registry import views_for
 
-    views = views_for(spec.method)
-    if views.n_local > 0:
+    if views_for(spec.method).n_local > 0:  # a multi-crop method, even when a run asks for 0 local views (Table 4)
         views = views_for(spec.method, global_size=spec.image_size, local_size=spec.local_size, n_local=spec.n_local)
         return MultiCropTransform(global_size=views.global_size, local_size=views.local_size, n_global=views.n_global,
                                   n_local=views.n_local, global_scale=views.global_scale,
                                   local_scale=views.local_scale, mean=mean, std=std)
+    views = views_for(spec.method)
     if views.n_global == 2:
         return TwoViewTransform(spec.image_size, mean=mean, std=std)
     single = eval_transform(spec.image_size, mean, std)
@@ -54,8 +54,9 @@ def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
     if final.exists() and history_file.exists():
         saved = json.loads(history_file.read_text())
         return TrainOutcome(spec.name, "reused", saved["init"], saved["history"], figure if figure.exists() else None)
-    encoder, init = resolve_weights(ctx, spec.encoder, spec.init, spec.dataset, image_size=spec.image_size, scope=scope)
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    encoder, init = resolve_weights(ctx, spec.encoder, spec.init, spec.dataset, image_size=spec.image_size, scope=scope,
+                                   encoder_kwargs=spec.encoder_kwargs)
+    mean, std = spec.mean, spec.std
     dataset = load_recipe_dataset(ctx, spec.dataset)
     train_split = split_indices(ctx, spec.dataset)["train"]
     dataset = dataset.subset(train_split)
@@ -88,7 +89,9 @@ def _checkpoint_alternatives(ctx: StageContext, spec: TrainSpec):
     """Pretraining runs that a downstream run would skip in favour of a user-given checkpoint."""
     from ..papers.recipe import weight_sources
 
-    for other in ctx.recipe.finetune:
-        sources = weight_sources(other.init, other.dataset)
+    users = [(t.init, t.dataset) for t in ctx.recipe.finetune]
+    users += [(m.weights, d.key) for m in ctx.recipe.models for d in ctx.recipe.datasets]
+    for spec_text, dataset in users:
+        sources = weight_sources(spec_text, dataset)
         if ("train", spec.name) in sources:
             yield from [(k, v) for k, v in sources[: sources.index(("train", spec.name))] if k == "checkpoint"]

@@ -7,7 +7,8 @@ from typing import Callable
 from ..retrieval.metrics import evaluate_retrieval
 from .common import load_recipe_dataset
 from .context import StageContext
-from .index import gallery_and_queries
+from .figures_attention import fig_attention_heads, fig_cls_attention
+from .index import gallery_and_queries, load_feature_set
 
 
 def fig_retrieval_gallery(ctx: StageContext, fig_id: str, params: dict) -> Path:
@@ -25,8 +26,27 @@ def fig_retrieval_gallery(ctx: StageContext, fig_id: str, params: dict) -> Path:
     return path
 
 
+def fig_umap_panels(ctx: StageContext, fig_id: str, params: dict) -> Path:
+    """One UMAP panel per model (15 neighbours, min_dist 0.1), points coloured by class (Ye et al. Fig. 1)."""
+    from ..viz.embeddings import embedding_panels
+
+    dataset = load_recipe_dataset(ctx, params["dataset"])
+    panels = {}
+    for model in params["models"]:
+        fs = load_feature_set(ctx, model, params["dataset"])
+        panels[model] = (fs.features, fs.labels)
+    path = ctx.results_dir / f"{fig_id}.png"
+    embedding_panels(panels, dataset.classes, path, title=params.get("title", "UMAP of frozen features"),
+                     n_neighbors=params.get("n_neighbors", 15), min_dist=params.get("min_dist", 0.1), seed=ctx.seed,
+                     progress=ctx.progress)
+    return path
+
+
 FIGURES: dict[str, Callable[[StageContext, str, dict], Path]] = {
     "retrieval_gallery": fig_retrieval_gallery,
+    "umap_panels": fig_umap_panels,
+    "attention_heads": fig_attention_heads,
+    "cls_attention": fig_cls_attention,
 }
 
 

@@ -1,0 +1,197 @@
+"""Ye, Kalra, Miri 2024, "Cluster-based histopathology phenotype representation learning by self-supervised
+multi-class-token hierarchical ViT" (CypherViT), Sci. Rep.
+
+What the paper does: ViT-S/16 and CypherViT (multi-[cls]-token clustering ViT) pretrained with DINO, iBOT, MoCo v3,
+SimCLR and MAE on ~300k VGH/NKI breast H&E patches (each framework's official defaults), then evaluated on frozen
+features: weighted k-NN and linear probing on CRC with and without Macenko normalization and on PanNuke tissue
+types, linear regression on BreastPathQ (MSE, Kendall tau) — Table 1; fine-tuning with 1-100 % of the CRC (w/ norm)
+labels — Table 2; five re-splits of train + test with k-NN, mean ± std and t-tests, VanillaViT vs CypherViT inside
+each framework — Table 3; the number of final [cls] tokens x the number of local views — Table 4; UMAP (Fig. 1) and
+the attention of each [cls] token (Fig. 2).
+
+Open choices, stated in the footnotes: the k of k-NN and the linear probe's regularization are chosen on a
+validation split carved from the training data (the paper sweeps them without saying on what); the linear probe
+is multinomial logistic regression swept over C (the paper sweeps SGD learning rates: same convex problem);
+VGH/NKI is not obtainable (see data_manifests/vgh_nki.yaml), so the full profile needs it supplied by hand.
+"""
+from __future__ import annotations
+
+from .recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe, TableSpec, TrainSpec
+
+PROFILES = ("smoke", "full")
+TITLE = "Ye et al. 2024 — CypherViT: multi-[cls]-token clustering ViT in DINO, SimCLR, MoCo v3 and MAE"
+CITATION = ("K. Ye, S. Kalra, M. S. Miri, \"Cluster-based histopathology phenotype representation learning by "
+            "self-supervised multi-class-token hierarchical ViT\", Scientific Reports 14, 3202 (2024).")
+VIT = "vit_small_patch16_224"
+CYPHER = "cyphervit_small"
+FRACTIONS = {"0.01": "1%", "0.05": "5%", "0.1": "10%", "0.2": "20%", "0.5": "50%", "1.0": "100%"}
+GRID = [(4, 0), (4, 2), (4, 4), (4, 8), (8, 0), (8, 2), (8, 4), (8, 8)]
+BEST = (4, 2)   # "4 [cls] tokens at final stage plus 2 local views ... the most optimal" (Sec. Ablations)
+
+# Each framework's official optimizer and base learning rate (lr = base x batch / 256, as their codebases scale it).
+FRAMEWORKS = {
+    "dino": dict(optimizer="adamw", base_lr=5e-4, weight_decay=0.04),
+    "ibot": dict(optimizer="adamw", base_lr=5e-4, weight_decay=0.04),
+    "moco": dict(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.1),
+    "simclr": dict(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.1),
+    "mae": dict(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05),
+}
+
+
+def _datasets(smoke: bool) -> tuple:
+    if smoke:
+        # The Kather 2016 tiles are colorectal H&E without stain normalization: raw they stand in for CRC w/o norm,
+        # Macenko-normalized by the kit for CRC w/ norm. PanNuke and BreastPathQ are not in the smoke profile.
+        return (DatasetSpec("CRC-NONORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K-NONORM"),
+                DatasetSpec("CRC-NORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K", stain="macenko"))
+    return (DatasetSpec("VGH", "vgh_nki"),
+            DatasetSpec("CRC-NONORM", "nct_crc_he_100k_nonorm", test_dataset="crc_val_he_7k"),
+            DatasetSpec("CRC-NORM", "nct_crc_he_100k", test_dataset="crc_val_he_7k"),
+            DatasetSpec("PanNuke", "pannuke", split="official"),
+            DatasetSpec("BreastPathQ", "breastpathq", split="official", task="regression"))
+
+
+def _cypher_run(n_cls: int, n_local: int) -> str:
+    return f"dino_cyphervit_cls{n_cls}_local{n_local}"
+
+
+def build(profile: str) -> Recipe:
+    smoke = profile == "smoke"
+    size, local = (64, 32) if smoke else (224, 96)
+    epochs, warmup, batch = (2, 1, 16) if smoke else (100, 10, 256)
+    datasets = _datasets(smoke)
+    pretrain_on = "CRC-NONORM" if smoke else "VGH"
+    eval_sets = tuple(d.key for d in datasets if d.key != "VGH")
+    head = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
+
+    def ssl(name, method, encoder, n_local=BEST[1], n_cls=None):
+        fw = FRAMEWORKS[method]
+        cfg = dict(head) if method in ("dino", "ibot") else {}
+        return TrainSpec(name=name, method=method, encoder=encoder, dataset=pretrain_on, init="random",
+                         epochs=epochs, batch_size=batch, optimizer=fw["optimizer"], lr=fw["base_lr"] * batch / 256,
+                         weight_decay=fw["weight_decay"], warmup_epochs=warmup, image_size=size, local_size=local,
+                         n_local=n_local, method_cfg=cfg,
+                         encoder_kwargs={"num_final_cls": n_cls} if n_cls else {})
+
+    pretrain = [ssl(f"{m}_vit", m, VIT) for m in ("dino", "ibot", "moco", "simclr", "mae")]
+    pretrain += [ssl(f"{m}_cyphervit", m, CYPHER, n_cls=BEST[0]) for m in ("moco", "simclr")]
+    pretrain += [ssl(_cypher_run(c, v), "dino", CYPHER, n_local=v, n_cls=c) for c, v in GRID]
+
+    def cypher_model(name, run, n_cls):
+        return ModelSpec(name, CYPHER, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls})
+
+    models = [
+        ModelSpec("Pretrained on ImageNet", VIT, "timm"),
+        ModelSpec("Fully-supervised", VIT, "random", note="ViT-S/16 from scratch, labels only"),
+        ModelSpec("SimCLR", VIT, "train:simclr_vit"),
+        ModelSpec("MoCo", VIT, "train:moco_vit"),
+        ModelSpec("iBOT", VIT, "train:ibot_vit"),
+        ModelSpec("DINO", VIT, "train:dino_vit"),
+        ModelSpec("MAE", VIT, "train:mae_vit"),
+        cypher_model("DINO-CypherViT", _cypher_run(*BEST), BEST[0]),
+        cypher_model("SimCLR-CypherViT", "simclr_cyphervit", BEST[0]),
+        cypher_model("MoCo-CypherViT", "moco_cyphervit", BEST[0]),
+    ]
+    grid_models = {}
+    for c, v in GRID:
+        name = "DINO-CypherViT" if (c, v) == BEST else f"DINO-CypherViT [cls]={c} local={v}"
+        if (c, v) != BEST:
+            models.append(cypher_model(name, _cypher_run(c, v), c))
+        grid_models[name] = {"num_cls": str(c), "num_local_views": str(v)}
+
+    def cols(table, key):
+        return {
+            "table1": {"CRC-NONORM": {"knn": "crc_nonorm_knn", "linear": "crc_nonorm_linear"},
+                       "CRC-NORM": {"knn": "crc_norm_knn", "linear": "crc_norm_linear"},
+                       "PanNuke": {"knn": "pannuke_knn"},
+                       "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
+            "table3": {"CRC-NORM": {"acc_mean": "crc_norm_acc_mean", "acc_std": "crc_norm_acc_std",
+                                    "acc_pvalue": "pvalue_crc"},
+                       "PanNuke": {"acc_mean": "pannuke_acc_mean", "acc_std": "pannuke_acc_std",
+                                   "acc_pvalue": "pvalue_pannuke"},
+                       "BreastPathQ": {"mse_mean": "breastpathq_mse_mean", "mse_std": "breastpathq_mse_std",
+                                       "tau_mean": "breastpathq_tau_mean", "tau_std": "breastpathq_tau_std",
+                                       "mse_pvalue": "pvalue_mse", "tau_pvalue": "pvalue_tau"}},
+            "table4": {"CRC-NONORM": {"knn": "crc_nonorm_acc1", "knn_top3": "crc_nonorm_acc3"},
+                       "CRC-NORM": {"knn": "crc_norm_acc1", "knn_top3": "crc_norm_acc3"},
+                       "PanNuke": {"knn": "pannuke_acc1", "knn_top3": "pannuke_acc3"},
+                       "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
+        }[table][key]
+
+    def only(table, keys):
+        keys = tuple(k for k in keys if k in eval_sets)
+        return keys, {k: cols(table, k) for k in keys}
+
+    t1_sets, t1_cols = only("table1", ("CRC-NONORM", "CRC-NORM", "PanNuke", "BreastPathQ"))
+    t3_sets, t3_cols = only("table3", ("CRC-NORM", "PanNuke", "BreastPathQ"))
+    t4_sets, t4_cols = only("table4", ("CRC-NONORM", "CRC-NORM", "PanNuke", "BreastPathQ"))
+    table3_rows = {"MAE": ("MAE", "VanillaViT"), "SimCLR": ("SimCLR", "VanillaViT"),
+                   "SimCLR-CypherViT": ("SimCLR", "CypherViT"), "MoCo": ("MoCo", "VanillaViT"),
+                   "MoCo-CypherViT": ("MoCo", "CypherViT"), "DINO": ("DINO", "VanillaViT"),
+                   "DINO-CypherViT": ("DINO", "CypherViT")}
+    table1_models = ("Pretrained on ImageNet", "SimCLR", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
+    table2_models = ("Fully-supervised", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
+    finetune = dict(fractions=FRACTIONS, epochs=2 if smoke else 100, lr=1e-4, batch_size=16 if smoke else 64,
+                    weight_decay=0.05, warmup_epochs=0 if smoke else 5, table="table2")
+    evaluations = (
+        EvalSpec("classification_probes", "table1", table1_models, t1_sets, dict(columns=t1_cols)),
+        EvalSpec("label_fraction", "table2", table2_models, ("CRC-NORM",), finetune),
+        EvalSpec("resplit_knn", "table3", tuple(table3_rows), t3_sets,
+                 dict(columns=t3_cols, n_splits=5, test_fraction=0.1 if smoke else 7180 / 107180,
+                      rows={m: {"framework": f, "backbone": b} for m, (f, b) in table3_rows.items()},
+                      compare=[(m, m + "-CypherViT") for m in ("SimCLR", "MoCo", "DINO")])),
+    )
+    ablations = (
+        EvalSpec("classification_probes", "table4", tuple(grid_models), t4_sets,
+                 dict(columns=t4_cols, knn_ks=(20,), rows=grid_models)),
+    )
+    probes = ("Frozen features: DINO weighted k-NN (cosine, T = 0.07) top-1 accuracy in %, k chosen on a validation "
+              "split (10 % of the training data) from DINO's 10 / 20 / 100 / 200 (those <= the training size); "
+              "linear probe = multinomial logistic regression, C swept on the same validation split.",
+              "BreastPathQ: linear regression on frozen features, MSE and Kendall tau on the official validation "
+              "set.",)
+    tables = (
+        TableSpec("table1", "Table 1 — k-NN and linear probing, BreastPathQ regression",
+                  "ye2024_cyphervit_table1.csv", keys=("method",),
+                  metrics=("crc_nonorm_knn", "crc_nonorm_linear", "crc_norm_knn", "crc_norm_linear", "pannuke_knn",
+                           "breastpathq_mse", "breastpathq_tau"),
+                  footnotes=probes + ("All rows ViT-S/16 except DINO-CypherViT; DINO-CypherViT uses 4 final [cls] "
+                                      "tokens and 2 local views (the paper's best setting, Table 4).",)),
+        TableSpec("table2", "Table 2 — fine-tuning with 1-100 % of the CRC (w/ norm) labels",
+                  "ye2024_cyphervit_table2.csv", keys=("method",), metrics=tuple(FRACTIONS.values()),
+                  footnotes=("End-to-end fine-tuning of encoder + linear head (AdamW, cosine schedule) on a "
+                             "class-balanced fraction of the training split (at least one tile per class); top-1 "
+                             "accuracy in % on the unchanged test split. Fully-supervised = ViT-S/16 from random "
+                             "initialisation.",)),
+        TableSpec("table3", "Table 3 — VanillaViT vs CypherViT in each framework, 5 re-splits",
+                  "ye2024_cyphervit_table3.csv", keys=("framework", "backbone"),
+                  metrics=("crc_norm_acc_mean", "crc_norm_acc_std", "pannuke_acc_mean", "pannuke_acc_std",
+                           "breastpathq_mse_mean", "breastpathq_mse_std", "breastpathq_tau_mean",
+                           "breastpathq_tau_std", "pvalue_crc", "pvalue_pannuke", "pvalue_mse", "pvalue_tau"),
+                  footnotes=("Official train and test pooled and re-split 5 times (stratified, seeds 0-4) with the "
+                             "original test fraction; weighted k-NN (k = 20, T = 0.07) top-1 accuracy, mean ± sample "
+                             "std; p-values from Welch's t-test (scipy) VanillaViT vs CypherViT within a framework.",)),
+        TableSpec("table4", "Table 4 — number of final [cls] tokens x number of local views (DINO-CypherViT)",
+                  "ye2024_cyphervit_table4.csv", keys=("num_cls", "num_local_views"),
+                  metrics=("crc_nonorm_acc1", "crc_nonorm_acc3", "crc_norm_acc1", "crc_norm_acc3", "pannuke_acc1",
+                           "pannuke_acc3", "breastpathq_mse", "breastpathq_tau"),
+                  footnotes=("Weighted k-NN (k = 20, T = 0.07) top-1 / top-3 accuracy in %.",)),
+    )
+    figure_set = "CRC-NORM"
+    figures = (
+        ("fig1_umap", "umap_panels", dict(models=table1_models, dataset=figure_set,
+                                          title="UMAP of frozen features (CRC w/ norm), 15 neighbours, min_dist 0.1")),
+        ("fig2_cls_attention", "cls_attention", dict(model="DINO-CypherViT", dataset=figure_set, features=False,
+                                                     omit=("EMPTY", "DEBRIS", "BACK", "DEB", "MUC"))),
+    )
+    notes = ()
+    if smoke:
+        notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
+                 "(raw = w/o norm, Macenko-normalized by the kit = w/ norm) and, in place of VGH/NKI, for the "
+                 "pretraining data (training split only); 64 px images (32 px local crops), 2 epochs, batch 16, "
+                 "CPU; DINO / iBOT heads with 4,096 prototypes; random 80/10/10 split instead of CRC-VAL-HE-7K. "
+                 "PanNuke and BreastPathQ are not in the smoke profile.",)
+    return Recipe(paper="cyphervit", title=TITLE, citation=CITATION, profile=profile, image_size=size,
+                  datasets=datasets, models=tuple(models), pretrain=tuple(pretrain), evaluations=evaluations,
+                  ablations=ablations, tables=tables, figures=figures, notes=notes,
+                  extraction_batch_size=64 if smoke else 256)

@@ -1,0 +1,159 @@
+"""Patch-level protocols on frozen features (Ye et al. Tables 1, 3, 4; Chen & Krishnan Table 1).
+
+A recipe names the table column each number goes to: ``params["columns"] = {dataset: {measure: column}}`` with
+measures ``knn`` / ``knn_top3`` (DINO weighted k-NN, %), ``linear`` (linear probe, %), ``knn_auc`` (Chen &
+Krishnan's scikit-learn k-NN macro one-vs-rest AUC), ``mse`` / ``tau`` (BreastPathQ linear regression). Row labels
+per model come from ``params["rows"] = {model: {key column: value}}``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..evaluation.knn import sklearn_knn_auc, weighted_knn
+from ..evaluation.linear import linear_probe
+from ..evaluation.regression import regression_probe
+from ..evaluation.stats import bootstrap_ci, mean_std, ttest
+from ..papers.recipe import EvalSpec
+from ..data.splits import make_split
+from .context import StageContext
+from .index import feature_parts, load_feature_set
+
+DINO_KS = (10, 20, 100, 200)   # facebookresearch/dino eval_knn.py's nb_knn
+
+
+def row_labels(spec: EvalSpec, model: str) -> dict:
+    return {**spec.labels, **spec.params.get("rows", {}).get(model, {})}
+
+
+def knn_with_k_sweep(parts: dict, ks=DINO_KS, T: float = 0.07) -> dict:
+    """DINO weighted k-NN; Ye et al. sweep k, so k is chosen on the validation split and the test set scored once."""
+    train, val, test = parts["train"], parts.get("val"), parts["test"]
+    usable = [k for k in ks if k <= len(train)] or [len(train)]
+    chosen = usable[0]
+    if val is not None and len(val) and len(usable) > 1:
+        scores = {k: weighted_knn(train.features, train.labels, val.features, val.labels, k=k, T=T)["top1"]
+                  for k in usable}
+        chosen = max(usable, key=lambda k: (scores[k], -k))
+    n_cls = int(max(train.labels.max(), test.labels.max())) + 1
+    out = weighted_knn(train.features, train.labels, test.features, test.labels, k=chosen, T=T, num_classes=n_cls)
+    out["correct"] = (out["predictions"] == test.labels).astype(float) * 100.0
+    out["k_candidates"] = usable
+    return out
+
+
+def _record(spec, model, dataset, column, value, *, per_item=None, note="", seed=0, **extra):
+    rec = {"table": spec.table, "model": model, "dataset": dataset, "metric": column, "value": float(value),
+           "note": note, **extra}
+    if per_item is not None and len(per_item) >= 2:
+        rec["ci_low"], rec["ci_high"] = bootstrap_ci(per_item, seed=seed)
+        rec["n"] = len(per_item)
+    return rec
+
+
+def probe_measures(ctx: StageContext, spec: EvalSpec, model: str, dataset: str, columns: dict) -> list[dict]:
+    parts = feature_parts(ctx, model, dataset)
+    labels = row_labels(spec, model)
+    train, test = parts["train"], parts["test"]
+    out = []
+
+    def add(measure, value, **kw):
+        if measure in columns:
+            out.append(_record(spec, model, dataset, columns[measure], value, seed=ctx.seed, **labels, **kw))
+
+    if ctx.recipe.dataset(dataset).task == "regression":
+        reg = regression_probe(train.features, train.labels, test.features, test.labels)
+        add("mse", reg["mse"], note=f"{reg['model']} on frozen features, predictions clipped to [0, 1]")
+        add("tau", reg["kendall_tau"], note=f"Kendall tau (p = {reg['kendall_p']:.2g})")
+        return out
+    if {"knn", "knn_top3"} & set(columns):
+        knn = knn_with_k_sweep(parts, spec.params.get("knn_ks", DINO_KS))
+        note = f"weighted k-NN, T = 0.07, k = {knn['k']} chosen on val from {knn['k_candidates']}"
+        add("knn", knn["top1"], per_item=knn["correct"], note=note)
+        add("knn_top3", knn["top3"], note=note)
+    if "linear" in columns:
+        val = parts.get("val")
+        lin = linear_probe(train.features, train.labels, val.features, val.labels, test.features, test.labels,
+                           seed=ctx.seed)
+        correct = (lin["predictions"] == test.labels).astype(float) * 100.0
+        add("linear", lin["accuracy"], per_item=correct,
+            note=f"logistic regression, C = {lin['best_C']:g} chosen on val")
+    if "knn_auc" in columns:
+        auc = sklearn_knn_auc(train.features, train.labels, test.features, test.labels, k=5)
+        skipped = auc["auc_skipped_classes"]
+        add("knn_auc", auc["auc_macro_ovr"],
+            note="KNeighborsClassifier(k=5), macro one-vs-rest AUC" +
+                 (f"; classes {skipped} absent from the test split are left out" if skipped else ""))
+    return out
+
+
+def eval_classification_probes(ctx: StageContext, spec: EvalSpec) -> list[dict]:
+    """k-NN / linear / k-NN AUC / regression on frozen features, one record per (model, dataset, column)."""
+    columns = spec.params["columns"]
+    return [r for m in spec.models for d in spec.datasets for r in probe_measures(ctx, spec, m, d, columns[d])]
+
+
+def resplit_scores(ctx: StageContext, model: str, dataset: str, n_splits: int, test_fraction: float) -> dict:
+    """Ye et al. Table 3: the official train and test sets pooled, re-split ``n_splits`` times with the original
+    test fraction (stratified, seeds 0..n-1), weighted k-NN (k = 20, T = 0.07) top-1 on each re-split."""
+    full = load_feature_set(ctx, model, dataset)
+    parts = [full]
+    if ctx.recipe.dataset(dataset).test_dataset:
+        parts.append(load_feature_set(ctx, model, dataset, test=True))
+    feats = np.concatenate([p.features for p in parts])
+    labels = np.concatenate([p.labels for p in parts])
+    regression = ctx.recipe.dataset(dataset).task == "regression"
+    scores = {"acc": [], "mse": [], "tau": []}
+    for seed in range(n_splits):
+        split = make_split(labels, None, (1 - test_fraction, test_fraction), seed)  # stratified unless regression
+        tr, te = split["train"], split["test"]
+        if regression:
+            reg = regression_probe(feats[tr], labels[tr], feats[te], labels[te])
+            scores["mse"].append(reg["mse"])
+            scores["tau"].append(reg["kendall_tau"])
+        else:
+            k = min(20, len(tr))
+            scores["acc"].append(weighted_knn(feats[tr], labels[tr], feats[te], labels[te], k=k)["top1"])
+    return {k: v for k, v in scores.items() if v}
+
+
+def eval_resplit_knn(ctx: StageContext, spec: EvalSpec) -> list[dict]:
+    """Mean ± std over re-splits per (model, dataset) and Welch t-test p-values between the paired backbones."""
+    p = spec.params
+    n_splits, test_fraction = p.get("n_splits", 5), p.get("test_fraction", 0.1)
+    scores = {(m, d): resplit_scores(ctx, m, d, n_splits, test_fraction) for m in spec.models for d in spec.datasets}
+    out = []
+    for (m, d), measures in scores.items():
+        cols, labels = p["columns"][d], row_labels(spec, m)
+        for measure, values in measures.items():
+            mean, std = mean_std(values)
+            note = f"{n_splits} stratified re-splits of train + test, test fraction {test_fraction}"
+            for suffix, value in (("mean", mean), ("std", std)):
+                if f"{measure}_{suffix}" in cols:
+                    out.append(_record(spec, m, d, cols[f"{measure}_{suffix}"], value, note=note, **labels))
+    for vanilla, cypher in p.get("compare", ()):
+        for d in spec.datasets:
+            for measure, values in scores[(vanilla, d)].items():
+                column = p["columns"][d].get(f"{measure}_pvalue")
+                if column is None:
+                    continue
+                pvalue = ttest(values, scores[(cypher, d)][measure])
+                for m in (vanilla, cypher):
+                    out.append(_record(spec, m, d, column, pvalue, note="Welch t-test over the re-splits",
+                                       **row_labels(spec, m)))
+    return out
+
+
+def eval_label_fraction(ctx: StageContext, spec: EvalSpec) -> list[dict]:
+    """Ye et al. Table 2: fine-tune each model end to end on 1 ... 100 % of the training labels, drawn evenly per
+    class, and report top-1 accuracy on the (unchanged) test split. One cached result per (model, fraction)."""
+    from .finetune_fractions import finetune_fraction
+
+    out = []
+    for m in spec.models:
+        for d in spec.datasets:
+            for fraction, column in spec.params["fractions"].items():
+                result = finetune_fraction(ctx, m, d, float(fraction), spec.params)
+                out.append(_record(spec, m, d, column, result["accuracy"], per_item=np.asarray(result["correct"]),
+                                   note=f"{result['n_train']} training tiles, {result['epochs']} epochs, "
+                                        f"full fine-tuning", seed=ctx.seed, **row_labels(spec, m)))
+    return out

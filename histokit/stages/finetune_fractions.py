@@ -1,0 +1,55 @@
+"""Fine-tuning on a class-balanced fraction of the training labels (Ye et al. Table 2), cached per run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..data.splits import class_balanced_fraction
+from ..data.transforms import eval_transform
+from ..io import atomic_write_json
+from ..train.supervised import finetune_classifier, predict
+from .common import load_recipe_dataset, resolve_weights, slug, split_indices
+from .context import StageContext
+
+
+def finetune_transform(size: int, mean, std):
+    """DINO / DeiT fine-tuning augmentation: random resized crop and flips (H&E tiles have no up or left)."""
+    import torchvision.transforms as T
+
+    return T.Compose([T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(),
+                      T.RandomVerticalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction: float, params: dict) -> dict:
+    path = ctx.path("label_fraction", slug(model_name), slug(dataset), f"{fraction:g}.json")
+    if path.exists():
+        return json.loads(path.read_text())
+    model = ctx.recipe.model(model_name)
+    encoder, source = resolve_weights(ctx, model.encoder, model.weights, dataset, image_size=ctx.recipe.image_size,
+                                      pooling=model.pooling, encoder_kwargs=model.encoder_kwargs,
+                                      scope=params.get("table", "all"))
+    data = load_recipe_dataset(ctx, dataset)
+    split = split_indices(ctx, dataset)
+    train_rows = np.asarray(split["train"])
+    picked = train_rows[class_balanced_fraction(data.labels[train_rows], fraction, seed=ctx.seed)]
+    size = ctx.recipe.image_size
+    train_ds = data.subset(picked).with_transform(finetune_transform(size, model.mean, model.std))
+    val_ds = data.subset(split["val"]).with_transform(eval_transform(size, model.mean, model.std))
+    if ctx.recipe.dataset(dataset).test_dataset:
+        test_ds = load_recipe_dataset(ctx, dataset, test=True).with_transform(eval_transform(size, model.mean, model.std))
+    else:
+        test_ds = data.subset(split["test"]).with_transform(eval_transform(size, model.mean, model.std))
+    epochs = int(params.get("epochs", 100))
+    classifier, history = finetune_classifier(
+        encoder, train_ds, val_ds, len(data.classes), epochs=epochs, lr=float(params.get("lr", 1e-4)),
+        batch_size=int(params.get("batch_size", 64)), weight_decay=float(params.get("weight_decay", 0.05)),
+        warmup_epochs=int(params.get("warmup_epochs", 0)), device=ctx.device, seed=ctx.seed,
+        progress=ctx.progress, amp=ctx.device.startswith("cuda"))
+    preds = predict(classifier, test_ds, batch_size=64, device=ctx.device, progress=False)
+    correct = (preds.logits.argmax(1) == preds.labels).astype(float) * 100.0
+    result = {"model": model_name, "dataset": dataset, "fraction": fraction, "weights": source,
+              "n_train": int(len(picked)), "epochs": epochs, "accuracy": float(correct.mean()),
+              "correct": correct.tolist(), "history": history}
+    atomic_write_json(path, result)
+    return result
