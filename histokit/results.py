@@ -18,6 +18,7 @@ from .papers.recipe import TableSpec
 
 PAPER_TABLES_DIR = Path(__file__).resolve().parent / "papers" / "paper_tables"
 NOT_RUN = "not run"
+NOT_REPRODUCIBLE = "not reproducible"
 
 
 def paper_table(spec: TableSpec) -> pd.DataFrame:
@@ -48,6 +49,7 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
     measured_rows = recs[keys].drop_duplicates() if len(recs) else pd.DataFrame(columns=keys)
     rows = [tuple(r) for r in paper[keys].astype(str).itertuples(index=False)]
     rows += [tuple(r) for r in measured_rows.astype(str).itertuples(index=False) if tuple(r) not in rows]
+    blocked = {label: NOT_REPRODUCIBLE for label, _ in spec.not_reproducible}
     out = []
     for row in rows:
         entry = dict(zip(keys, row))
@@ -63,7 +65,7 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
             paper_value = float(paper.loc[p_mask, metric].iloc[0]) if p_mask.any() and metric in paper else None
             if paper_value is not None and math.isnan(paper_value):
                 paper_value = None
-            entry[metric] = value if value is not None else NOT_RUN
+            entry[metric] = value if value is not None else blocked.get(row[0], NOT_RUN)
             if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
                 entry[f"{metric} 95% CI"] = (f"[{_fmt(float(hit['ci_low'].iloc[0]))}, "
                                               f"{_fmt(float(hit['ci_high'].iloc[0]))}]")
@@ -98,6 +100,7 @@ def write_table(spec: TableSpec, table: pd.DataFrame, out_dir: Path, *, profile:
                   "The paper's numbers are shown for layout only; the differences measure nothing yet.", ""]
     parts += [to_markdown(table), ""]
     foot = list(spec.footnotes) + [n for n in notes if n not in spec.footnotes]
+    foot += [f"'{NOT_REPRODUCIBLE}' ({label}): {why}" for label, why in spec.not_reproducible]
     if NOT_RUN in table.astype(str).values:
         foot.append(f"'{NOT_RUN}': this profile did not measure that row; the paper's value is shown beside it, "
                     "never in its place.")

@@ -119,3 +119,10 @@ def lgffem_test(img_size: int = 64, pretrained: bool = False, **kwargs) -> LGFFE
     cfg = dict(channels=32, num_layers=2)
     cfg.update(kwargs)
     return LGFFEM("convnextv2_atto", pretrained=pretrained, **cfg)
+
+
+@register_encoder("lgffem_atto")
+def lgffem_atto(img_size: int = 224, pretrained: bool = False, **kwargs) -> LGFFEM:
+    """Smoke-profile LGFFEM: the paper's neck and head (3 LGFFN layers at 512, 4 GeM heads, 2048-d) on the smallest
+    ConvNeXt V2 (Atto, FCMAE weights in timm); only the frozen backbone is smaller."""
+    return LGFFEM("convnextv2_atto.fcmae", pretrained=pretrained, **kwargs)

@@ -10,6 +10,7 @@ _PAPERS = {
     "esvit": "histokit.papers.esvit",
     "chen2022": "histokit.papers.chen2022",
     "cyphervit": "histokit.papers.cyphervit",
+    "lgffem": "histokit.papers.lgffem",
 }
 
 

@@ -99,6 +99,7 @@ class TableSpec:
     keys: tuple                            # columns identifying a row, shared by the paper CSV and the records
     metrics: tuple                         # paper CSV metric columns, in order
     footnotes: tuple = ()
+    not_reproducible: tuple = ()           # (row label, why): rows the kit cannot run (e.g. no public code)
 
 
 @dataclass(frozen=True)

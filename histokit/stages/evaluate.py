@@ -16,6 +16,7 @@ from ..papers.recipe import EvalSpec
 from ..results import build_table, merge_records, read_records, records_frame, write_table
 from ..retrieval.metrics import evaluate_retrieval
 from .common import slug
+from .eval_kimia import eval_kimia_eta
 from .eval_classification import eval_classification_probes, eval_label_fraction, eval_resplit_knn
 from .context import StageContext
 from .index import gallery_and_queries
@@ -72,6 +73,7 @@ EVALUATIONS: dict[str, Callable[[StageContext, EvalSpec], list]] = {
     "classification_probes": eval_classification_probes,
     "label_fraction": eval_label_fraction,
     "resplit_knn": eval_resplit_knn,
+    "kimia_eta": eval_kimia_eta,
 }
 
 

@@ -28,7 +28,7 @@ class TrainOutcome:
 
 def views_transform(spec: TrainSpec, mean, std):
     """The views the method needs (its ViewSpec), at the recipe's sizes."""
-    from ..data.transforms import MultiCropTransform, TwoViewTransform, eval_transform
+    from ..data.transforms import MultiCropTransform, TwoViewTransform
     from ..ssl.registry import views_for
 
     if views_for(spec.method).n_local > 0:  # a multi-crop method, even when a run asks for 0 local views (Table 4)
@@ -38,15 +38,20 @@ def views_transform(spec: TrainSpec, mean, std):
                                   local_scale=views.local_scale, mean=mean, std=std)
     views = views_for(spec.method)
     if views.n_global == 2:
-        return TwoViewTransform(spec.image_size, mean=mean, std=std)
-    single = eval_transform(spec.image_size, mean, std)
+        style = "mocov3" if views.augmentation == "moco_v3" else "simclr"  # BYOL's asymmetric views for MoCo v3
+        return TwoViewTransform(spec.image_size, mean=mean, std=std, scale=views.global_scale, style=style)
+    # one view (MAE main_pretrain.py): RandomResizedCrop at the method's scale + horizontal flip
+    import torchvision.transforms as T
+
+    single = T.Compose([T.RandomResizedCrop(spec.image_size, scale=views.global_scale,
+                                            interpolation=T.InterpolationMode.BICUBIC),
+                        T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
     return lambda image: [single(image)]
 
 
 def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
     from ..ssl.registry import create_method
     from ..train.engine import train
-    from ..viz.curves import loss_curve
 
     final = trained_weights_path(ctx, spec.name)
     history_file = final.parent / "history.json"
@@ -57,6 +62,11 @@ def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
     encoder, init = resolve_weights(ctx, spec.encoder, spec.init, spec.dataset, image_size=spec.image_size, scope=scope,
                                    encoder_kwargs=spec.encoder_kwargs)
     mean, std = spec.mean, spec.std
+    if spec.method == "subcenter_arcface":
+        from .train_metric import train_subcenter_arcface
+
+        history = train_subcenter_arcface(ctx, spec, encoder, final.parent / "checkpoints" / "last.pt")
+        return _finish(ctx, spec, encoder, init, history, final, history_file, figure)
     dataset = load_recipe_dataset(ctx, spec.dataset)
     train_split = split_indices(ctx, spec.dataset)["train"]
     dataset = dataset.subset(train_split)
@@ -68,7 +78,13 @@ def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
                     weight_decay=spec.weight_decay, warmup_epochs=spec.warmup_epochs, min_lr=spec.min_lr,
                     device=ctx.device, checkpoint_dir=final.parent / "checkpoints", resume=True, seed=ctx.seed,
                     progress=ctx.progress)
-    atomic_torch_save(method.eval_encoder().state_dict(), final)
+    return _finish(ctx, spec, method.eval_encoder(), init, history, final, history_file, figure)
+
+
+def _finish(ctx, spec, encoder, init, history, final, history_file, figure) -> TrainOutcome:
+    from ..viz.curves import loss_curve
+
+    atomic_torch_save(encoder.state_dict(), final)
     atomic_write_json(history_file, {"init": init, "history": history, "spec": spec.__dict__})
     loss_curve(history, figure, title=f"{spec.name}: {spec.method} on {spec.dataset} (init: {init})")
     return TrainOutcome(spec.name, "trained", init, history, figure)

@@ -8,6 +8,7 @@ from ..retrieval.metrics import evaluate_retrieval
 from .common import load_recipe_dataset
 from .context import StageContext
 from .figures_attention import fig_attention_heads, fig_cls_attention
+from .figures_retrieval import fig_gradcam, fig_projection
 from .index import gallery_and_queries, load_feature_set
 
 
@@ -47,6 +48,8 @@ FIGURES: dict[str, Callable[[StageContext, str, dict], Path]] = {
     "umap_panels": fig_umap_panels,
     "attention_heads": fig_attention_heads,
     "cls_attention": fig_cls_attention,
+    "gradcam": fig_gradcam,
+    "projection": fig_projection,
 }
 
 

@@ -1,0 +1,112 @@
+"""Nuñez-Fernández, Farias, Solar 2025, "Content-Based Histopathological Image Retrieval" (Sensors) — LGFFEM.
+
+What the paper does: a frozen ConvNeXt V2-Base (FCMAE) backbone feeds a Local-Global Feature Fusion Neck (3 BiFPN-
+style layers at 512 channels, Global and Local Aggregators) and four GeM mini-heads concatenated into a 2048-d
+descriptor; neck and heads are trained with Sub-center ArcFace (m = 17.2°, s = 64), AdamW with cosine annealing
+5e-3 -> 8e-5, batch 64, 224 px. Strategies (Table 1): A = trained on ImageNet-1k, B = then PanNuke, C = then
+Kimia Path24C. Retrieval: FAISS L2 index, eta_p / eta_w / eta_tot on Kimia Path24C. Table 2 compares DenseNet-121
+features and "MA + MS-loss". Figures: a query and its retrievals (Fig. 3), Grad-CAM++ over the neck's outer nodes
+(Figs. 4-6), the 2-D projection of the test embeddings by scan (Fig. 7).
+
+Open points, stated in the footnotes: the public code (camilo-nunez/ffnir) passes the margin as the scale
+(m = s = 17.5) and computes eta differently from the Kimia standard (REFERENCE.md); the kit trains with the paper's
+m and s, reports eta in both protocols (one table each), and keeps "MA + MS-loss" as the paper's number only: it
+has no public code, so it is marked not reproduced. Epochs: 60 (A, B) and 300 (C), as the paper gives.
+"""
+from __future__ import annotations
+
+from .recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe, TableSpec, TrainSpec
+
+PROFILES = ("smoke", "full")
+TITLE = "Nuñez-Fernández et al. 2025 — LGFFEM on Kimia Path24C"
+CITATION = ("C. Nuñez-Fernández, H. Farias, M. Solar, \"Content-Based Histopathological Image Retrieval\", "
+            "Sensors 25 (2025).")
+STRATEGIES = (("A", "IN-1K", "ImageNet"), ("B", "IN-1K + PanNuke", "PanNuke"),
+              ("C", "IN-1K + PanNuke + Kimia", "Kimia"))
+
+
+def build(profile: str) -> Recipe:
+    smoke = profile == "smoke"
+    size = 64 if smoke else 224
+    encoder = "lgffem_atto" if smoke else "lgffem_base"
+    if smoke:
+        # The bundled tiles stand in for Kimia Path24C: each tissue class plays the role of a scan.
+        datasets = (DatasetSpec("Kimia", "kather2016_tiny", stand_in_for="kimia_path24c"),)
+    else:
+        datasets = (DatasetSpec("ImageNet", "imagenet1k"), DatasetSpec("PanNuke", "pannuke", split="official"),
+                    DatasetSpec("Kimia", "kimia_path24c", split="official"))
+    available = {d.key for d in datasets}
+
+    def arcface(name, dataset, init, epochs):
+        return TrainSpec(name=name, method="subcenter_arcface", encoder=encoder, dataset=dataset, init=init,
+                         epochs=2 if smoke else epochs, batch_size=16 if smoke else 64, lr=5e-3, min_lr=8e-5,
+                         weight_decay=1e-5, warmup_epochs=0, image_size=size,
+                         method_cfg=dict(variant="paper", sub_centers=3))
+
+    # Each strategy continues from the previous one; the frozen backbone is timm's FCMAE ConvNeXt V2 throughout.
+    pretrain, previous = [], "timm"
+    for letter, _, dataset in STRATEGIES:
+        if dataset in available:
+            pretrain.append(arcface(f"lgffem_{letter}", dataset, previous, 300 if letter == "C" else 60))
+            previous = f"train:lgffem_{letter}"
+    trained = [t.name for t in pretrain]
+    models = [ModelSpec(f"LGFFEM strategy {letter}", encoder, f"train:lgffem_{letter}")
+              for letter, _, _ in STRATEGIES if f"lgffem_{letter}" in trained]
+    models.append(ModelSpec("DenseNet 121", "densenet121", "timm"))
+    models = tuple(models)
+    strategy_rows = {f"LGFFEM strategy {letter}": {"strategy": letter, "pretraining_data": data}
+                     for letter, data, _ in STRATEGIES if f"lgffem_{letter}" in trained}
+    final = "LGFFEM strategy C"
+    evaluations = []
+    for protocol, suffix in (("standard", ""), ("public_code", "_public_code")):
+        evaluations += [
+            EvalSpec("kimia_eta", "table1" + suffix, tuple(strategy_rows), ("Kimia",),
+                     dict(protocol=protocol, rows=strategy_rows)),
+            EvalSpec("kimia_eta", "table2" + suffix, ("DenseNet 121", final), ("Kimia",),
+                     dict(protocol=protocol, rows={"DenseNet 121": {"method": "DenseNet 121"},
+                                                   final: {"method": "LGFFEM"}})),
+        ]
+    etas = ("eta_p", "eta_w", "eta_tot")
+    standard = ("eta (%) in the Kimia standard protocol (Babaie et al. 2017; Shafiei et al. 2021): every test patch "
+                "queries the training patches through an exact FAISS L2 index; eta_p = correct top-1 scans / test "
+                "patches, eta_w = mean per-scan accuracy, eta_tot = eta_p x eta_w.")
+    public = ("eta (%) as the public ffnir code computes it (not the Kimia standard): the test patches are indexed "
+              "and searched against themselves, one query per scan, search depth growing with the scan index. "
+              "Shown because the paper's numbers come from that code.")
+    training = ("Neck + GeM heads trained with pytorch-metric-learning's SubCenterArcFaceLoss, m = 17.2°, s = 64 "
+                "(the paper's values; the public code runs m = s = 17.5), 3 sub-centres, AdamW, cosine 5e-3 -> 8e-5; "
+                "backbone frozen.")
+    no_code = "no public code exists, so the row shows the paper's numbers only; nothing of it was run here."
+    tables = []
+    for suffix, protocol_note in (("", standard), ("_public_code", public)):
+        label = "" if not suffix else " (public-code eta)"
+        tables += [
+            TableSpec("table1" + suffix, f"Table 1 — training strategies A / B / C{label}",
+                      "nunez2025_lgffem_table1.csv", keys=("strategy", "pretraining_data"), metrics=etas,
+                      footnotes=(protocol_note, training)),
+            TableSpec("table2" + suffix, f"Table 2 — comparison with other methods{label}",
+                      "nunez2025_lgffem_table2.csv", keys=("method",), metrics=etas,
+                      footnotes=(protocol_note, "DenseNet 121: ImageNet features (timm), global average pooling, "
+                                                "same index and protocol."),
+                      not_reproducible=(("MA + MS-loss", no_code),)),
+        ]
+    figures = (
+        ("fig3_query", "retrieval_gallery", dict(model=final, dataset="Kimia", k=5, n_queries=3)),
+        ("fig4_6_gradcam", "gradcam", dict(model=final, dataset="Kimia", k=2)),
+        ("fig7_projection", "projection", dict(model=final, dataset="Kimia", split="all" if smoke else "test",
+                                               legend_title="class (stand-in scan)" if smoke else "scan",
+                                               title="UMAP of LGFFEM descriptors" +
+                                                     (" — all 100 bundled tiles" if smoke else
+                                                      " — Kimia Path24C test patches"))),
+    )
+    notes = ()
+    if smoke:
+        notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for Kimia "
+                 "Path24C, each tissue class playing a scan, random 80/10/10 split (test patches query the training "
+                 "patches); ConvNeXt V2-Atto instead of -Base as the frozen backbone (the neck and heads are the "
+                 "paper's: 3 layers at 512 channels, 2048-d); 64 px, 2 epochs, CPU. Strategies A and B need "
+                 "ImageNet-1k and PanNuke, which the smoke profile does not have: they are not run, and strategy C "
+                 "starts from untrained neck weights.",)
+    return Recipe(paper="lgffem", title=TITLE, citation=CITATION, profile=profile, image_size=size,
+                  datasets=datasets, models=models, pretrain=tuple(pretrain), evaluations=tuple(evaluations),
+                  tables=tuple(tables), figures=figures, notes=notes, extraction_batch_size=32 if smoke else 256)

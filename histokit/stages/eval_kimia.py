@@ -1,0 +1,37 @@
+"""Kimia Path24C retrieval (Nuñez-Fernández et al. Tables 1-2): eta_p, eta_w, eta_tot, in the protocol a table
+names — ``standard`` (every test patch queries the training patches; Babaie 2017, Shafiei 2021) or
+``public_code`` (the ffnir notebook: test patches searched against themselves, one query per scan)."""
+from __future__ import annotations
+
+from ..evaluation.kimia import eta_public_code, eta_standard
+from ..papers.recipe import EvalSpec
+from .context import StageContext
+from .eval_classification import row_labels
+from .index import feature_parts
+
+PROTOCOL_NOTES = {
+    "standard": "Kimia standard protocol: test patches query the training patches, exact FAISS L2 top-1",
+    "public_code": "ffnir public-code protocol: test patches indexed and searched against themselves, first patch "
+                   "of each scan as its query, search depth growing with the scan index, FAISS L2",
+}
+
+
+def eval_kimia_eta(ctx: StageContext, spec: EvalSpec) -> list[dict]:
+    protocol = spec.params.get("protocol", "standard")
+    if protocol not in PROTOCOL_NOTES:
+        raise ValueError(f"recipe {ctx.paper}: kimia_eta protocol must be one of {sorted(PROTOCOL_NOTES)}, "
+                         f"got {protocol!r}")
+    out = []
+    for model in spec.models:
+        for dataset in spec.datasets:
+            parts = feature_parts(ctx, model, dataset)
+            train, test = parts["train"], parts["test"]
+            if protocol == "standard":
+                etas = eta_standard(train.features, train.labels, test.features, test.labels, metric="l2")
+            else:
+                etas = eta_public_code(test.features, test.labels, metric="l2")
+            for metric in ("eta_p", "eta_w", "eta_tot"):
+                out.append({"table": spec.table, "model": model, "dataset": dataset, "metric": metric,
+                            "value": float(etas[metric]), "n": len(test), "note": PROTOCOL_NOTES[protocol],
+                            **row_labels(spec, model)})
+    return out

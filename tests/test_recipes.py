@@ -1,0 +1,90 @@
+"""Paper recipes: every table is the paper's layout, every evaluation column lands in a table, smoke uses only
+the bundled tiles, and the knobs that tables vary (CypherViT [cls] tokens x local views) reach the training runs."""
+import pandas as pd
+import pytest
+
+from histokit.papers import get_recipe, list_papers
+from histokit.results import PAPER_TABLES_DIR, NOT_REPRODUCIBLE, build_table
+
+PAIRS = [(p, prof) for p in list_papers() for prof in ("smoke", "full")]
+
+
+def test_the_four_papers_are_registered():
+    assert set(list_papers()) == {"esvit", "chen2022", "cyphervit", "lgffem"}
+
+
+@pytest.mark.parametrize("paper,profile", PAIRS)
+def test_tables_match_the_transcribed_paper_csv(paper, profile):
+    recipe = get_recipe(paper, profile)
+    for table in recipe.tables:
+        if not table.paper_csv:
+            continue
+        csv = pd.read_csv(PAPER_TABLES_DIR / table.paper_csv)
+        missing = [c for c in table.keys + table.metrics if c not in csv.columns]
+        assert not missing, f"{paper}/{table.id}: {missing} not in {table.paper_csv}"
+
+
+@pytest.mark.parametrize("paper,profile", PAIRS)
+def test_every_evaluation_column_is_a_table_metric(paper, profile):
+    recipe = get_recipe(paper, profile)
+    for spec in recipe.evaluations + recipe.ablations:
+        metrics = set(recipe.table(spec.table).metrics)
+        for dataset, columns in spec.params.get("columns", {}).items():
+            assert dataset in spec.datasets
+            assert set(columns.values()) <= metrics, (paper, spec.table, set(columns.values()) - metrics)
+
+
+@pytest.mark.parametrize("paper", list_papers())
+def test_smoke_profiles_read_only_the_bundled_tiles(paper):
+    recipe = get_recipe(paper, "smoke")
+    assert {d.dataset for d in recipe.datasets} == {"kather2016_tiny"}
+    assert any("not a reproduction" in n for n in recipe.notes)
+
+
+def test_cyphervit_table4_grid_reaches_the_training_runs():
+    recipe = get_recipe("cyphervit", "smoke")
+    grid = recipe.ablations[0]
+    rows = grid.params["rows"]
+    seen = set()
+    for model in grid.models:
+        spec = recipe.model(model)
+        run = recipe.train_spec(spec.weights.split(":", 1)[1])
+        assert run.method == "dino" and run.encoder == "cyphervit_small"
+        assert run.encoder_kwargs["num_final_cls"] == spec.encoder_kwargs["num_final_cls"] == int(rows[model]["num_cls"])
+        assert run.n_local == int(rows[model]["num_local_views"])
+        seen.add((rows[model]["num_cls"], rows[model]["num_local_views"]))
+    paper = pd.read_csv(PAPER_TABLES_DIR / "ye2024_cyphervit_table4.csv", dtype=str)
+    assert seen == set(zip(paper.num_cls, paper.num_local_views))
+
+
+def test_cyphervit_table3_compares_each_framework_across_backbones():
+    spec = get_recipe("cyphervit", "full").evaluations[2]
+    assert spec.kind == "resplit_knn" and spec.params["n_splits"] == 5
+    for vanilla, cypher in spec.params["compare"]:
+        assert spec.params["rows"][vanilla]["backbone"] == "VanillaViT"
+        assert spec.params["rows"][cypher]["backbone"] == "CypherViT"
+        assert spec.params["rows"][vanilla]["framework"] == spec.params["rows"][cypher]["framework"]
+
+
+def test_chen2022_dino_uses_half_normalisation_and_official_weights_first():
+    recipe = get_recipe("chen2022", "full")
+    dino = recipe.model("DINO ViT-S/16 (TCGA)")
+    assert dino.mean == dino.std == (0.5, 0.5, 0.5)
+    assert dino.weights == "checkpoint:chen2022_dino_vits16_tcga_brca"
+    assert not recipe.pretrain, "the full profile never trains a stand-in for the TCGA weights"
+    smoke = get_recipe("chen2022", "smoke").model("DINO ViT-S/16 (TCGA)")
+    assert smoke.weights.startswith("checkpoint:chen2022_dino_vits16_tcga_brca|train:")
+
+
+def test_lgffem_strategies_chain_and_ma_ms_loss_is_marked_not_reproducible():
+    full = get_recipe("lgffem", "full")
+    inits = {t.name: t.init for t in full.pretrain}
+    assert inits == {"lgffem_A": "timm", "lgffem_B": "train:lgffem_A", "lgffem_C": "train:lgffem_B"}
+    assert {t.epochs for t in full.pretrain} == {60, 300}
+    assert all(t.method_cfg["variant"] == "paper" for t in full.pretrain)
+    table2 = full.table("table2")
+    built = build_table(table2, pd.DataFrame(columns=["table", "method", "metric", "value"]))
+    row = built[built.method == "MA + MS-loss"].iloc[0]
+    assert row["eta_p"] == NOT_REPRODUCIBLE and row["eta_p (paper)"] == 97.89
+    protocols = {s.params["protocol"] for s in full.evaluations}
+    assert protocols == {"standard", "public_code"}
