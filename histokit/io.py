@@ -25,16 +25,30 @@ def sha256_file(path: str | os.PathLike) -> str:
     return file_digest(path, "sha256")
 
 
+def _naming(exc: OSError, path: Path, doing: str = "") -> OSError:
+    """The same OS error (same errno, hence the same subclass: PermissionError, ...) with ``path`` as its filename:
+    a full disk raises ENOSPC from ``write()`` with no file name at all, which would leave the user guessing."""
+    return OSError(exc.errno, f"{exc.strerror}{doing}", str(path))
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary file lives in the same directory so the final ``os.replace`` is atomic on POSIX.
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was; an ``OSError`` that names no file
+    (a full disk, a read-only directory) is re-raised naming ``path``.
+    A process killed outright (SIGKILL, power loss) can leave a hidden ``.<name>.*.tmp`` beside ``path``: it is never
+    read, and ``path`` itself is still the complete previous version.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise _naming(exc, path, " (creating a temporary file beside it)") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -42,8 +56,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            raise _naming(exc, path) from exc
         raise
 
 

@@ -88,6 +88,15 @@ def _fingerprint(notebook: Path, params: dict) -> str:
     return h.hexdigest()
 
 
+def finished_fingerprint(marker: Path) -> Optional[str]:
+    """The fingerprint a stage's done-marker records; None when there is none or it cannot be read (a marker
+    edited by hand or damaged on disk): the stage then simply runs again, it never aborts the run."""
+    try:
+        return json.loads(marker.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _failed_cell(source: Path, executed: Path) -> Optional[int]:
     """Index (0-based, in the *source* notebook) of the cell that raised; papermill's executed copy has extra
     cells (injected parameters, an error banner), so the failed cell is matched back by its source text."""
@@ -123,7 +132,7 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
                           f"{notebook.parent}; choose another --run-dir")
     marker = run_dir / "stages" / f"{stage}.done.json"
     fingerprint = _fingerprint(notebook, params)
-    if not force and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+    if not force and finished_fingerprint(marker) == fingerprint:
         return StageRecord(stage, "skipped", 0.0, str(executed))
     marker.unlink(missing_ok=True)
     executed.parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +156,12 @@ def publish_results(run_dir: Path, target: Path, provenance: dict) -> Path:
         raise RunnerError(f"the run wrote no results folder at {source}")
     staging = target.parent / f".{target.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    atomic_write_json(staging / "run.json", provenance)
+    try:
+        shutil.copytree(source, staging)
+        atomic_write_json(staging / "run.json", provenance)
+    except BaseException:  # full disk, no permission, interrupted: the previous publication stays untouched
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if target.exists():
         old = target / "run.json"
         old_params = json.loads(old.read_text()).get("parameters") if old.exists() else None

@@ -149,6 +149,7 @@ def test_simclr_resnet_layouts_load_with_identical_outputs(wrap, tmp_path):
     assert _same_outputs(src, dst, size=64)
 
 
+@pytest.mark.bad_input
 def test_lfs_pointer_is_recognised(tmp_path):
     path = tmp_path / "vits_tcga_brca_dino.pt"
     atomic_write_text(path, LFS_POINTER)
@@ -165,6 +166,7 @@ def test_lfs_pointer_is_recognised(tmp_path):
     "<!DOCTYPE html>\n<html lang='en'><head><title>Sign in</title></head><body>...</body></html>",
     '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthenticationFailed</Code></Error>',
 ])
+@pytest.mark.bad_input
 def test_web_page_saved_as_checkpoint_is_recognised(page, tmp_path):
     path = tmp_path / "checkpoint.pth"
     atomic_write_text(path, page)
@@ -172,6 +174,7 @@ def test_web_page_saved_as_checkpoint_is_recognised(page, tmp_path):
         read_checkpoint(path)
 
 
+@pytest.mark.bad_input
 def test_sha256_and_size_mismatch_name_file_expected_and_actual(dino_file):
     wrong = "0" * 64
     with pytest.raises(CheckpointIntegrityError) as err:
@@ -195,6 +198,7 @@ def test_load_official_with_explicit_sha(vit_source, dino_file):
         official_weights("dino")
 
 
+@pytest.mark.bad_input
 def test_wrong_architecture_is_a_clear_error(dino_file):
     ckpt = read_checkpoint(dino_file)
     with pytest.raises(CheckpointMismatch, match="shape mismatches"):
@@ -216,6 +220,7 @@ def test_allowed_prefixes_are_tolerated_and_reported(vit_source):
     assert report.missing == ["norm.weight"] and report.unexpected == ["head.weight"]
 
 
+@pytest.mark.security
 def test_custom_class_pickle_needs_trust_flag(tmp_path):
     path = tmp_path / "custom.pt"
     torch.save({"state_dict": {"w": torch.ones(1)}, "extra": NotAllowed()}, path)
@@ -225,6 +230,7 @@ def test_custom_class_pickle_needs_trust_flag(tmp_path):
     assert read_checkpoint(path, trust_pickle=True)["extra"].value == 3
 
 
+@pytest.mark.bad_input
 def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         read_checkpoint(tmp_path / "nope.pt")

@@ -55,6 +55,7 @@ def test_tar_gz_extracts(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "ok/../../evil.txt", "/tmp/evil_abs.txt", "C:/evil.txt"])
+@pytest.mark.bad_input
 def test_zip_slip_refused_naming_member(tmp_path, name):
     archive = _zip(tmp_path / "bad.zip", {"fine.txt": b"ok", name: b"pwned"})
     with pytest.raises(UnsafeArchiveError) as info:
@@ -64,12 +65,14 @@ def test_zip_slip_refused_naming_member(tmp_path, name):
     assert not (tmp_path / "out" / "fine.txt").exists()  # checked before anything is written
 
 
+@pytest.mark.bad_input
 def test_zip_symlink_refused(tmp_path):
     archive = _zip(tmp_path / "link.zip", {"link": b"/etc/passwd"}, {"link": stat.S_IFLNK | 0o777})
     with pytest.raises(UnsafeArchiveError, match="'link' is a symbolic link"):
         safe_extract(archive, tmp_path / "out", progress=False)
 
 
+@pytest.mark.bad_input
 def test_tar_traversal_refused(tmp_path):
     archive = _tar(tmp_path / "bad.tar.gz", [_file("../../evil.txt")], {"../../evil.txt": b"x"})
     with pytest.raises(UnsafeArchiveError, match=r"\.\./\.\./evil\.txt"):
@@ -77,6 +80,7 @@ def test_tar_traversal_refused(tmp_path):
     assert not (tmp_path / "evil.txt").exists()
 
 
+@pytest.mark.bad_input
 def test_tar_absolute_path_refused(tmp_path):
     archive = _tar(tmp_path / "abs.tar.gz", [_file("/tmp/evil_abs")], {"/tmp/evil_abs": b"x"})
     with pytest.raises(UnsafeArchiveError, match="absolute"):
@@ -84,6 +88,7 @@ def test_tar_absolute_path_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+@pytest.mark.bad_input
 def test_tar_links_refused(tmp_path, kind):
     link = _file("innocent")
     link.type, link.linkname = kind, "/etc/passwd"
@@ -94,6 +99,7 @@ def test_tar_links_refused(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+@pytest.mark.bad_input
 def test_tar_device_files_refused(tmp_path, kind):
     dev = _file("dev0")
     dev.type = kind
@@ -102,6 +108,7 @@ def test_tar_device_files_refused(tmp_path, kind):
         safe_extract(archive, tmp_path / "out", progress=False)
 
 
+@pytest.mark.bad_input
 def test_not_an_archive(tmp_path):
     (tmp_path / "plain.zip").write_bytes(b"not an archive")
     with pytest.raises(UnsafeArchiveError, match="neither a zip nor a tar"):

@@ -47,11 +47,13 @@ def test_merge_classes_chen_krishnan(tmp_path):
         merge_classes(PatchDataset(samples, classes), {"STR": "MUS", "MUS": "ADI"})
 
 
+@pytest.mark.bad_input
 def test_bad_label_rejected():
     with pytest.raises(ValueError, match=r"x\.png: label 3"):
         PatchDataset([Sample("x.png", 3)], ["a", "b"])
 
 
+@pytest.mark.bad_input
 def test_class_folders_unknown_folder_is_an_error(tmp_path):
     write_png(tmp_path / "A" / "1.png")
     write_png(tmp_path / "Typo" / "1.png")
@@ -59,6 +61,7 @@ def test_class_folders_unknown_folder_is_an_error(tmp_path):
         load_class_folders(tmp_path, ["A"])
 
 
+@pytest.mark.bad_input
 def test_group_regex_must_match(tmp_path):
     write_png(tmp_path / "A" / "no_group_here.png")
     with pytest.raises(ValueError, match="no_group_here.png"):
@@ -108,6 +111,7 @@ def test_breastpathq_csv_regression(tmp_path):
         load_dataset("breastpathq", tmp_path)
 
 
+@pytest.mark.bad_input
 def test_breastpathq_csv_missing_column(tmp_path):
     base = tmp_path / "breastpathq" / "breastpathq" / "datasets"
     base.mkdir(parents=True)
@@ -134,6 +138,7 @@ def test_pannuke_npy_memory_mapped(tmp_path):
     assert list(official_split(ds)) == ["fold1", "fold2", "fold3"]
 
 
+@pytest.mark.bad_input
 def test_pannuke_unknown_tissue_named(tmp_path):
     d = tmp_path / "pannuke" / "Fold 1" / "images" / "fold1"
     d.mkdir(parents=True)
@@ -157,6 +162,7 @@ def test_pathmnist_arrays(tmp_path):
     assert np.asarray(ds[3][0]).max() == 7
 
 
+@pytest.mark.bad_input
 def test_missing_dataset_says_what_to_download(tmp_path):
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("crc_val_he_7k", tmp_path)
@@ -166,11 +172,13 @@ def test_missing_dataset_says_what_to_download(tmp_path):
     assert "histokit data prepare crc_val_he_7k" in msg
 
 
+@pytest.mark.bad_input
 def test_unavailable_dataset_cannot_load(tmp_path):
     with pytest.raises(ManualDownloadRequired):
         load_dataset("vgh_nki", tmp_path)
 
 
+@pytest.mark.bad_input
 def test_no_official_split_on_bundled_tiles():
     with pytest.raises(ValueError, match="make_split"):
         official_split(load_dataset("kather2016_tiny"))

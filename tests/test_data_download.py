@@ -30,6 +30,7 @@ def test_full_download_verifies_and_renames(tmp_path):
     assert state.requests == [("/f.bin", None)]
 
 
+@pytest.mark.fault
 def test_interrupted_download_resumes_with_range(tmp_path):
     with serve({"/f.bin": DATA}, {"/f.bin": ["drop"]}) as (url, state):
         out = download_file(f"{url}/f.bin", tmp_path / "f.bin", size=len(DATA), sha256=SHA, **FAST)
@@ -40,6 +41,7 @@ def test_interrupted_download_resumes_with_range(tmp_path):
     assert second[1] is not None and second[1].startswith("bytes=") and second[1] != "bytes=0-"
 
 
+@pytest.mark.fault
 def test_part_file_from_killed_run_is_resumed(tmp_path):
     (tmp_path / "f.bin.part").write_bytes(DATA[:1000])
     with serve({"/f.bin": DATA}) as (url, state):
@@ -48,6 +50,7 @@ def test_part_file_from_killed_run_is_resumed(tmp_path):
     assert (tmp_path / "f.bin").read_bytes() == DATA
 
 
+@pytest.mark.fault
 def test_server_ignoring_range_restarts_the_part(tmp_path):
     (tmp_path / "f.bin.part").write_bytes(b"x" * 1000)  # garbage that must not be kept in front
     with serve({"/f.bin": DATA}, {"/f.bin": ["norange"]}) as (url, _):
@@ -55,6 +58,7 @@ def test_server_ignoring_range_restarts_the_part(tmp_path):
     assert (tmp_path / "f.bin").read_bytes() == DATA
 
 
+@pytest.mark.bad_input
 def test_404_fails_at_once_naming_the_url(tmp_path):
     with serve({}) as (url, state):
         with pytest.raises(DownloadError, match=r"404.*missing\.zip") as info:
@@ -64,6 +68,7 @@ def test_404_fails_at_once_naming_the_url(tmp_path):
     assert not (tmp_path / "m.zip").exists()
 
 
+@pytest.mark.fault
 def test_500_is_retried_then_succeeds(tmp_path):
     with serve({"/f.bin": DATA}, {"/f.bin": ["500", "500"]}) as (url, state):
         download_file(f"{url}/f.bin", tmp_path / "f.bin", sha256=SHA, retries=3, **FAST)
@@ -71,6 +76,7 @@ def test_500_is_retried_then_succeeds(tmp_path):
     assert (tmp_path / "f.bin").read_bytes() == DATA
 
 
+@pytest.mark.fault
 def test_persistent_500_gives_up_after_retries(tmp_path):
     with serve({"/f.bin": DATA}, {"/f.bin": ["500"] * 10}) as (url, state):
         with pytest.raises(DownloadError, match="after 3 attempts") as info:
@@ -78,6 +84,7 @@ def test_persistent_500_gives_up_after_retries(tmp_path):
     assert info.value.http_status == 500 and len(state.requests) == 3
 
 
+@pytest.mark.bad_input
 def test_checksum_mismatch_keeps_bad_file_aside(tmp_path):
     with serve({"/f.bin": DATA}, {"/f.bin": ["wrong"]}) as (url, _):
         with pytest.raises(ChecksumMismatch) as info:
@@ -105,6 +112,7 @@ def test_existing_file_without_marker_is_hashed_not_fetched(tmp_path):
     assert state.requests == []
 
 
+@pytest.mark.fault
 def test_offline_is_a_network_error(tmp_path):
     with serve({}) as (url, _):
         pass  # server shut down: the port now refuses connections
@@ -162,6 +170,7 @@ def test_prepare_downloads_verifies_extracts_then_loads(tmp_path, local_manifest
     assert ds.class_counts() == {"A": 3, "B": 2}
 
 
+@pytest.mark.fault
 def test_open_host_offline_asks_for_manual_download(tmp_path, local_manifest_dir):
     archive = class_folder_zip("toy", {"A": 1, "B": 1})
     with serve({}) as (url, _):
@@ -173,6 +182,7 @@ def test_open_host_offline_asks_for_manual_download(tmp_path, local_manifest_dir
     assert f"{url}/toy.zip" in msg and str(tmp_path / "data" / "toyset" / "toy.zip") in msg
 
 
+@pytest.mark.bad_input
 def test_login_host_lists_steps_and_destination(tmp_path, local_manifest_dir):
     with pytest.raises(ManualDownloadRequired) as info:
         download("bracs", tmp_path, progress=False)
@@ -182,6 +192,7 @@ def test_login_host_lists_steps_and_destination(tmp_path, local_manifest_dir):
     assert "<root>" not in msg
 
 
+@pytest.mark.bad_input
 def test_unavailable_dataset_says_why():
     with pytest.raises(ManualDownloadRequired, match="Stanford"):
         download("vgh_nki", "/nonexistent")

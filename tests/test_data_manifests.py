@@ -86,6 +86,7 @@ def _bad_manifest(tmp_path, mutate):
     (lambda d: d["layout"].update(type="hdf5"), "layout.type"),
     (lambda d: d.pop("license"), "<top level>"),
 ])
+@pytest.mark.bad_input
 def test_schema_errors_name_file_and_field(tmp_path, mutate, field):
     mdir = _bad_manifest(tmp_path, mutate)
     with pytest.raises(ManifestError) as info:
@@ -93,12 +94,14 @@ def test_schema_errors_name_file_and_field(tmp_path, mutate, field):
     assert str(tmp_path / "bach.yaml") in str(info.value) and f"field {field}:" in str(info.value)
 
 
+@pytest.mark.bad_input
 def test_login_without_manual_steps_is_invalid(tmp_path):
     mdir = _bad_manifest(tmp_path, lambda d: d.update(access="login"))
     with pytest.raises(ManifestError, match="manual_steps"):
         load_manifest("bach", manifest_dir=mdir)
 
 
+@pytest.mark.bad_input
 def test_unknown_manifest_lists_known_ones():
     with pytest.raises(ManifestError, match="kather2016_tiny"):
         load_manifest("no_such_set")

@@ -64,6 +64,7 @@ def test_tiny_classes_do_not_crash():
     assert 12 in parts["train"]  # the single-sample class stays in train (documented fallback)
 
 
+@pytest.mark.bad_input
 def test_two_way_split_and_bad_fractions(tiny_labels):
     parts = make_split(tiny_labels, fractions=(0.7, 0.3))
     assert list(parts) == ["train", "test"] and len(parts["test"]) == 30
@@ -72,6 +73,7 @@ def test_two_way_split_and_bad_fractions(tiny_labels):
             make_split(tiny_labels, fractions=bad)
 
 
+@pytest.mark.bad_input
 def test_load_or_make_split_reuses_and_refuses(tmp_path, tiny_labels):
     path = tmp_path / "split.json"
     first = load_or_make_split(path, tiny_labels, fractions=(0.8, 0.1, 0.1), seed=0)
@@ -101,6 +103,7 @@ def test_class_balanced_fraction(tiny_labels, fraction):
     assert np.array_equal(idx, class_balanced_fraction(tiny_labels, fraction, seed=0))
 
 
+@pytest.mark.bad_input
 def test_class_balanced_fraction_rejects_bad_fraction(tiny_labels):
     with pytest.raises(ValueError, match="fraction"):
         class_balanced_fraction(tiny_labels, 0.0)

@@ -28,6 +28,7 @@ def test_bundled_tiles_verify():
     report.raise_for_errors()
 
 
+@pytest.mark.bad_input
 def test_one_changed_byte_is_named(tiles_copy):
     tile = tiles_copy / "kather2016_tiny" / TILE
     expected = sha256_file(tile)
@@ -44,6 +45,7 @@ def test_one_changed_byte_is_named(tiles_copy):
     assert TILE in str(info.value) and expected in str(info.value)
 
 
+@pytest.mark.bad_input
 def test_missing_tile_is_named(tiles_copy):
     (tiles_copy / "kather2016_tiny" / TILE).unlink()
     report = verify("kather2016_tiny", tiles_copy, progress=False)

@@ -32,6 +32,7 @@ def notebooks(tmp_path, monkeypatch):
     return folder, counter
 
 
+@pytest.mark.fault
 def test_stage_runs_once_then_skips_until_params_change(notebooks, tmp_path):
     _, counter = notebooks
     run_dir = tmp_path / "run"
@@ -46,11 +47,13 @@ def test_stage_runs_once_then_skips_until_params_change(notebooks, tmp_path):
     assert (run_dir / "notebooks" / "01_data.ipynb").exists()
 
 
+@pytest.mark.bad_input
 def test_undeclared_parameter_is_refused(notebooks, tmp_path):
     with pytest.raises(RunnerError, match="does not declare parameter.*'lr'"):
         run_stage("01_data", {"run_dir": str(tmp_path), "lr": 0.1}, tmp_path)
 
 
+@pytest.mark.fault
 def test_failing_stage_names_notebook_and_cell_and_keeps_executed_copy(notebooks, tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(StageFailed) as err:
@@ -60,12 +63,14 @@ def test_failing_stage_names_notebook_and_cell_and_keeps_executed_copy(notebooks
     assert not (run_dir / "stages" / "02_pretrain.done.json").exists()
 
 
+@pytest.mark.bad_input
 def test_executed_copies_never_overwrite_the_sources(notebooks, tmp_path):
     folder, _ = notebooks
     with pytest.raises(RunnerError, match="over the sources"):
         run_stage("01_data", {"run_dir": str(tmp_path)}, folder.parent)
 
 
+@pytest.mark.bad_input
 def test_unknown_paper_profile_stage_are_refused():
     with pytest.raises(RunnerError, match="unknown paper 'nope'"):
         reproduce("nope")
@@ -77,6 +82,7 @@ def test_unknown_paper_profile_stage_are_refused():
     assert select_stages(start="06") == ["06_ablations", "07_visualize"]
 
 
+@pytest.mark.fault
 def test_publish_moves_results_of_other_parameters_aside(tmp_path):
     run_dir, target = tmp_path / "run", tmp_path / "results" / "p" / "smoke"
     (run_dir / "results").mkdir(parents=True)

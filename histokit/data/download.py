@@ -91,6 +91,18 @@ def _verify_or_keep_aside(path: Path, dest: Path, size, expected, progress) -> d
         raise ChecksumMismatch(dest, exc.algorithm, exc.expected, exc.actual, kept_as=kept) from None
 
 
+def _write_all(fh, chunk: bytes, part: Path) -> None:
+    """Write all of ``chunk`` (a raw file may accept less per call). A disk error (full disk, quota) names the part
+    file and says it is kept: the bytes already written are a prefix of the file, and the next run resumes them."""
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[fh.write(view):]
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror}; the partial download is kept and the next run resumes it",
+                      str(part)) from exc
+
+
 def _fetch_into(url: str, part: Path, *, size: Optional[int], timeout: float, progress: bool) -> None:
     """One request: resume ``part`` from its current length (Range) or start it; raise on a short read."""
     offset = part.stat().st_size if part.exists() else 0
@@ -109,14 +121,15 @@ def _fetch_into(url: str, part: Path, *, size: Optional[int], timeout: float, pr
         length = int(length) if length is not None else None
         total = offset + length if length is not None else size
         received = 0
-        with open(part, "ab" if offset else "wb") as fh, tqdm(
+        # unbuffered: what write() accepted is on disk, so a failed write leaves no buffer for close() to re-fail on
+        with open(part, "ab" if offset else "wb", buffering=0) as fh, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, disable=not progress, desc=part.name[:-5]
         ) as bar:
             while True:
                 chunk = resp.read(_CHUNK)
                 if not chunk:
                     break
-                fh.write(chunk)
+                _write_all(fh, chunk, part)
                 received += len(chunk)
                 bar.update(len(chunk))
         if length is not None and received < length:

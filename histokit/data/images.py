@@ -12,13 +12,17 @@ transparency
 ``I;16*``, ``I``               16-bit grey scaled to 8 bits by ``round(v / 257)`` (0 -> 0, 65535 -> 255;
                                values outside 0..65535 are clipped), then replicated to RGB. A fixed
                                scale, not min-max, so intensities stay comparable across images
+16-bit RGB / RGBA (48/64-bit   PIL itself decodes them as ``RGB`` / ``RGBA`` keeping the high byte of
+PNG)                           each sample (``v >> 8``: 0x00FF -> 0, 0xFFFF -> 255); then as above
 ``CMYK``, ``YCbCr``            PIL's conversion to RGB (CMYK without an ICC profile: naive inversion)
 anything else (``F``, ...)     :class:`ValueError` naming the file and the mode
 ============================  ========================================================================
 
 Errors: a zero-byte, truncated or undecodable file raises :class:`CorruptImageError` naming the file; an image
-with more pixels than PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, ~89 Mpx) raises
-:class:`ImageTooLargeError` naming the file, its size and how to allow it (``max_pixels=``).
+with more pixels than PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 px by default)
+raises :class:`ImageTooLargeError` naming the file, its size and how to allow it (``max_pixels=``). PIL itself
+only warns between 1x and 2x the limit; here anything over the limit is an error. A bad file is never deleted,
+moved or skipped: the error stops the run and the file stays where it is.
 """
 from __future__ import annotations
 

@@ -129,6 +129,9 @@ def read_checkpoint(path: str | Path, *, sha256: Optional[str] = None, size: Opt
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint path {path} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file {path} is empty (0 bytes): an interrupted copy or download; "
+                              f"fetch it again")
     _sniff(path)
     _verify(path, sha256, size)
     try:
@@ -136,7 +139,9 @@ def read_checkpoint(path: str | Path, *, sha256: Optional[str] = None, size: Opt
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not trust_pickle:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            # torch words it "Unsupported global: GLOBAL x.y" for an unknown class and "unsupported GLOBAL x.y
+            # whose module x is blocked" for os / subprocess / builtins ...: both are a class the file needs
+            found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", str(err), re.IGNORECASE)
             if found:
                 raise UntrustedPickleError(
                     f"{path} pickles {found.group(1)}, which torch.load(weights_only=True) refuses because "
@@ -147,8 +152,10 @@ def read_checkpoint(path: str | Path, *, sha256: Optional[str] = None, size: Opt
                 f"not a torch.save file ({str(err).strip().splitlines()[-1][:200]}). If it is a trusted checkpoint "
                 f"that needs full unpickling, call again with trust_pickle=True.") from err
         obj = torch.load(path, map_location="cpu", weights_only=False)
-    except RuntimeError as err:  # a damaged zip container ("PytorchStreamReader failed ...")
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt): {err}") from err
+    except (RuntimeError, OSError, EOFError) as err:  # a damaged zip container ("PytorchStreamReader failed ..."),
+        # a file cut short (EOFError, or OSError EINVAL from a seek past its end)
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt): "
+                              f"{type(err).__name__}: {err}") from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict / state dict")
     return dict(obj)

@@ -4,6 +4,7 @@ back with ``torch.load(weights_only=True)`` (so only tensors and plain container
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -59,13 +60,29 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` on CPU, with a clear error for a Git-LFS pointer or a corrupt file."""
+    """``torch.load(path, weights_only=True)`` on CPU, with a clear error for an empty file, a Git-LFS pointer, an
+    HTML page or a corrupt file. The file is never deleted or moved: a bad checkpoint stays for inspection."""
+    from histokit.models import checkpoints as official  # lazy: the models package imports timm
+
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(64)
-    if head.startswith(b"version https://git-lfs"):
-        raise CheckpointError(f"{path} is a Git-LFS pointer file, not a checkpoint: fetch it with `git lfs pull`")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path {path} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the run that wrote it was interrupted outside "
+                              f"histokit's atomic save; move it away to start over")
+    try:
+        official._sniff(path)  # the same recognition of LFS pointers and web pages as for official weights
+    except official.CheckpointError as err:
+        raise CheckpointError(str(err)) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors: name the file
+    except pickle.UnpicklingError as err:
+        # The engine only saves tensors and plain containers, so there is no trust flag here: such a file is not ours.
+        detail = [line for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        raise CheckpointError(f"{path} is not a histokit training checkpoint: torch.load(weights_only=True) refuses "
+                              f"it ({detail[0].strip() if detail else 'not a weights-only pickle'}); the engine "
+                              f"never loads a checkpoint with full unpickling") from err
+    except Exception as err:  # zip errors, truncation: name the file
         raise CheckpointError(f"cannot load checkpoint {path}: {type(err).__name__}: {err}") from err

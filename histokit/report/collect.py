@@ -1,0 +1,351 @@
+"""Read the results tree into plain dataclasses: what each paper and profile measured, what it did not, and where
+the files are. Nothing here formats; :mod:`.markdown` and :mod:`.html` render the same :class:`ReportData`.
+
+Layout read (written by :mod:`histokit.results` and :func:`histokit.runner.publish_results`)::
+
+    results/<paper>/<profile>/   <table>.csv + <table>.md, *.png, figures/*.png, records.csv, timing.csv,
+                                 notes.json, run.json (provenance), notebooks/*.ipynb where published
+    results/benchmark/<profile>/ the common benchmark: tables (.csv, + .md for title and footnotes) and figures
+    results/leakage/<profile>/   the leakage audit: tables and figures (histokit.evaluation.leakage)
+    results/benchmarks/          performance benchmarks (``histokit bench``), one report per device
+
+A paper or profile without its folder is reported as not run; its tables are listed by title only, never with the
+paper's numbers in place of measured ones.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from ..runner import PROFILES
+
+SECTION_DIRS = {"benchmark": "Common benchmark", "leakage": "Leakage audit"}
+PERFORMANCE_DIR = "benchmarks"
+RESERVED_DIRS = set(SECTION_DIRS) | {PERFORMANCE_DIR}
+PAPER_SUFFIX = " (paper)"
+# Files of a paper folder that are not tables in the paper's layout, and what they hold.
+RUN_FILES = {
+    "run.json": "provenance: parameters, git commit, package versions, device, stage timings",
+    "records.csv": "every measured number with its protocol, one row per model × dataset × metric",
+    "timing.csv": "timing conditions: device, precision, batch sizes, whether decoding is included",
+    "notes.json": "notes the stages wrote (fallbacks, deviations), per table",
+}
+
+
+@dataclass
+class Table:
+    """One table. ``frame`` holds the CSV's cells as text (None: this run did not write the table)."""
+    id: str
+    title: str
+    frame: Optional[pd.DataFrame]
+    keys: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)   # empty: a plain table, not in the paper-vs-run layout
+    footnotes: list = field(default_factory=list)
+    csv: Optional[str] = None                     # paths relative to the results folder
+    md: Optional[str] = None
+
+    @property
+    def written(self) -> bool:
+        return self.frame is not None
+
+
+@dataclass
+class Figure:
+    rel: str        # relative to the results folder
+    path: Path
+    caption: str
+
+
+@dataclass
+class Notebook:
+    stage: str
+    location: str               # where it is: relative to the results folder's parent when inside it, else absolute
+    link: Optional[str] = None  # relative to the results folder, when the notebook lies under it
+    on_disk: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.location.rsplit("/", 1)[-1]
+
+    @property
+    def directory(self) -> str:
+        return self.location.rsplit("/", 1)[0] if "/" in self.location else "."
+
+
+@dataclass
+class PaperRun:
+    paper: str
+    profile: str
+    title: str
+    citation: str
+    folder: str
+    ran: bool
+    tables: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
+    notes: list = field(default_factory=list)       # the recipe's notes
+    provenance: Optional[dict] = None
+    run_json: Optional[str] = None
+    notebooks: list = field(default_factory=list)
+    files: list = field(default_factory=list)       # (relative path, what it holds)
+    timing: Optional[Table] = None
+    recipe_error: Optional[str] = None
+
+    @property
+    def smoke(self) -> bool:
+        return self.profile == "smoke"
+
+    @property
+    def anchor(self) -> str:
+        return slug(f"{self.paper}-{self.profile}")
+
+    @property
+    def status(self) -> str:
+        if not self.ran:
+            return "not run yet"
+        if self.smoke:
+            return "smoke run — not a reproduction"
+        return f"reproduction ({self.profile} profile)"
+
+
+@dataclass
+class Section:
+    """A folder of tables and figures written by a stage: the common benchmark, the leakage audit, ``bench``."""
+    kind: str
+    title: str
+    profile: Optional[str]
+    folder: str
+    present: bool
+    tables: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
+    documents: list = field(default_factory=list)   # .md reports without a CSV twin, linked
+
+    @property
+    def anchor(self) -> str:
+        return slug(f"{self.kind}-{self.profile or 'all'}")
+
+
+@dataclass
+class ReportData:
+    results_dir: Path
+    profiles: list
+    generated: str
+    papers: list
+    benchmark: list
+    leakage: list
+    performance: Optional[Section]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def rel(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def read_markdown_meta(path: Path) -> tuple[str, list]:
+    """(title, footnotes) of a table's .md as :func:`histokit.results.write_table` writes it: ``# title`` first,
+    numbered footnotes after the table."""
+    title, notes = "", []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not title and line.startswith("# "):
+            title = line[2:].strip()
+        match = re.match(r"^\d+\.\s+(.*)$", line)
+        if match:
+            notes.append(match.group(1).strip())
+    return title, notes
+
+
+def read_table(csv_path: Path, root: Path, table_id: Optional[str] = None, title: str = "") -> Table:
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"table {csv_path} cannot be read as CSV: {err}") from err
+    columns = list(frame.columns)
+    metrics = [c[: -len(PAPER_SUFFIX)] for c in columns if c.endswith(PAPER_SUFFIX)]
+    grouped = {f"{m}{s}" for m in metrics for s in ("", " 95% CI", PAPER_SUFFIX, " Δ")}
+    md_path = csv_path.with_suffix(".md")
+    md_title, notes = read_markdown_meta(md_path) if md_path.is_file() else ("", [])
+    return Table(id=table_id or csv_path.stem, title=md_title or title or csv_path.stem, frame=frame,
+                 keys=[c for c in columns if c not in grouped], metrics=metrics, footnotes=notes,
+                 csv=rel(csv_path, root), md=rel(md_path, root) if md_path.is_file() else None)
+
+
+# File-name prefixes the stages use for their figures (histokit.stages.data / train), read as captions.
+CAPTION_PREFIXES = {"loss_": "training loss: ", "data_": "data: "}
+
+
+def _caption(stem: str) -> str:
+    for prefix, words in CAPTION_PREFIXES.items():
+        if stem.startswith(prefix):
+            return words + stem[len(prefix):]
+    return stem
+
+
+def _figures(folder: Path, root: Path, captions: dict) -> list:
+    pngs = [p for p in folder.rglob("*.png") if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    pngs.sort(key=lambda p: (len(p.relative_to(folder).parts), p.as_posix()))  # top-level figures first
+    return [Figure(rel(p, root), p, captions.get(p.stem, _caption(p.stem))) for p in pngs]
+
+
+def _notebooks(provenance: dict, folder: Path, root: Path) -> list:
+    run_dir = Path(str(provenance.get("parameters", {}).get("run_dir", "")))
+    out = []
+    for stage in provenance.get("stages", []):
+        name = f"{stage.get('stage', '?')}.ipynb"
+        published = folder / "notebooks" / name
+        if published.is_file():
+            out.append(Notebook(stage.get("stage", "?"), rel(published, root), rel(published, root), True))
+            continue
+        executed = run_dir / "notebooks" / name
+        inside = executed.is_file() and executed.resolve().is_relative_to(root.resolve())
+        out.append(Notebook(stage.get("stage", "?"), _display_path(executed, root),
+                            rel(executed, root) if inside else None, executed.is_file()))
+    return out
+
+
+def unpublished_notebooks(run: "PaperRun") -> dict:
+    """Executed notebooks outside the results folder, grouped by directory (named as text, never linked)."""
+    groups: dict = {}
+    for nb in run.notebooks:
+        if not nb.link:
+            groups.setdefault(nb.directory, []).append(nb)
+    return groups
+
+
+def _display_path(path: Path, root: Path) -> str:
+    """``runs/esvit/smoke/...`` for a run directory in the checkout beside results/, else the absolute path."""
+    try:
+        return path.resolve().relative_to(root.resolve().parent).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _load_recipe(paper: str, profile: str):
+    from ..papers import get_recipe
+
+    try:
+        return get_recipe(paper, profile), None
+    except (ValueError, KeyError, ImportError) as err:
+        return None, str(err)
+
+
+def collect_paper(root: Path, paper: str, profile: str) -> PaperRun:
+    folder = root / paper / profile
+    recipe, error = _load_recipe(paper, profile)
+    run = PaperRun(paper=paper, profile=profile, title=recipe.title if recipe else paper,
+                   citation=recipe.citation if recipe else "", folder=f"{paper}/{profile}", ran=folder.is_dir(),
+                   notes=list(recipe.notes) if recipe else [], recipe_error=error)
+    specs = list(recipe.tables) if recipe else []
+    if not run.ran:
+        run.tables = [Table(s.id, s.title, None, footnotes=list(s.footnotes)) for s in specs]
+        return run
+
+    tables, seen = [], set()
+    for spec in specs:
+        csv_path = folder / f"{spec.id}.csv"
+        tables.append(read_table(csv_path, root, spec.id, spec.title) if csv_path.is_file()
+                      else Table(spec.id, spec.title, None, footnotes=list(spec.footnotes)))
+        seen.add(spec.id)
+    for csv_path in sorted(folder.glob("*.csv")):  # tables of a paper whose recipe is not (or no longer) known
+        if csv_path.stem in seen or csv_path.name in RUN_FILES:
+            continue
+        table = read_table(csv_path, root)
+        if table.metrics or csv_path.with_suffix(".md").is_file():
+            tables.append(table)
+    run.tables = tables
+    if not recipe:  # the table's own .md names the paper ("*title* — profile ...")
+        for md in sorted(folder.glob("*.md")):
+            match = re.search(r"^\*(.+)\* — profile", md.read_text(encoding="utf-8"), re.MULTILINE)
+            if match:
+                run.title = match.group(1)
+                break
+
+    captions = {}
+    for fig_id, kind, params in (recipe.figures if recipe else ()):
+        detail = ", ".join(f"{k}={v}" for k, v in params.items())
+        captions[fig_id] = f"{fig_id}: {kind.replace('_', ' ')}" + (f" ({detail})" if detail else "")
+    run.figures = _figures(folder, root, captions)
+    run_json = folder / "run.json"
+    if run_json.is_file():
+        try:
+            run.provenance = json.loads(run_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{run_json} is not valid JSON: {err}") from err
+        run.run_json = rel(run_json, root)
+        run.notebooks = _notebooks(run.provenance, folder, root)
+    run.files = [(rel(folder / name, root), what) for name, what in RUN_FILES.items() if (folder / name).is_file()]
+    if (folder / "timing.csv").is_file():
+        run.timing = read_table(folder / "timing.csv", root, "timing", "Timing conditions")
+    return run
+
+
+def collect_section(root: Path, kind: str, title: str, profile: Optional[str], folder: Path) -> Section:
+    section = Section(kind, title, profile, folder.relative_to(root).as_posix(), folder.is_dir())
+    if not section.present:
+        return section
+    section.tables = [read_table(p, root) for p in sorted(folder.glob("*.csv"))]
+    with_csv = {p.stem for p in folder.glob("*.csv")}
+    section.documents = [rel(p, root) for p in sorted(folder.glob("*.md")) if p.stem not in with_csv]
+    section.figures = _figures(folder, root, {})
+    return section
+
+
+def _paper_dirs(root: Path) -> list:
+    """Folders under results/ that hold a paper's runs (a profile folder with a table or run.json)."""
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if d.name in RESERVED_DIRS:
+            continue
+        if any(sub.is_dir() and ((sub / "run.json").is_file() or any(sub.glob("*.csv"))) for sub in d.iterdir()):
+            out.append(d.name)
+    return out
+
+
+def _profiles_on_disk(root: Path, papers: list) -> list:
+    found = set()
+    for paper in papers:
+        if (root / paper).is_dir():
+            found |= {p.name for p in (root / paper).iterdir() if p.is_dir() and not p.name.startswith(".")}
+    for name in SECTION_DIRS:
+        if (root / name).is_dir():
+            found |= {p.name for p in (root / name).iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return found
+
+
+def collect(results_dir: Path, profile: Optional[str] = None) -> ReportData:
+    """Everything the report shows, for one ``profile`` or (None) every profile known or found on disk."""
+    from ..papers import list_papers
+
+    root = Path(results_dir)
+    known = list_papers()
+    on_disk = _paper_dirs(root)
+    papers = known + [p for p in on_disk if p not in known]
+    if profile is not None:
+        profiles = [profile]
+    else:
+        extra = sorted(_profiles_on_disk(root, papers) - set(PROFILES))
+        profiles = list(PROFILES) + extra
+    runs = []
+    for paper in papers:
+        for prof in profiles:
+            run = collect_paper(root, paper, prof)
+            # Every kit profile of a known paper is reported, run or not; a paper the kit no longer lists only
+            # where something is on disk.
+            if run.ran or (paper in known and prof in PROFILES):
+                runs.append(run)
+    sections = {kind: [collect_section(root, kind, title, prof, root / kind / prof) for prof in profiles]
+                for kind, title in SECTION_DIRS.items()}
+    perf_dir = root / PERFORMANCE_DIR
+    performance = (collect_section(root, "performance", "Performance benchmarks", None, perf_dir)
+                   if perf_dir.is_dir() else None)
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return ReportData(root, profiles, generated, runs, sections["benchmark"], sections["leakage"], performance)
