@@ -1,4 +1,4 @@
-"""The ``histokit`` command: ``reproduce``, ``data``, ``list``."""
+"""The ``histokit`` command: ``reproduce``, ``data``, ``list``, ``report``, ``benchmark``, ``audit``, ``bench``."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,65 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         except (RunnerError, ValueError) as exc:
             print(f"histokit: {exc}", file=sys.stderr)
             return 1
+    return _after_reproduce(args)
+
+
+def _after_reproduce(args: argparse.Namespace) -> int:
+    """Every paper ran: the common benchmark and the leakage audit across them, then the report (each step runs
+    even when one before it failed, and any failure makes the exit status nonzero). One paper: only the report."""
+    from . import paths
+
+    steps = []
+    if args.paper == "all":
+        steps += [("common benchmark", lambda: _benchmark(args.profile)),
+                  ("leakage audit", lambda: _audit(args.profile, args.data_root))]
+    steps.append(("report", lambda: _report(paths.RESULTS_DIR)))
+    status = 0
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:  # the papers' results are already published; say which summary step failed
+            print(f"histokit: {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def _benchmark(profile: str) -> None:
+    from .crosspaper import run_benchmark
+
+    out = run_benchmark(profile)
+    print(f"[histokit] common benchmark: {out['md']}, {out['csv']} and {out['heatmap']}")
+
+
+def _audit(profile: str, data_root: Optional[str]) -> None:
+    from .crosspaper import run_leakage_audit
+
+    out = run_leakage_audit(profile, data_root=data_root)
+    print(f"[histokit] leakage audit: {out['md']}, {out['csv']} and {len(out['figures'])} figure(s)")
+
+
+def _report(results_dir, profile: Optional[str] = None) -> None:
+    from .report import write_report
+
+    md_path, html_path = write_report(results_dir, profile)
+    print(f"[histokit] report: {md_path} and {html_path}")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    try:
+        _benchmark(args.profile)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"histokit: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    try:
+        _audit(args.profile, args.data_root)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"histokit: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -46,6 +105,32 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("stages:   ", ", ".join(STAGES))
     print("datasets: ", ", ".join(list_manifests()))
     print("encoders: ", ", ".join(list_encoders()), "+ any timm model name")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    try:
+        md_path, html_path = write_report(args.results_dir, args.profile)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"histokit: {exc}", file=sys.stderr)
+        return 1
+    print(f"[histokit] report: {md_path} and {html_path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    try:
+        out = run_bench(args.out, device=args.device, quick=args.quick)
+    except ValueError as exc:
+        print(f"histokit: {exc}", file=sys.stderr)
+        return 1
+    print(f"[histokit] benchmark: {out['md']} and {out['csv']}")
+    for t in out["targets"]:
+        print(f"  {t.target}: {t.measured} -> {t.status}")
     return 0
 
 
@@ -70,6 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="papers, stages, datasets and encoders the kit knows")
     lst.set_defaults(func=cmd_list)
+
+    from .paths import RESULTS_DIR
+
+    rpt = sub.add_parser("report", help="write results/REPORT.md and a self-contained results/report.html")
+    rpt.add_argument("--results-dir", default=RESULTS_DIR, help=f"results folder to report on (default {RESULTS_DIR})")
+    rpt.add_argument("--profile", default=None, help="only this profile (default: every profile)")
+    rpt.set_defaults(func=cmd_report)
+
+    cbench = sub.add_parser("benchmark", help="every paper's models on every data under one protocol -> "
+                                              "results/benchmark/<profile>/")
+    cbench.add_argument("--profile", default="smoke", help="the runs to read: runs/<paper>/<profile>/ (default smoke)")
+    cbench.set_defaults(func=cmd_benchmark)
+
+    audit = sub.add_parser("audit", help="train/test near-duplicate (leakage) audit of the runs' data -> "
+                                         "results/leakage/<profile>/")
+    audit.add_argument("--profile", default="smoke", help="the runs to read: runs/<paper>/<profile>/ (default smoke)")
+    audit.add_argument("--data-root", default=None, help="where datasets live (default $HISTOKIT_DATA_ROOT or "
+                                                         "~/histokit_data)")
+    audit.set_defaults(func=cmd_audit)
+
+    bench = sub.add_parser("bench", help="performance benchmark -> results/benchmarks/<device>.md + .csv")
+    bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    bench.add_argument("--out", default=None, help=f"report folder (default {RESULTS_DIR / 'benchmarks'})")
+    bench.add_argument("--quick", action="store_true", help="every section at smoke sizes (about a minute)")
+    bench.set_defaults(func=cmd_bench)
 
     from .data.cli import add_data_subcommands
 

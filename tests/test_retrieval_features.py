@@ -142,3 +142,50 @@ def test_save_load_roundtrip_and_checksum(tmp_path, encoder, tiles):
 def test_featureset_validates_shapes():
     with pytest.raises(ValueError, match="labels"):
         FeatureSet(np.zeros((3, 2)), np.zeros(2), np.arange(3))
+
+
+def test_uint8_batches_are_normalized_on_the_device_or_refused(encoder):
+    pixels = torch.randint(0, 256, (5, 3, IMG, IMG), dtype=torch.uint8)
+    ds = TensorDataset(pixels, torch.zeros(5, dtype=torch.long), torch.arange(5))
+    with pytest.raises(ValueError, match="uint8_mean_std"):
+        extract_features(encoder, ds, progress=False)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    fs = extract_features(encoder, ds, batch_size=2, uint8_mean_std=(mean, std), progress=False)
+    by_hand = (pixels.float() / 255 - torch.tensor(mean).reshape(1, 3, 1, 1)) / torch.tensor(std).reshape(1, 3, 1, 1)
+    ref = extract_features(encoder, TensorDataset(by_hand, torch.zeros(5), torch.arange(5)), progress=False)
+    np.testing.assert_allclose(fs.features, ref.features, atol=1e-6)
+    assert fs.timing["input_dtype"] == "uint8"
+
+
+def test_num_workers_auto_and_bad_values(encoder, tiles, monkeypatch):
+    from histokit.retrieval import features as F
+
+    monkeypatch.setattr(F, "usable_cpus", lambda: 16)
+    assert F.auto_num_workers("cpu") == 4 and F.auto_num_workers("cuda") == 8
+    monkeypatch.setattr(F, "usable_cpus", lambda: 2)
+    assert F.auto_num_workers("cpu") == 0 and F.auto_num_workers("cuda") == 1
+    assert extract_features(encoder, tiles, num_workers="auto", progress=False).timing["num_workers"] == 0
+    with pytest.raises(ValueError, match="num_workers"):
+        extract_features(encoder, tiles, num_workers="many", progress=False)
+
+
+def test_channels_last_is_the_convnet_default_and_changes_no_value():
+    from histokit.models.backbones import create_encoder
+    from histokit.retrieval.features import is_convnet
+
+    torch.manual_seed(0)
+    cnn = create_encoder("resnet_test").eval()
+    assert is_convnet(cnn) and not is_convnet(_MeanPatchViT())
+    ds = TensorDataset(torch.rand(4, 3, IMG, IMG), torch.zeros(4), torch.arange(4))
+    plain = extract_features(cnn, ds, channels_last=False, progress=False)
+    fast = extract_features(cnn, ds, progress=False)
+    assert fast.timing["channels_last"] is True and plain.timing["channels_last"] is False
+    np.testing.assert_allclose(fast.features, plain.features, atol=1e-5)
+
+
+def test_compile_option_goes_through_torch_compile(encoder, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module: calls.append(module) or module)
+    ds = TensorDataset(torch.rand(3, 3, IMG, IMG), torch.zeros(3), torch.arange(3))
+    fs = extract_features(encoder, ds, compile=True, progress=False)
+    assert calls == [encoder] and fs.timing["compiled"] is True
