@@ -69,6 +69,7 @@ TRAIN_KW = dict(epochs=2, lr=1e-3, min_lr=1e-5, weight_decay=0.04, weight_decay_
 
 
 @pytest.mark.parametrize("name", ["dino", "ibot"])
+@pytest.mark.fault
 def test_resume_after_interruption_is_bit_identical(name, tmp_path):
     straight = _method(name)
     h_straight = train(straight, _loader(), checkpoint_dir=tmp_path / "a", **TRAIN_KW)
@@ -111,12 +112,14 @@ def test_checkpoint_contents_and_schedules_in_history(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in method.state_dict().items())
 
 
+@pytest.mark.bad_input
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     train(_method("dino"), _loader(), checkpoint_dir=tmp_path, **TRAIN_KW)
     with pytest.raises(CheckpointError, match="epochs=2"):
         train(_method("dino"), _loader(), checkpoint_dir=tmp_path, **{**TRAIN_KW, "epochs": 3})
 
 
+@pytest.mark.bad_input
 def test_git_lfs_pointer_checkpoint_is_explained(tmp_path):
     checkpoint_path(tmp_path).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n")
     with pytest.raises(CheckpointError, match="Git-LFS pointer"):
@@ -158,6 +161,7 @@ def test_no_weight_decay_on_biases_and_norms():
     assert len(free["params"]) == 3  # linear bias, LayerNorm weight and bias
 
 
+@pytest.mark.fault
 def test_non_finite_loss_stops_with_a_clear_error():
     with pytest.raises(FloatingPointError, match="loss is nan at epoch 1"):
         train(Regression(nan=True), _tensor_loader(), epochs=1, lr=1e-2, progress=False)
@@ -170,6 +174,7 @@ def test_non_finite_loss_stops_with_a_clear_error():
     (dict(lr=0.0), "lr"),
     (dict(grad_clip=-1.0), "grad_clip"),
 ])
+@pytest.mark.bad_input
 def test_bad_arguments_name_the_parameter(kwargs, match):
     args = dict(epochs=1, lr=1e-3, progress=False)
     args.update(kwargs)

@@ -7,8 +7,11 @@ temperature, EMA momentum); forward under bf16 autocast on CUDA; backward; optio
 
 At every epoch end an atomic checkpoint (model, optimizer, scaler, epoch, step, RNG states, history) replaces the
 previous one; ``resume=True`` continues from it so that an interrupted run ends with the same weights as an
-uninterrupted one (deterministic on CPU). Single process (a notebook) needs no process group; under torchrun the
-method is wrapped in DDP, samplers get ``set_epoch`` and only rank 0 writes.
+uninterrupted one (deterministic on CPU). Single process (a notebook) needs no process group; under torchrun
+(``histokit.distributed``) the method is wrapped in DDP, a plain loader gets a ``DistributedSampler`` (``set_epoch``
+each epoch), the logged loss is the mean over ranks, every rank's RNG state is checkpointed, the replicas (student,
+EMA teacher, centers) are checked equal at each epoch end, and only rank 0 writes. The centers of DINO / EsViT /
+iBOT average the teacher outputs over all ranks themselves (``histokit.ssl.base.batch_mean_all_ranks``).
 """
 from __future__ import annotations
 
@@ -24,10 +27,16 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from histokit.distributed.launch import assert_replicas_equal, rank, world_size
+from histokit.distributed.sampler import distributed_loader
+from histokit.io import atomic_write_json
+
 from .checkpoint import CheckpointError, capture_rng, checkpoint_path, load_checkpoint, restore_rng, save_checkpoint
 from .schedules import cosine_with_warmup
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_REFERENCE_BATCH = 256  # the linear scaling rule's reference batch (Goyal et al. 2017; DINO main_dino.py)
+TRAIN_CONFIG_NAME = "train_config.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -43,6 +52,51 @@ def _distributed() -> bool:
 
 def _is_main() -> bool:
     return not _distributed() or dist.get_rank() == 0
+
+
+def batch_and_lr(batch_per_rank: Optional[int], world: int, lr: float, scale_lr: bool = False) -> dict[str, Any]:
+    """The batch and peak learning rate a run states in its config.
+
+    global batch = per-rank batch x world size. ``scale_lr=True`` applies the linear scaling rule DINO uses
+    (``lr = base_lr x global_batch / 256``), so a recipe keeps one ``lr`` for any number of GPUs; ``False`` (the
+    default) uses ``lr`` as given, whatever the world size.
+    """
+    global_batch = batch_per_rank * world if batch_per_rank is not None else None
+    if scale_lr and global_batch is None:
+        raise ValueError("scale_lr=True needs the per-rank batch size: give the loader a batch_size")
+    peak = lr * global_batch / LR_REFERENCE_BATCH if scale_lr else lr
+    rule = (f"linear: lr = base_lr x global_batch / {LR_REFERENCE_BATCH}" if scale_lr
+            else "none: lr used as given")
+    return {"batch_per_rank": batch_per_rank, "world_size": world, "global_batch": global_batch, "base_lr": lr,
+            "lr": peak, "lr_scaling": rule}
+
+
+def _mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Per-step logs averaged over ranks (equal per-rank batches: the global-batch mean); also makes every rank see
+    the same loss, so a non-finite loss stops all ranks together instead of leaving the others in a collective."""
+    if not _distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+def _gather_rng(generator) -> list[dict]:
+    """Every rank's RNG state (rank order), so a resumed torchrun job continues each rank's own random stream."""
+    state = capture_rng(generator)
+    if not _distributed():
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _restore_rank_rng(ckpt: dict, generator) -> None:
+    states = ckpt.get("rng_per_rank")
+    if states is not None and len(states) == world_size():
+        restore_rng(states[rank()], generator)
+    else:  # written by one process, or by another world size: every rank continues rank 0's stream
+        restore_rng(ckpt["rng"], generator)
 
 
 def param_groups(module: nn.Module) -> list[dict[str, Any]]:
@@ -90,9 +144,10 @@ def _set_epoch(loader, epoch: int) -> None:
 
 
 def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    d = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d.type == "cuda" and d.index is None and _distributed():
+        d = torch.device("cuda", torch.cuda.current_device())  # the GPU init_distributed bound this rank to
+    return d
 
 
 def _check_args(epochs: int, lr: float, warmup_epochs: int, log_every: int, grad_clip: Optional[float],
@@ -120,19 +175,27 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
           min_lr: float = 1e-6, momentum: float = 0.9, amp: bool = True, amp_dtype: str = "bfloat16",
           device: Optional[str | torch.device] = None, checkpoint_dir: Optional[str | os.PathLike] = None,
           resume: bool = True, grad_clip: Optional[float] = None, seed: int = 0, progress: bool = True,
-          log_every: int = 1, epoch_end: Optional[Callable[[int], dict]] = None) -> list[dict]:
+          log_every: int = 1, epoch_end: Optional[Callable[[int], dict]] = None,
+          scale_lr: bool = False) -> list[dict]:
     """Train ``method`` (``forward(*method.batch_to_inputs(batch)) -> (loss, logs)``) for ``epochs`` epochs.
 
-    lr: peak learning rate after ``warmup_epochs`` of linear warm-up from 0, then cosine to ``min_lr`` (DINO; scale
-    it with the batch size in the recipe, lr = base * batch / 256). weight_decay: constant, or cosine to
+    lr: peak learning rate after ``warmup_epochs`` of linear warm-up from 0, then cosine to ``min_lr`` (DINO).
+    scale_lr: ``True`` makes ``lr`` a base rate scaled to ``lr x global_batch / 256`` (global batch = the loader's
+    batch size x world size), DINO's rule; default off, ``lr`` used as given. weight_decay: constant, or cosine to
     ``weight_decay_end`` (DINO: 0.04 -> 0.4); never applied to biases and norm weights. amp: bf16 autocast on CUDA
     (``amp_dtype="float16"`` adds a GradScaler); ignored on CPU. grad_clip: max global gradient norm.
     epoch_end(epoch) -> dict: called after each epoch (e.g. validation); its values join that epoch's last entry.
 
     Returns the history: one dict per ``log_every`` steps and per epoch end, with ``epoch`` (1-based), ``step``
     (optimizer steps done), ``loss`` (mean since the previous entry), ``lr``, ``wd``, ``seconds`` (training time so
-    far) and the means of the method's logs.
+    far) and the means of the method's logs. With ``checkpoint_dir`` the run's config (epochs, global batch, world
+    size, base and effective lr, the scaling rule, sampler) is also written to ``<checkpoint_dir>/train_config.json``.
+
+    Under torchrun (a process group exists): DDP; a loader with a plain random / sequential sampler is rebuilt over
+    a ``DistributedSampler`` (seeded with ``seed``), so every rank reads its own 1 / world of each epoch;
+    ``seed + rank`` seeds each rank's RNG.
     """
+    loader = distributed_loader(loader, seed=seed)
     try:
         steps_per_epoch = len(loader)
     except TypeError as err:
@@ -146,11 +209,12 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     use_amp = amp and device.type == "cuda"
     dtype = torch.bfloat16 if amp_dtype == "bfloat16" else torch.float16
 
-    seed_everything(seed)
+    seed_everything(seed + rank())  # ranks draw different masks / drop-paths; rank 0 (a single process) = seed
     method.to(device)
     model: nn.Module = method
     if _distributed():
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # as DINO for BN networks; no-op otherwise
+        if device.type == "cuda":  # as DINO for BN networks; SyncBatchNorm has no CPU kernel (gloo: per-rank BN)
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         # unused parameters exist by design (e.g. the ViT [MASK] token outside iBOT)
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
@@ -159,17 +223,22 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     params = [p for g in groups for p in g["params"]]
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and dtype == torch.float16)
     generator = getattr(loader, "generator", None)
-    run_config = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.lower(), "lr": lr,
+    scaling = batch_and_lr(getattr(loader, "batch_size", None), world_size(), lr, scale_lr)
+    lr = scaling["lr"]
+    sampler = getattr(loader, "sampler", None)
+    run_config = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.lower(), **scaling,
                   "min_lr": min_lr, "weight_decay": weight_decay, "weight_decay_end": weight_decay_end,
-                  "warmup_epochs": warmup_epochs, "seed": seed}
+                  "warmup_epochs": warmup_epochs, "seed": seed,
+                  "sampler": type(sampler).__name__ if sampler is not None else None}
 
     history: list[dict] = []
     start_epoch = 0
     ckpt_file = checkpoint_path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_file is not None and resume and ckpt_file.exists():
         ckpt = load_checkpoint(ckpt_file)
-        for key in ("epochs", "steps_per_epoch", "optimizer"):
-            if ckpt["config"].get(key) != run_config[key]:
+        # global_batch: absent from checkpoints written before it was recorded
+        for key in ("epochs", "steps_per_epoch", "optimizer", "global_batch"):
+            if (key in ckpt["config"] or key != "global_batch") and ckpt["config"].get(key) != run_config[key]:
                 raise CheckpointError(f"{ckpt_file} was written by a run with {key}={ckpt['config'].get(key)!r}, "
                                       f"this run has {key}={run_config[key]!r}: use another checkpoint_dir or "
                                       f"resume=False")
@@ -178,7 +247,9 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         scaler.load_state_dict(ckpt["scaler"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
-        restore_rng(ckpt["rng"], generator)
+        _restore_rank_rng(ckpt, generator)
+    if ckpt_file is not None and _is_main():
+        atomic_write_json(ckpt_file.parent / TRAIN_CONFIG_NAME, run_config)
 
     on_step, before_opt, after_step = (_hook(method, n) for n in ("on_step", "before_optimizer_step", "after_step"))
     to_inputs = getattr(method, "batch_to_inputs", None) or (lambda b: (b,))
@@ -206,7 +277,10 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             inputs = to_inputs(move_to_device(batch, device))
             with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
                 loss, logs = model(*inputs)
-            loss_value = float(loss.detach())
+            log_keys = sorted(logs)
+            loss_value, *log_values = _mean_over_ranks([float(loss.detach())] + [float(logs[k]) for k in log_keys],
+                                                       device)
+            logs = dict(zip(log_keys, log_values))
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1}, step {step}: training stopped "
                                          f"(the last epoch checkpoint is kept)")
@@ -234,11 +308,13 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         bar.close()
         if epoch_end is not None:
             history[-1].update(epoch_end(epoch) or {})
+        assert_replicas_equal(method, what=type(method).__name__)  # no-op in a single process
+        rng_states = _gather_rng(generator) if ckpt_file is not None else None  # a collective: every rank
         if ckpt_file is not None and _is_main():
             save_checkpoint(ckpt_file, {
                 "model": method.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "rng": capture_rng(generator),
-                "history": history, "config": run_config})
+                "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "rng": rng_states[0],
+                "rng_per_rank": rng_states, "history": history, "config": run_config})
         if _distributed():
             dist.barrier()
     return history

@@ -1,0 +1,19 @@
+"""histokit.distributed: scale past one GPU without a second code path.
+
+- ``launch``: open the process group from torchrun's environment (NCCL on GPU, gloo on CPU), or do nothing in a
+  plain process; a fork launcher for N CPU ranks on one machine (tests, benchmarks, notebooks).
+- ``sampler``: ``DistributedSampler`` per rank, per-sample seeded augmentation (data independent of world size).
+- ``pretrain``: ``python -m histokit.distributed.pretrain --config run.json`` under torchrun or alone.
+- ``extract``: sharded feature extraction (whole slides / groups per rank, done markers, merge into one store);
+  ``python -m histokit.distributed.extract ...``.
+
+The engine (``histokit.train.engine``) wraps the method in DDP when a group exists; docs/scaling.md shows how to
+launch on one node, several nodes and SLURM. ``pretrain`` and ``extract`` are not imported here (they pull in
+the training and retrieval stacks).
+"""
+from .launch import (DistEnv, assert_replicas_equal, barrier, cleanup, init_distributed, is_initialized, is_main,
+                     rank, run_local, world_size)
+from .sampler import PerSampleSeed, distributed_loader, rank_sampler
+
+__all__ = ["DistEnv", "assert_replicas_equal", "barrier", "cleanup", "init_distributed", "is_initialized", "is_main",
+           "rank", "run_local", "world_size", "PerSampleSeed", "distributed_loader", "rank_sampler"]
