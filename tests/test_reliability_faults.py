@@ -463,3 +463,17 @@ def test_interrupted_extraction_is_redone_on_the_next_run(tmp_path, monkeypatch)
     safe_extract(archive, tmp_path / "out", progress=False)
     assert is_extracted(archive, tmp_path / "out")
     assert [(tmp_path / "out" / "tiles" / f"t{i}.txt").read_text() for i in range(4)] == [f"tile {i}" for i in range(4)]
+
+
+def test_atomic_writes_get_ordinary_permissions_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from histokit.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "table.md", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
