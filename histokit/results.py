@@ -34,6 +34,8 @@ def _fmt(value, digits: int = 2) -> str:
         return "—"
     if isinstance(value, str):
         return value
+    if value != 0 and abs(value) < 1e-3:  # p-values such as 9.759e-05 must not print as 0.000
+        return f"{value:.3e}"
     return f"{value:.{digits if abs(value) >= 1 else 3}f}"
 
 

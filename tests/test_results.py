@@ -43,3 +43,10 @@ def test_every_recipe_builds_for_every_profile():
             for table in recipe.tables:
                 paper_table(table)  # the paper CSV exists and has the key columns
 
+
+
+def test_small_values_such_as_p_values_keep_their_magnitude():
+    from histokit.results import _fmt
+
+    assert _fmt(9.759e-05) == "9.759e-05"
+    assert _fmt(0.021) == "0.021" and _fmt(93.37) == "93.37" and _fmt(0.0) == "0.000"
