@@ -115,6 +115,20 @@ def _verify(path: Path, sha256: Optional[str], size: Optional[int]) -> None:
             raise CheckpointIntegrityError(f"{path}: sha256 mismatch: expected {sha256.lower()}, actual {actual}")
 
 
+def check_checkpoint_file(path: str | Path, if_empty: str) -> Path:
+    """The checks every checkpoint read starts with: it exists, is a file, is not empty (``if_empty`` says what
+    to do), and is not a Git-LFS pointer or an HTML page saved in its place."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path {path} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint file {path} is empty (0 bytes): {if_empty}")
+    _sniff(path)
+    return path
+
+
 def read_checkpoint(path: str | Path, *, sha256: Optional[str] = None, size: Optional[int] = None,
                     trust_pickle: bool = False) -> dict:
     """Load a checkpoint file as a dict, refusing anything that is not what it claims to be.
@@ -124,15 +138,7 @@ def read_checkpoint(path: str | Path, *, sha256: Optional[str] = None, size: Opt
     :data:`SAFE_GLOBALS`). A pickle that needs other classes is refused unless ``trust_pickle=True`` — only then is
     ``weights_only=False`` used, because unpickling arbitrary classes can execute code.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint path {path} is not a file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint file {path} is empty (0 bytes): an interrupted copy or download; "
-                              f"fetch it again")
-    _sniff(path)
+    path = check_checkpoint_file(path, "an interrupted copy or download; fetch it again")
     _verify(path, sha256, size)
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):

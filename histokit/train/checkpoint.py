@@ -64,16 +64,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     HTML page or a corrupt file. The file is never deleted or moved: a bad checkpoint stays for inspection."""
     from histokit.models import checkpoints as official  # lazy: the models package imports timm
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint path {path} is not a file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the run that wrote it was interrupted outside "
-                              f"histokit's atomic save; move it away to start over")
-    try:
-        official._sniff(path)  # the same recognition of LFS pointers and web pages as for official weights
+    try:  # the same checks as for official weights (empty file, LFS pointer, web page)
+        path = official.check_checkpoint_file(path, "the run that wrote it was interrupted outside histokit's "
+                                                    "atomic save; move it away to start over")
     except official.CheckpointError as err:
         raise CheckpointError(str(err)) from None
     try:
