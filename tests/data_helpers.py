@@ -118,3 +118,25 @@ def write_png(path: Path, color=(200, 100, 150), size=(16, 16)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png_bytes(color, size))
     return path
+
+
+class MultiCropTiles:
+    """Bundled tiles (every ``step``-th, at most ``n``) with *random* views drawn at load time — 2 globals of 32 px
+    and 1 local of 16 px — so the data RNG is part of what a training resume must restore."""
+
+    def __init__(self, n: int = 8, step: int = 11):
+        from torchvision import transforms as T
+
+        from histokit.paths import BUNDLED_TILES_DIR
+
+        self.paths = sorted(BUNDLED_TILES_DIR.glob("*/*.png"))[::step][:n]
+        norm = [T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)]
+        self.g = T.Compose([T.RandomResizedCrop(32, scale=(0.4, 1)), T.RandomHorizontalFlip(), *norm])
+        self.loc = T.Compose([T.RandomResizedCrop(16, scale=(0.05, 0.4)), *norm])
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        im = Image.open(self.paths[i]).convert("RGB")
+        return [self.g(im), self.g(im), self.loc(im)], 0, i

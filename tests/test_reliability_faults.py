@@ -25,9 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
+from torch.utils.data import DataLoader
 
 from histokit import io as hio
 from histokit import paths, runner
@@ -35,7 +33,6 @@ from histokit.data import safe_extract
 from histokit.data.archive import is_extracted
 from histokit.data.splits import load_or_make_split
 from histokit.models.backbones import create_encoder
-from histokit.paths import BUNDLED_TILES_DIR
 from histokit.retrieval.features import FeatureSet, save_features
 from histokit.retrieval.index import build_index, save_index
 from histokit.ssl import create_method
@@ -43,6 +40,7 @@ from histokit.train.checkpoint import checkpoint_path, load_checkpoint, save_che
 from histokit.train.engine import train
 
 from data_helpers import serve
+from data_helpers import MultiCropTiles
 
 pytestmark = pytest.mark.fault
 
@@ -57,21 +55,8 @@ def enospc() -> OSError:
 # ------------------------------------------------------------------------------ training killed with SIGKILL
 
 
-class Tiles(Dataset):
-    """12 bundled tiles with random multi-crop views drawn at load time, so the data RNG matters for the resume."""
-
-    def __init__(self):
-        self.paths = sorted(BUNDLED_TILES_DIR.glob("*/*.png"))[::8][:12]
-        norm = [T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)]
-        self.g = T.Compose([T.RandomResizedCrop(32, scale=(0.4, 1)), T.RandomHorizontalFlip(), *norm])
-        self.loc = T.Compose([T.RandomResizedCrop(16, scale=(0.05, 0.4)), *norm])
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        im = Image.open(self.paths[i]).convert("RGB")
-        return [self.g(im), self.g(im), self.loc(im)], 0, i
+def Tiles():
+    return MultiCropTiles(n=12, step=8)
 
 
 def _loader():

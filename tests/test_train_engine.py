@@ -4,34 +4,19 @@ import copy
 
 import pytest
 import torch
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
+from torch.utils.data import DataLoader
 
 from histokit.models.backbones import create_encoder
-from histokit.paths import BUNDLED_TILES_DIR
 from histokit.ssl import create_method
 from histokit.train.checkpoint import CheckpointError, checkpoint_path
 from histokit.train.engine import param_groups, train
 from histokit.train.schedules import cosine_with_warmup
+from data_helpers import MultiCropTiles
 
 
-class TileViews(Dataset):
-    """Bundled tiles with *random* multi-crop views drawn at load time (so the data RNG matters for resume)."""
-
-    def __init__(self, n=8):
-        self.paths = sorted(BUNDLED_TILES_DIR.glob("*/*.png"))[::11][:n]
-        norm = [T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)]
-        self.g = T.Compose([T.RandomResizedCrop(32, scale=(0.4, 1)), T.RandomHorizontalFlip(), *norm])
-        self.loc = T.Compose([T.RandomResizedCrop(16, scale=(0.05, 0.4)), *norm])
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        im = Image.open(self.paths[i]).convert("RGB")
-        return [self.g(im), self.g(im), self.loc(im)], 0, i
+def TileViews(n=8):
+    return MultiCropTiles(n=n, step=11)
 
 
 class StopAfterEpochs:

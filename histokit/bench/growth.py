@@ -13,21 +13,14 @@ import time
 import faiss
 import numpy as np
 
-from ..retrieval.index import build_index, recall_at_k, search
+from ..retrieval.index import build_index, recall_at_k
 from .rows import Row, SectionResult
-from .search import build_ivf_sampled
-from .timing import median
+from .search import build_ivf_sampled, timed_search
 
 
 def _time(index, queries, k, repeats=3):
-    if index.ntotal < 100_000:
-        search(index, queries, k)  # warm-up; a large index costs more than a cold start distorts
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _, ids = search(index, queries, k)
-        times.append(time.perf_counter() - t0)
-    return median(times), ids
+    # warm-up only below 10^5 items: a large index costs more than a cold start distorts
+    return timed_search(index, queries, k, repeats, warmup=index.ntotal < 100_000)
 
 
 def _slope(sizes, times) -> float:

@@ -76,7 +76,10 @@ def _overhead_rows(index, queries, cfg, label: str) -> tuple[list, float]:
     return rows, overhead
 
 
-def _timed_search(index, queries, k, repeats):
+def timed_search(index, queries, k, repeats, warmup: bool = False):
+    """Median wall time of ``repeats`` searches and the ids; ``warmup`` runs one untimed search first."""
+    if warmup:
+        search(index, queries, k)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -112,7 +115,7 @@ def run_search_section(cfg, gallery: np.ndarray, queries: np.ndarray, log=print)
     log("  search: exact vs IVF / HNSW")
     nq = min(cfg.ann_queries, queries.shape[0])
     q = np.ascontiguousarray(queries[:nq])
-    exact_s, exact_ids = _timed_search(flat, q, k, cfg.ann_repeats)
+    exact_s, exact_ids = timed_search(flat, q, k, cfg.ann_repeats)
     common = dict(batch_size=nq, precision="fp32", n=gallery.shape[0])
     result.rows.append(Row("ann", "exact (IndexFlatIP)", nq / exact_s, "queries/s", 1.0, "recall@10",
                            note=f"build {flat_build:.2f} s", key="ann/flat", **common))
@@ -121,7 +124,7 @@ def run_search_section(cfg, gallery: np.ndarray, queries: np.ndarray, log=print)
     ivf_build = time.perf_counter() - t0
     for nprobe in cfg.ivf_nprobes:
         ivf.nprobe = min(int(nprobe), ivf.nlist)
-        s, ids = _timed_search(ivf, q, k, cfg.ann_repeats)
+        s, ids = timed_search(ivf, q, k, cfg.ann_repeats)
         result.rows.append(Row("ann", f"IVF-Flat nlist {ivf.nlist}, nprobe {ivf.nprobe}", nq / s, "queries/s",
                                recall_at_k(ids, exact_ids, k), "recall@10",
                                note=f"build (train on {39 * ivf.nlist:,} sampled + add) {ivf_build:.2f} s; "
@@ -132,7 +135,7 @@ def run_search_section(cfg, gallery: np.ndarray, queries: np.ndarray, log=print)
     hnsw_build = time.perf_counter() - t0
     for ef in cfg.hnsw_efs:
         faiss.downcast_index(hnsw).hnsw.efSearch = int(ef)
-        s, ids = _timed_search(hnsw, q, k, cfg.ann_repeats)
+        s, ids = timed_search(hnsw, q, k, cfg.ann_repeats)
         result.rows.append(Row("ann", f"HNSW M {cfg.hnsw_m}, efSearch {ef}", nq / s, "queries/s",
                                recall_at_k(ids, exact_ids, k), "recall@10",
                                note=f"build (kit build_index) {hnsw_build:.2f} s; {exact_s / s:.1f}x exact's speed",

@@ -7,6 +7,7 @@ HNSW are there for scale; :func:`recall_at_k` measures what they lose against th
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -174,6 +175,20 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def read_sidecar(side: Path, required: tuple, written_by: str) -> dict[str, Any]:
+    """An index's JSON sidecar, with every ``required`` field present; errors name the file and the field."""
+    if not side.is_file():
+        raise IndexFileError(f"index sidecar not found: {side} ({written_by})")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexFileError(f"index sidecar {side} is not valid JSON: {exc}") from exc
+    for key in required:
+        if key not in meta:
+            raise IndexFileError(f"index sidecar {side} lacks field {key!r} ({written_by})")
+    return meta
+
+
 def save_index(index: faiss.Index, path: str | os.PathLike) -> dict[str, Any]:
     """Write ``index`` atomically (GPU indexes are copied to the CPU first) plus ``<path>.json`` with its sha256,
     dim, ntotal, kind, metric and FAISS version; return that metadata."""
@@ -189,21 +204,12 @@ def save_index(index: faiss.Index, path: str | os.PathLike) -> dict[str, Any]:
 
 def load_index(path: str | os.PathLike) -> faiss.Index:
     """Read an index written by :func:`save_index`, checking sha256, dim and count against its sidecar."""
-    import json
 
     path = Path(path)
     side = _sidecar(path)
     if not path.is_file():
         raise IndexFileError(f"index file not found: {path}")
-    if not side.is_file():
-        raise IndexFileError(f"index sidecar not found: {side} (write indexes with histokit.retrieval.index.save_index)")
-    try:
-        meta = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise IndexFileError(f"index sidecar {side} is not valid JSON: {exc}") from exc
-    for key in ("sha256", "dim", "ntotal"):
-        if key not in meta:
-            raise IndexFileError(f"index sidecar {side} lacks field {key!r}")
+    meta = read_sidecar(side, ("sha256", "dim", "ntotal"), "write indexes with histokit.retrieval.index.save_index")
     actual = sha256_file(path)
     if actual != meta["sha256"]:
         raise IndexFileError(f"index file {path} has sha256 {actual}, sidecar {side} says {meta['sha256']}")

@@ -12,7 +12,6 @@ The coarse quantizer and the PQ codebooks are trained on a random sample (``trai
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -24,7 +23,8 @@ import faiss
 import numpy as np
 
 from ..io import atomic_path, atomic_write_json, sha256_file
-from .index import METRICS, IndexFileError, _as_float32_matrix, _gpu_available, recall_at_k, save_index
+from .index import (METRICS, IndexFileError, _as_float32_matrix, _gpu_available, read_sidecar, recall_at_k,
+                    save_index)
 
 KINDS = ("ivf_flat", "ivf_pq")
 ADD_BATCH = 65_536  # rows per add() call: bounds the temporary memory of assigning vectors to lists
@@ -270,15 +270,8 @@ def load_ondisk(path: str | os.PathLike, *, verify: bool = True) -> faiss.Index:
     ``.ivfdata`` sha256 too (that reads the whole file: pass False for very large lists once they are known good)."""
     path = Path(path).resolve()
     side = path.with_name(path.name + ".json")
-    if not side.is_file():
-        raise IndexFileError(f"index sidecar not found: {side} (write on-disk indexes with build_ondisk)")
-    try:
-        meta = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise IndexFileError(f"index sidecar {side} is not valid JSON: {exc}") from exc
-    for key in ("ivfdata", "ivfdata_sha256", "sha256", "dim", "ntotal"):
-        if key not in meta:
-            raise IndexFileError(f"index sidecar {side} lacks field {key!r}: not written by build_ondisk")
+    meta = read_sidecar(side, ("ivfdata", "ivfdata_sha256", "sha256", "dim", "ntotal"),
+                        "write on-disk indexes with build_ondisk")
     ivfdata = path.with_name(meta["ivfdata"])
     if not (path.is_file() and ivfdata.is_file()):
         raise IndexFileError(f"on-disk index incomplete: need both {path} and {ivfdata}")
