@@ -22,12 +22,14 @@ data_root = ""         # empty means $HISTOKIT_DATA_ROOT or ~/histokit_data
 run_dir = ""           # empty means runs/<paper>/<profile>
 device = "auto"        # auto | cpu | cuda | cuda:N
 seed = 0
-checkpoints = {}       # official weights, e.g. {"esvit": "/weights/esvit_swin_t.pth"}'''
+checkpoints = {}       # official weights, e.g. {"esvit_swin_tiny": "/weights/esvit_swin_t.pth"}
+rehearse = {}          # a rehearsal of the full profile: caps, e.g. {"max_steps": 2, "max_images_per_split": 8}
+distributed = {}       # training runs under torchrun, e.g. {"nproc_per_node": 8}; {} = this one process'''
 
 OPEN = '''from histokit.stages import open_stage
 from histokit.stages.display import show_figures, show_tables
 
-ctx = open_stage(paper, profile, data_root, run_dir, device, seed, checkpoints)
+ctx = open_stage(paper, profile, data_root, run_dir, device, seed, checkpoints, rehearse, distributed)
 print(ctx.recipe.title, "|", ctx.profile, "| run directory:", ctx.run_dir)'''
 
 STAGES = {

@@ -27,6 +27,17 @@ class StageContext:
     seed: int
     checkpoints: dict = field(default_factory=dict)
     progress: bool = True
+    rehearse: dict = field(default_factory=dict)      # {} or caps: max_steps, max_images_per_split
+    distributed: dict = field(default_factory=dict)   # {} or torchrun flags: nproc_per_node, nnodes, ...
+
+    @property
+    def rehearsal(self) -> bool:
+        """A rehearsal runs the full recipe with only optimisation steps and images per split capped."""
+        return bool(self.rehearse)
+
+    @property
+    def max_steps(self):
+        return self.rehearse.get("max_steps") if self.rehearse else None
 
     @property
     def results_dir(self) -> Path:
@@ -60,13 +71,15 @@ def seed_everything(seed: int) -> None:
 
 
 def open_stage(paper: str = "esvit", profile: str = "smoke", data_root: str = "", run_dir: str = "",
-               device: str = "auto", seed: int = 0, checkpoints: dict | None = None) -> StageContext:
+               device: str = "auto", seed: int = 0, checkpoints: dict | None = None, rehearse: dict | None = None,
+               distributed: dict | None = None) -> StageContext:
     """What every stage notebook calls first; empty strings mean the defaults (``histokit.paths``)."""
     recipe = get_recipe(paper, profile)
     ctx = StageContext(paper=paper, profile=profile, recipe=recipe,
                        run_dir=Path(run_dir) if run_dir else paths.default_run_dir(paper, profile),
                        data_root=Path(data_root) if data_root else paths.DATA_ROOT,
-                       device=resolve_device(device), seed=int(seed), checkpoints=dict(checkpoints or {}))
+                       device=resolve_device(device), seed=int(seed), checkpoints=dict(checkpoints or {}),
+                       rehearse=dict(rehearse or {}), distributed=dict(distributed or {}))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(ctx.seed)
     for note in recipe.notes:

@@ -176,7 +176,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
           device: Optional[str | torch.device] = None, checkpoint_dir: Optional[str | os.PathLike] = None,
           resume: bool = True, grad_clip: Optional[float] = None, seed: int = 0, progress: bool = True,
           log_every: int = 1, epoch_end: Optional[Callable[[int], dict]] = None,
-          scale_lr: bool = False) -> list[dict]:
+          scale_lr: bool = False, max_steps: Optional[int] = None) -> list[dict]:
     """Train ``method`` (``forward(*method.batch_to_inputs(batch)) -> (loss, logs)``) for ``epochs`` epochs.
 
     lr: peak learning rate after ``warmup_epochs`` of linear warm-up from 0, then cosine to ``min_lr`` (DINO).
@@ -185,6 +185,8 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     ``weight_decay_end`` (DINO: 0.04 -> 0.4); never applied to biases and norm weights. amp: bf16 autocast on CUDA
     (``amp_dtype="float16"`` adds a GradScaler); ignored on CPU. grad_clip: max global gradient norm.
     epoch_end(epoch) -> dict: called after each epoch (e.g. validation); its values join that epoch's last entry.
+    max_steps: stop after this many optimizer steps (a rehearsal of a full recipe); the schedules keep the length of
+    the whole run, so each step taken has the learning rate, weight decay and temperatures the full run would give it.
 
     Returns the history: one dict per ``log_every`` steps and per epoch end, with ``epoch`` (1-based), ``step``
     (optimizer steps done), ``loss`` (mean since the previous entry), ``lr``, ``wd``, ``seconds`` (training time so
@@ -205,6 +207,9 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got amp_dtype={amp_dtype!r}")
     device = _resolve_device(device)
     total_steps = epochs * steps_per_epoch
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got max_steps={max_steps}")
+    stop_at = total_steps if max_steps is None else min(total_steps, int(max_steps))
     warmup_steps = warmup_epochs * steps_per_epoch
     use_amp = amp and device.type == "cuda"
     dtype = torch.bfloat16 if amp_dtype == "bfloat16" else torch.float16
@@ -228,7 +233,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     sampler = getattr(loader, "sampler", None)
     run_config = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.lower(), **scaling,
                   "min_lr": min_lr, "weight_decay": weight_decay, "weight_decay_end": weight_decay_end,
-                  "warmup_epochs": warmup_epochs, "seed": seed,
+                  "warmup_epochs": warmup_epochs, "seed": seed, "max_steps": max_steps,
                   "sampler": type(sampler).__name__ if sampler is not None else None}
 
     history: list[dict] = []
@@ -257,6 +262,8 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     t0 = time.perf_counter()
 
     for epoch in range(start_epoch, epochs):
+        if epoch * steps_per_epoch >= stop_at:
+            break
         _set_epoch(loader, epoch)
         method.train()
         window: dict[str, list[float]] = {}
@@ -298,13 +305,15 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
                 window.setdefault(k, []).append(float(v))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}")
-            last_of_epoch = i == steps_per_epoch - 1
+            last_of_epoch = i == steps_per_epoch - 1 or step + 1 >= stop_at
             if (step + 1) % log_every == 0 or last_of_epoch:
                 entry = {k: sum(v) / len(v) for k, v in window.items()}
                 entry.update(epoch=epoch + 1, step=step + 1, lr=lr_now, wd=wd_now,
                              seconds=seconds_before + time.perf_counter() - t0)
                 history.append(entry)
                 window = {}
+            if step + 1 >= stop_at:
+                break
         bar.close()
         if epoch_end is not None:
             history[-1].update(epoch_end(epoch) or {})
