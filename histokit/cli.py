@@ -16,20 +16,55 @@ def _parse_pairs(pairs: Sequence[str], flag: str) -> dict:
     return out
 
 
+def _distributed_flags(args: argparse.Namespace) -> dict:
+    """torchrun flags for the training runs of stages 02/03 and the sharded extraction of 04 ({} = one process)."""
+    flags = {}
+    for key in ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend",
+                "rdzv_endpoint", "rdzv_id"):
+        value = getattr(args, key, None)
+        if value is not None:
+            flags[key] = value
+    if flags and flags.get("nproc_per_node", 1) <= 1 and flags.get("nnodes", 1) <= 1:
+        return {}
+    return flags
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .papers import list_papers
+    from .papers import get_recipe, list_papers
+    from .preflight import PreflightError, check_run, format_missing, validate_checkpoints
     from .runner import RunnerError, reproduce
 
     papers = list_papers() if args.paper == "all" else [args.paper]
     extra = _parse_pairs(args.param, "--param")
     checkpoints = _parse_pairs(args.checkpoint, "--checkpoint")
-    if checkpoints:
-        extra["checkpoints"] = checkpoints
-    for paper in papers:
+    if args.rehearse and args.profile != "full":
+        print("histokit: --rehearse rehearses the full profile: add --profile full", file=sys.stderr)
+        return 2
+    try:
+        recipes = [get_recipe(p, args.profile) for p in papers]
+        # Every --checkpoint is checked against every selected recipe before any stage of any paper runs.
+        validate_checkpoints(checkpoints, recipes)
+    except (PreflightError, ValueError) as exc:
+        print(f"histokit: {exc}", file=sys.stderr)
+        return 1
+    if args.check:
+        status = 0
+        for recipe in recipes:
+            own = {k: v for k, v in checkpoints.items()}
+            missing = check_run(recipe, args.data_root, own, rehearse=args.rehearse)
+            print(format_missing(recipe, missing) if missing else f"{recipe.paper} / {recipe.profile}: ready "
+                  "(every dataset and weight file is in place)")
+            status = status or (1 if missing else 0)
+        return status
+    for paper, recipe in zip(papers, recipes):
+        from .preflight import checkpoint_names
+
+        own = {k: v for k, v in checkpoints.items() if k in checkpoint_names(recipe)}
         try:
             reproduce(paper, args.profile, data_root=args.data_root, run_dir=args.run_dir if len(papers) == 1 else None,
                       device=args.device, seed=args.seed, only=args.only, start=args.start, force=args.force,
-                      extra=extra, log_output=args.verbose)
+                      extra={**extra, **({"checkpoints": own} if own else {})}, log_output=args.verbose,
+                      rehearse=args.rehearse, distributed=_distributed_flags(args))
         except (RunnerError, ValueError) as exc:
             print(f"histokit: {exc}", file=sys.stderr)
             return 1
@@ -42,7 +77,7 @@ def _after_reproduce(args: argparse.Namespace) -> int:
     from . import paths
 
     steps = []
-    if args.paper == "all":
+    if args.paper == "all" and not getattr(args, "rehearse", False):  # cross-paper steps read smoke/full runs
         steps += [("common benchmark", lambda: _benchmark(args.profile)),
                   ("leakage audit", lambda: _audit(args.profile, args.data_root))]
     steps.append(("report", lambda: _report(paths.RESULTS_DIR)))
@@ -151,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--checkpoint", action="append", metavar="NAME=PATH", help="official weights, e.g. esvit=/w/esvit.pth")
     rep.add_argument("--param", action="append", metavar="NAME=VALUE", help="extra notebook parameter (must be declared)")
     rep.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
+    rep.add_argument("--rehearse", action="store_true",
+                     help="with --profile full: the full recipe (full-size models, every run, table and figure) "
+                          "with only the optimisation steps and images per class capped, e.g. on `histokit data "
+                          "mock` data; results go to results/<paper>/rehearsal/")
+    rep.add_argument("--check", action="store_true",
+                     help="list every missing dataset and weight file (with the manual steps) and exit; runs nothing")
+    dist = rep.add_argument_group("multi-GPU / multi-node (torchrun) for the training runs and the extraction")
+    dist.add_argument("--nproc-per-node", type=int, default=None, metavar="N", help="processes (GPUs) per node")
+    dist.add_argument("--nnodes", type=int, default=None, metavar="N", help="number of nodes")
+    dist.add_argument("--node-rank", type=int, default=None, metavar="R", help="this node's rank")
+    dist.add_argument("--master-addr", default=None, help="rank 0's address (static rendezvous)")
+    dist.add_argument("--master-port", type=int, default=None, help="rank 0's port (static rendezvous)")
+    dist.add_argument("--rdzv-backend", default=None, help="torchrun rendezvous backend, e.g. c10d")
+    dist.add_argument("--rdzv-endpoint", default=None, help="torchrun rendezvous endpoint HOST:PORT")
+    dist.add_argument("--rdzv-id", default=None, help="torchrun rendezvous job id")
     rep.set_defaults(func=cmd_reproduce)
 
     lst = sub.add_parser("list", help="papers, stages, datasets and encoders the kit knows")

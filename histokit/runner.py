@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -82,10 +83,69 @@ def select_stages(only: Optional[Iterable[str]] = None, start: Optional[str] = N
     return stages
 
 
-def _fingerprint(notebook: Path, params: dict) -> str:
+def portable(value, root: Path = paths.REPO_DIR):
+    """``value`` with every absolute path under ``root`` made relative to it (``runs/esvit/smoke``), so a fingerprint
+    or a published ``run.json`` is the same in every clone; paths elsewhere stay absolute."""
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, root) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        try:
+            return Path(value).resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return value
+    return value
+
+
+def _checkpoint_identity(checkpoints: dict) -> dict:
+    """name -> {path, sha256}: a checkpoint decides what its training run starts from, so its content (not only its
+    name) is part of every fingerprint; a file replaced under the same name re-runs the training it feeds."""
+    from .io import sha256_file
+
+    out = {}
+    for name, path in sorted((checkpoints or {}).items()):
+        try:
+            digest = sha256_file(Path(path))
+        except OSError:
+            digest = None
+        out[name] = {"path": portable(str(Path(path).resolve())), "sha256": digest}
+    return out
+
+
+def stage_inputs(params: dict) -> dict:
+    """What decides a stage's output, as recorded in its fingerprint: the parameters with repo-relative paths and
+    each checkpoint's digest."""
+    inputs = portable(dict(params))
+    if params.get("checkpoints"):
+        inputs["checkpoints"] = _checkpoint_identity(params["checkpoints"])
+    return inputs
+
+
+def _upstream_tokens(run_dir: Path, stage: str) -> dict:
+    """The execution token of every earlier stage: a later stage reads their artifacts, so re-running one of them
+    changes this stage's fingerprint (and so re-runs it)."""
+    tokens = {}
+    for earlier in STAGES[: STAGES.index(stage)]:
+        try:
+            tokens[earlier] = json.loads((run_dir / "stages" / f"{earlier}.done.json").read_text()).get("token")
+        except (OSError, ValueError, AttributeError):
+            tokens[earlier] = None
+    return tokens
+
+
+def _fingerprint(notebook: Path, params: dict, upstream: Optional[dict] = None) -> str:
     h = hashlib.sha256(notebook.read_bytes())
-    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(json.dumps(stage_inputs(params), sort_keys=True, default=str).encode())
+    h.update(json.dumps(upstream or {}, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def stage_is_current(stage: str, params: dict, run_dir: Path) -> bool:
+    """The stage finished with these parameters, this notebook and the upstream artifacts it read."""
+    marker = run_dir / "stages" / f"{stage}.done.json"
+    expected = _fingerprint(notebook_path(stage), params, _upstream_tokens(run_dir, stage))
+    return finished_fingerprint(marker) == expected
 
 
 def finished_fingerprint(marker: Path) -> Optional[str]:
@@ -131,10 +191,12 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
         raise RunnerError(f"run directory {run_dir} would write executed notebooks over the sources in "
                           f"{notebook.parent}; choose another --run-dir")
     marker = run_dir / "stages" / f"{stage}.done.json"
-    fingerprint = _fingerprint(notebook, params)
+    fingerprint = _fingerprint(notebook, params, _upstream_tokens(run_dir, stage))
     if not force and finished_fingerprint(marker) == fingerprint:
         return StageRecord(stage, "skipped", 0.0, str(executed))
-    marker.unlink(missing_ok=True)
+    # This stage's artifacts are about to change: no later stage that read the old ones may count as finished.
+    for later in STAGES[STAGES.index(stage):]:
+        (run_dir / "stages" / f"{later}.done.json").unlink(missing_ok=True)
     executed.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
@@ -143,8 +205,8 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
     except PapermillExecutionError as exc:
         raise StageFailed(stage, executed, _failed_cell(notebook, executed), exc.ename, exc.evalue) from None
     seconds = time.perf_counter() - start
-    atomic_write_json(marker, {"stage": stage, "fingerprint": fingerprint, "params": params, "seconds": seconds,
-                               "finished": now_iso()})
+    atomic_write_json(marker, {"stage": stage, "fingerprint": fingerprint, "token": uuid.uuid4().hex,
+                               "params": portable(params), "seconds": seconds, "finished": now_iso()})
     return StageRecord(stage, "ran", seconds, str(executed))
 
 
@@ -165,7 +227,7 @@ def publish_results(run_dir: Path, target: Path, provenance: dict) -> Path:
     if target.exists():
         old = target / "run.json"
         old_params = json.loads(old.read_text()).get("parameters") if old.exists() else None
-        if old_params != provenance["parameters"]:
+        if portable(old_params) != provenance["parameters"]:  # results published before paths were relative
             keep = run_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
             keep.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(target), str(keep))
@@ -176,38 +238,94 @@ def publish_results(run_dir: Path, target: Path, provenance: dict) -> Path:
     return target
 
 
+REHEARSAL_CAPS = {"max_steps": 2, "max_images_per_class": 4}
+
+
+def result_label(profile: str, rehearse: bool) -> str:
+    """Where a run's scratch and results go: ``rehearsal`` for a rehearsal of the full profile (never mixed with
+    the smoke or full results), else the profile."""
+    return "rehearsal" if rehearse else profile
+
+
 def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = None, run_dir: Optional[str] = None,
               device: str = "auto", seed: int = 0, only: Optional[Iterable[str]] = None, start: Optional[str] = None,
               force: bool = False, extra: Optional[dict] = None, publish: bool = True,
-              log_output: bool = False) -> RunResult:
-    """Run the stages of one paper's recipe; publish its tables and figures when all stages have run."""
+              log_output: bool = False, rehearse: bool | dict = False, distributed: Optional[dict] = None,
+              preflight: bool = True) -> RunResult:
+    """Run the stages of one paper's recipe; publish its tables and figures when all stages have run.
+
+    ``rehearse``: run the full profile's exact recipe with only the optimisation steps and the images per class and
+    split capped (``True`` = :data:`REHEARSAL_CAPS`, or a dict of caps), e.g. on mock data (``histokit data mock``);
+    results go to ``results/<paper>/rehearsal/``. ``distributed``: torchrun flags for the training runs (stages 02
+    and 03) and the sharded extraction (04), e.g. ``{"nproc_per_node": 8}``.
+    """
     from .papers import get_recipe, list_papers
+    from .preflight import PreflightError, check_run, validate_checkpoints
 
     if paper not in list_papers():
         raise RunnerError(f"unknown paper {paper!r}; papers are {', '.join(list_papers())} (or 'all')")
     if profile not in PROFILES:
         raise RunnerError(f"unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
-    get_recipe(paper, profile)  # validates the recipe before any work starts
-    run_path = Path(run_dir) if run_dir else paths.default_run_dir(paper, profile)
-    params = {"paper": paper, "profile": profile, "data_root": str(data_root or paths.DATA_ROOT),
-              "run_dir": str(run_path), "device": device, "seed": int(seed)}
-    params.update(extra or {})
+    if rehearse and profile != "full":
+        raise RunnerError("--rehearse rehearses the full profile: use it with --profile full")
+    caps = dict(REHEARSAL_CAPS if rehearse is True else (rehearse or {}))
+    label = result_label(profile, bool(caps))
+    recipe = get_recipe(paper, profile)  # validates the recipe before any work starts
+    extra = dict(extra or {})
+    checkpoints = dict(extra.pop("checkpoints", {}) or {})
+    try:
+        validate_checkpoints(checkpoints, [recipe])
+        if preflight and profile == "full":
+            check_run(recipe, data_root, checkpoints, rehearse=bool(caps), raise_on_missing=True)
+    except PreflightError as exc:
+        raise RunnerError(str(exc)) from None
+    if caps:
+        from .preflight import mock_checkpoints
+
+        checkpoints = {**mock_checkpoints(recipe, data_root), **checkpoints}
+    run_path = Path(run_dir) if run_dir else paths.default_run_dir(paper, label)
+    params = {"paper": paper, "profile": profile, "data_root": str(Path(data_root or paths.DATA_ROOT).resolve()),
+              "run_dir": str(run_path.resolve()), "device": device, "seed": int(seed)}
+    if checkpoints:
+        params["checkpoints"] = {k: str(Path(v).resolve()) for k, v in checkpoints.items()}
+    if caps:
+        params["rehearse"] = caps
+    if distributed:
+        params["distributed"] = dict(distributed)
+    params.update(extra)
     stages = select_stages(only, start)
     result = RunResult(paper, profile, run_path, None)
-    print(f"[histokit] {paper} / {profile}: run directory {run_path}")
+    print(f"[histokit] {paper} / {label}: run directory {run_path}")
     for stage in stages:
-        print(f"[histokit] {paper} / {profile}: {stage} ...", flush=True)
+        print(f"[histokit] {paper} / {label}: {stage} ...", flush=True)
         record = run_stage(stage, params, run_path, force=force, log_output=log_output)
-        print(f"[histokit] {paper} / {profile}: {stage} {record.status}"
-              + (f" in {record.seconds:.1f} s" if record.status == "ran" else " (finished earlier, same parameters)"))
+        print(f"[histokit] {paper} / {label}: {stage} {record.status}"
+              + (f" in {record.seconds:.1f} s" if record.status == "ran" else " (finished earlier, same inputs)"))
         result.stages.append(record)
-    all_done = all((run_path / "stages" / f"{s}.done.json").exists() for s in STAGES)
-    if publish and all_done:
-        provenance = {"paper": paper, "profile": profile, "parameters": params, "git": git_commit(),
-                      "packages": package_versions(), "device": device_info(device), "published": now_iso(),
+    stale = [s for s in STAGES if not stage_is_current(s, params, run_path)]
+    if publish and stale:
+        print(f"[histokit] {paper} / {label}: not published: {', '.join(stale)} not finished with these inputs "
+              f"(run without --only to finish them)")
+    if publish and not stale:
+        provenance = {"paper": paper, "profile": profile, "label": label, "parameters": stage_inputs(params),
+                      "rehearsal": caps or None, "git": git_commit(), "packages": package_versions(),
+                      "device": device_info(device), "faiss": _faiss_info(), "published": now_iso(),
                       "stages": [json.loads((run_path / "stages" / f"{s}.done.json").read_text()) for s in STAGES]}
         for stage in provenance["stages"]:
             stage.pop("params", None)
-        result.results_dir = publish_results(run_path, paths.results_dir(paper, profile), provenance)
-        print(f"[histokit] {paper} / {profile}: results in {result.results_dir}")
+        result.results_dir = publish_results(run_path, paths.results_dir(paper, label), provenance)
+        print(f"[histokit] {paper} / {label}: results in {result.results_dir}")
     return result
+
+
+def _faiss_info() -> dict:
+    """The FAISS build that indexed this run (CPU or GPU), for run.json."""
+    try:
+        from .retrieval.index import faiss_build_info
+
+        return faiss_build_info()
+    except ImportError:
+        import faiss
+
+        return {"version": getattr(faiss, "__version__", None),
+                "gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0}

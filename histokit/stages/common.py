@@ -36,9 +36,28 @@ def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> P
     dataset = load_dataset(name, root=root)
     if spec.merges:
         dataset = merge_classes(dataset, dict(spec.merges))
+    cap = ctx.rehearse.get("max_images_per_class") if ctx.rehearsal else None
+    if cap:
+        dataset = cap_per_class_and_split(dataset, int(cap))
     if spec.stain:
         dataset = stain_normalized(ctx, key, dataset, spec.stain)
     return dataset
+
+
+def cap_per_class_and_split(dataset: PatchDataset, cap: int) -> PatchDataset:
+    """A rehearsal's data: at most ``cap`` images of each class in each official split (a regression target: at most
+    ``5 x cap`` per split), the first by path, so every class and split of the real layout is still present."""
+    order = sorted(range(len(dataset)), key=lambda i: (str(dataset.samples[i].path), dataset.samples[i].row or 0))
+    counts: dict = {}
+    keep = []
+    for i in order:
+        sample = dataset.samples[i]
+        key = (sample.split, None if dataset.is_regression else sample.label)
+        limit = cap * 5 if dataset.is_regression else cap
+        if counts.get(key, 0) < limit:
+            counts[key] = counts.get(key, 0) + 1
+            keep.append(i)
+    return dataset.subset(sorted(keep)) if len(keep) < len(dataset) else dataset
 
 
 def stain_normalized(ctx: StageContext, key: str, dataset: PatchDataset, method: str) -> PatchDataset:
@@ -171,9 +190,16 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
                 tried.append(f"no --checkpoint {value}=PATH given")
                 continue
             from ..models.checkpoints import load_official
+            from ..preflight import MOCK_SUFFIX
 
             encoder = create_encoder(encoder_name, img_size=image_size, pooling=pooling)
-            load_official(value, path, encoder)
+            mock = ctx.rehearsal and str(path).endswith(MOCK_SUFFIX)
+            # a rehearsal's mock file has the official layout but not the published bytes: its own digest is kept
+            load_official(value, path, encoder, verify=not mock)
+            if mock:
+                ctx.add_note(scope, f"REHEARSAL: {value} is a mock file in the official layout ({Path(path).name}, "
+                                    "random weights written by `histokit data mock`), not the published weights.")
+                return encoder, f"mock official-layout checkpoint {value} ({Path(path).name})"
             return encoder, f"official checkpoint {value} ({Path(path).name})"
         if kind == "train":
             path = trained_weights_path(ctx, value)
@@ -184,23 +210,58 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
             load_encoder_weights(encoder, path)
             return encoder, f"trained by this run ({value})"
         if kind == "timm":
-            if ctx.profile == "smoke" and not hub_reachable():
+            if (ctx.profile == "smoke" or ctx.rehearsal) and not hub_reachable():
                 ctx.add_note(scope, f"{encoder_name}: ImageNet weights could not be fetched (no network to the "
-                                    "Hugging Face hub); the smoke run uses random initialisation instead.")
+                                    f"Hugging Face hub); the {ctx.label} run uses random initialisation instead.")
                 return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random (hub offline)"
             try:
                 encoder = create_encoder(encoder_name, pretrained=True, img_size=image_size, pooling=pooling)
                 return encoder, f"timm hub weights ({encoder_name})"
             except Exception as exc:  # no network, no cache: say exactly what happened
-                if ctx.profile != "smoke":
+                if ctx.profile != "smoke" and not ctx.rehearsal:
                     raise RuntimeError(f"timm weights for {encoder_name} could not be loaded ({exc}); put them in "
                                        "the Hugging Face cache or pass a local checkpoint") from exc
                 ctx.add_note(scope, f"{encoder_name}: ImageNet weights could not be fetched offline "
-                                    f"({type(exc).__name__}); the smoke run uses random initialisation instead.")
+                                    f"({type(exc).__name__}); the {ctx.label} run uses random initialisation instead.")
                 return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random (timm offline)"
         if kind == "random":
             return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random initialisation"
     raise RuntimeError(f"no weights available for {encoder_name} from {spec!r}: " + "; ".join(tried))
+
+
+def init_identity(ctx: StageContext, spec: str, dataset: str) -> dict:
+    """What a training run would start from, without building it: the first available source of ``spec`` as
+    :func:`resolve_weights` picks it, with the file's sha256 for a checkpoint or an earlier run's weights."""
+    from ..io import sha256_file
+
+    for kind, value in weight_sources(spec, dataset):
+        if kind == "checkpoint":
+            path = ctx.checkpoints.get(value)
+            if path:
+                return {"kind": kind, "name": value, "sha256": sha256_file(Path(path))}
+        elif kind == "train":
+            path = trained_weights_path(ctx, value)
+            if path.exists():
+                return {"kind": kind, "name": value, "sha256": sha256_file(path)}
+        elif kind == "timm":
+            offline = (ctx.profile == "smoke" or ctx.rehearsal) and not hub_reachable()
+            return {"kind": "random (hub offline)" if offline else kind}
+        elif kind == "random":
+            return {"kind": kind}
+    return {"kind": "unavailable", "spec": spec}
+
+
+def training_fingerprint(ctx: StageContext, spec) -> str:
+    """Everything that decides a training run's weights: its TrainSpec, its resolved initialisation, the step cap
+    and the seed. Finished weights are reused only under the same fingerprint."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    payload = {"spec": asdict(spec), "init": init_identity(ctx, spec.init, spec.dataset),
+               "max_steps": ctx.max_steps, "seed": ctx.seed,
+               "max_images_per_class": ctx.rehearse.get("max_images_per_class") if ctx.rehearsal else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_model(ctx: StageContext, model_name: str, dataset: str, scope: str = "all") -> LoadedModel:

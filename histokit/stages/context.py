@@ -36,6 +36,11 @@ class StageContext:
         return bool(self.rehearse)
 
     @property
+    def label(self) -> str:
+        """``rehearsal`` for a rehearsal of the full profile, else the profile: what tables and notes call the run."""
+        return "rehearsal" if self.rehearsal else self.profile
+
+    @property
     def max_steps(self):
         return self.rehearse.get("max_steps") if self.rehearse else None
 
@@ -64,6 +69,13 @@ class StageContext:
             atomic_write_json(self._notes_file(), notes)
 
 
+REHEARSAL_NOTE = ("REHEARSAL — not a reproduction: the full profile's exact recipe (full-size models, heads, "
+                  "optimisers, schedules, every training run, evaluation, table and figure) on the data under "
+                  "{data_root} with only the optimisation steps capped ({max_steps} per training run, schedules kept at "
+                  "full length) and at most {max_images_per_class} images per class and split. On mock data "
+                  "(`histokit data mock`) every number is meaningless; it proves the path runs.")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -84,4 +96,7 @@ def open_stage(paper: str = "esvit", profile: str = "smoke", data_root: str = ""
     seed_everything(ctx.seed)
     for note in recipe.notes:
         ctx.add_note("all", note)
+    if ctx.rehearsal:
+        ctx.add_note("all", REHEARSAL_NOTE.format(**{"max_steps": "?", "max_images_per_class": "?", **ctx.rehearse},
+                                                  data_root=ctx.data_root))
     return ctx

@@ -97,7 +97,7 @@ def write_tables(ctx: StageContext) -> dict[str, pd.DataFrame]:
         if len(records) == 0 or spec.id not in set(records["table"]):
             continue
         table = build_table(spec, records)
-        write_table(spec, table, ctx.results_dir, profile=ctx.profile, paper_title=ctx.recipe.title,
+        write_table(spec, table, ctx.results_dir, profile=ctx.label, paper_title=ctx.recipe.title,
                     notes=notes.get("all", []) + notes.get(spec.id, []))
         tables[spec.id] = table
     return tables

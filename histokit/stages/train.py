@@ -5,6 +5,7 @@ A run whose final encoder exists is not trained again; an interrupted run resume
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from ..io import atomic_torch_save, atomic_write_json
 from ..papers.recipe import TrainSpec
-from .common import load_recipe_dataset, resolve_weights, split_indices, trained_weights_path
+from .common import (load_recipe_dataset, resolve_weights, split_indices, trained_weights_path,
+                     training_fingerprint)
 from .context import StageContext
 
 
@@ -56,9 +58,13 @@ def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
     final = trained_weights_path(ctx, spec.name)
     history_file = final.parent / "history.json"
     figure = ctx.results_dir / "figures" / f"loss_{spec.name}.png"
+    fingerprint = training_fingerprint(ctx, spec)
     if final.exists() and history_file.exists():
         saved = json.loads(history_file.read_text())
-        return TrainOutcome(spec.name, "reused", saved["init"], saved["history"], figure if figure.exists() else None)
+        if saved.get("fingerprint") == fingerprint:
+            return TrainOutcome(spec.name, "reused", saved["init"], saved["history"], figure if figure.exists() else None)
+        # other inputs (a new checkpoint, a retrained upstream run): neither the weights nor a resume point are valid
+        shutil.rmtree(final.parent, ignore_errors=True)
     encoder, init = resolve_weights(ctx, spec.encoder, spec.init, spec.dataset, image_size=spec.image_size, scope=scope,
                                    encoder_kwargs=spec.encoder_kwargs)
     mean, std = spec.mean, spec.std
@@ -85,7 +91,8 @@ def _finish(ctx, spec, encoder, init, history, final, history_file, figure) -> T
     from ..viz.curves import loss_curve
 
     atomic_torch_save(encoder.state_dict(), final)
-    atomic_write_json(history_file, {"init": init, "history": history, "spec": spec.__dict__})
+    atomic_write_json(history_file, {"init": init, "history": history, "spec": spec.__dict__,
+                                     "fingerprint": training_fingerprint(ctx, spec)})
     loss_curve(history, figure, title=f"{spec.name}: {spec.method} on {spec.dataset} (init: {init})")
     return TrainOutcome(spec.name, "trained", init, history, figure)
 
