@@ -84,17 +84,20 @@ def select_stages(only: Optional[Iterable[str]] = None, start: Optional[str] = N
 
 
 def portable(value, root: Path = paths.REPO_DIR):
-    """``value`` with every absolute path under ``root`` made relative to it (``runs/esvit/smoke``), so a fingerprint
-    or a published ``run.json`` is the same in every clone; paths elsewhere stay absolute."""
+    """``value`` with every absolute path under ``root`` made relative to it (``runs/esvit/smoke``) and every path
+    under the home directory written ``~/...``, so a fingerprint or a published ``run.json`` is the same in every
+    clone and for every user; paths elsewhere stay absolute."""
     if isinstance(value, dict):
         return {k: portable(v, root) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [portable(v, root) for v in value]
     if isinstance(value, str) and value.startswith("/"):
-        try:
-            return Path(value).resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            return value
+        resolved = Path(value).resolve()
+        for base, prefix in ((root.resolve(), ""), (Path.home().resolve(), "~/")):
+            try:
+                return prefix + resolved.relative_to(base).as_posix()
+            except ValueError:
+                continue
     return value
 
 

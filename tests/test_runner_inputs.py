@@ -1,0 +1,141 @@
+"""A run cannot lie about its inputs: fingerprints hold repo-relative paths and checkpoint digests, a re-run stage
+invalidates every later one, unknown or missing checkpoints are refused before any stage, and ``--check`` lists
+everything missing at once."""
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from histokit import paths, runner
+from histokit.cli import main
+from histokit.papers import get_recipe
+from histokit.preflight import PreflightError, checkpoint_names, find_missing, validate_checkpoints
+from histokit.runner import STAGES, portable, run_stage, stage_inputs, stage_is_current
+
+
+def _notebook(path, body="x = 1"):
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = new_code_cell("run_dir = ''\nvalue = 1\ncheckpoints = {}")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def seven_notebooks(tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    monkeypatch.setattr(paths, "NOTEBOOK_DIR", folder)
+    for stage in STAGES:
+        _notebook(folder / f"{stage}.ipynb")
+    return folder
+
+
+def test_fingerprint_paths_are_repo_relative():
+    inside = str(paths.REPO_DIR / "runs" / "esvit" / "smoke")
+    assert portable({"run_dir": inside, "data_root": "/elsewhere/data", "n": 3}) == \
+        {"run_dir": "runs/esvit/smoke", "data_root": "/elsewhere/data", "n": 3}
+
+
+def test_checkpoint_content_is_part_of_the_inputs(tmp_path):
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"first")
+    first = stage_inputs({"checkpoints": {"esvit_swin_tiny": str(weights)}})
+    weights.write_bytes(b"second")
+    second = stage_inputs({"checkpoints": {"esvit_swin_tiny": str(weights)}})
+    assert first["checkpoints"]["esvit_swin_tiny"]["sha256"] != second["checkpoints"]["esvit_swin_tiny"]["sha256"]
+
+
+@pytest.mark.fault
+def test_rerunning_a_stage_invalidates_every_later_stage(seven_notebooks, tmp_path):
+    run_dir = tmp_path / "run"
+    params = {"run_dir": str(run_dir), "value": 1}
+    for stage in STAGES:
+        assert run_stage(stage, params, run_dir).status == "ran"
+    assert all(stage_is_current(s, params, run_dir) for s in STAGES)
+    assert run_stage("04_index", params, run_dir, force=True).status == "ran"
+    for later in STAGES[4:]:
+        assert not stage_is_current(later, params, run_dir), later
+        assert not (run_dir / "stages" / f"{later}.done.json").exists()
+    assert all(stage_is_current(s, params, run_dir) for s in STAGES[:4])
+    # the next full run re-runs exactly the invalidated stages
+    statuses = {s: run_stage(s, params, run_dir).status for s in STAGES}
+    assert [s for s, st in statuses.items() if st == "ran"] == list(STAGES[4:])
+
+
+@pytest.mark.fault
+def test_a_changed_checkpoint_file_reruns_the_stage(seven_notebooks, tmp_path):
+    run_dir = tmp_path / "run"
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"one")
+    params = {"run_dir": str(run_dir), "checkpoints": {"esvit_swin_tiny": str(weights)}}
+    assert run_stage("02_pretrain", params, run_dir).status == "ran"
+    assert run_stage("02_pretrain", params, run_dir).status == "skipped"
+    weights.write_bytes(b"two")
+    assert run_stage("02_pretrain", params, run_dir).status == "ran"
+
+
+def test_every_recipe_checkpoint_is_accepted_by_validation(tmp_path):
+    for paper in ("esvit", "chen2022"):
+        recipe = get_recipe(paper, "full")
+        names = checkpoint_names(recipe)
+        assert names, paper
+        for name in names:
+            f = tmp_path / f"{name}.pth"
+            f.write_bytes(b"x")
+            validate_checkpoints({name: str(f)}, [recipe])
+
+
+@pytest.mark.bad_input
+def test_unknown_checkpoint_name_and_missing_file_are_refused(tmp_path):
+    recipe = get_recipe("esvit", "full")
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"x")
+    with pytest.raises(PreflightError, match="'mymodel'.*accepted names"):
+        validate_checkpoints({"mymodel": str(f)}, [recipe])
+    name = sorted(checkpoint_names(recipe))[0]
+    with pytest.raises(PreflightError, match="no such file"):
+        validate_checkpoints({name: str(tmp_path / "nonexistent.pth")}, [recipe])
+
+
+@pytest.mark.bad_input
+def test_cli_refuses_bad_checkpoint_before_any_stage(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
+    name = sorted(checkpoint_names(get_recipe("esvit", "smoke")))[0]
+    code = main(["reproduce", "esvit", "--checkpoint", f"{name}=/nonexistent.pth", "--only", "03", "--force"])
+    assert code == 1
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing ran
+    code = main(["reproduce", "esvit", "--checkpoint", f"mymodel={tmp_path}"])
+    assert code == 1 and "mymodel" in capsys.readouterr().err
+
+
+def test_check_lists_every_missing_dataset_at_once(tmp_path, capsys):
+    recipe = get_recipe("cyphervit", "full")
+    missing = find_missing(recipe, str(tmp_path), {}, rehearse=True)
+    names = {m.name for m in missing if m.what == "dataset"}
+    expected = {d.dataset for d in recipe.datasets} | {d.test_dataset for d in recipe.datasets if d.test_dataset}
+    assert names == expected
+    code = main(["reproduce", "all", "--profile", "full", "--rehearse", "--check", "--data-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    for paper in ("esvit", "chen2022", "cyphervit", "lgffem"):
+        assert f"{paper} / full:" in out
+    assert "vgh_nki" in out and "kimia_path24c" in out and "bracs" in out
+
+
+@pytest.mark.bad_input
+def test_rehearse_needs_the_full_profile(capsys):
+    assert main(["reproduce", "esvit", "--rehearse"]) == 2
+    assert "--profile full" in capsys.readouterr().err
+
+
+def test_published_parameters_are_portable_in_committed_results():
+    """A fresh clone's first make reproduce compares its parameters with these: they hold no absolute path into
+    a checkout, so nothing committed is moved aside as 'other parameters'."""
+    for run_json in paths.RESULTS_DIR.glob("*/*/run.json"):
+        params = json.loads(run_json.read_text())["parameters"]
+        assert not str(params.get("run_dir", "")).startswith("/"), run_json
+        assert portable(params) == params, run_json
