@@ -6,7 +6,7 @@ UV     := $(BIN)/uv
 PROFILE ?= smoke
 PAPERS ?= all
 
-.PHONY: install reproduce test bench lock clean-venv
+.PHONY: install reproduce test test-random bench lock clean-venv
 
 # The stamp is rebuilt when the pins change, so `make` reuses a ready environment and installs nothing twice.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -23,11 +23,22 @@ install: $(VENV)/.installed
 reproduce: install
 	$(BIN)/histokit reproduce $(PAPERS) --profile $(PROFILE)
 
+# The full profile's exact recipe on layout-true mock data, steps and images capped, CPU: proves the full path runs.
+MOCK_ROOT ?= runs/mock_data
+rehearse: install
+	$(BIN)/histokit data mock all --root $(MOCK_ROOT)
+	$(BIN)/histokit reproduce $(PAPERS) --profile full --rehearse --data-root $(MOCK_ROOT) --device cpu
+
 # nbval executes every notebook with its defaults (the esvit smoke chain) in a throw-away run directory, so a test
 # run never touches runs/ or results/.
 test: install
 	$(BIN)/python -m pytest tests
 	HISTOKIT_RUNS_DIR=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax notebooks -p no:cacheprovider
+
+# The same tests in a shuffled order (pytest-randomly, which pyproject's addopts keeps off in `make test`), to catch
+# tests that depend on each other. The header prints "Using --randomly-seed=N"; `make test-random SEED=N` replays it.
+test-random: install
+	$(BIN)/python -m pytest tests -p randomly -p no:cacheprovider $(if $(SEED),--randomly-seed=$(SEED))
 
 bench: install
 	$(BIN)/histokit bench
