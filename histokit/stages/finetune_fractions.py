@@ -45,11 +45,11 @@ def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction
         encoder, train_ds, val_ds, len(data.classes), epochs=epochs, lr=float(params.get("lr", 1e-4)),
         batch_size=int(params.get("batch_size", 64)), weight_decay=float(params.get("weight_decay", 0.05)),
         warmup_epochs=int(params.get("warmup_epochs", 0)), device=ctx.device, seed=ctx.seed,
-        progress=ctx.progress, amp=ctx.device.startswith("cuda"))
+        progress=ctx.progress, amp=ctx.device.startswith("cuda"), max_steps=ctx.max_steps)
     preds = predict(classifier, test_ds, batch_size=64, device=ctx.device, progress=False)
     correct = (preds.logits.argmax(1) == preds.labels).astype(float) * 100.0
     result = {"model": model_name, "dataset": dataset, "fraction": fraction, "weights": source,
-              "n_train": int(len(picked)), "epochs": epochs, "accuracy": float(correct.mean()),
+              "n_train": int(len(picked)), "epochs": epochs, "max_steps": ctx.max_steps, "accuracy": float(correct.mean()),
               "correct": correct.tolist(), "history": history}
     atomic_write_json(path, result)
     return result

@@ -121,11 +121,12 @@ def finetune_classifier(encoder: Encoder, train_ds, val_ds, num_classes: int, *,
                         device: Optional[str | torch.device] = None,
                         checkpoint_dir: Optional[str | os.PathLike] = None, resume: bool = True,
                         num_workers: int = 0, seed: int = 0, progress: bool = True,
-                        log_every: int = 10) -> tuple[Classifier, list[dict]]:
+                        log_every: int = 10, max_steps: Optional[int] = None) -> tuple[Classifier, list[dict]]:
     """Fine-tune ``encoder`` + a new linear head on ``train_ds``; evaluate on ``val_ds`` (may be None) each epoch.
 
     ``freeze_backbone=False`` trains every encoder parameter (they are unfrozen first: an EMA teacher arrives frozen);
-    True trains the head only. History entries of each epoch end carry ``val_loss`` and ``val_acc``.
+    True trains the head only. ``max_steps`` caps the optimizer steps (a rehearsal), schedules kept at full length.
+    History entries of each epoch end carry ``val_loss`` and ``val_acc``.
     Returns the trained :class:`Classifier` (on ``device``, eval mode) and the history.
     """
     if len(train_ds) == 0:
@@ -154,6 +155,6 @@ def finetune_classifier(encoder: Encoder, train_ds, val_ds, num_classes: int, *,
     history = train(objective, loader, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                     warmup_epochs=warmup_epochs, min_lr=min_lr, amp=amp, device=resolved,
                     checkpoint_dir=checkpoint_dir, resume=resume, grad_clip=grad_clip, seed=seed, progress=progress,
-                    log_every=log_every, epoch_end=validate)
+                    log_every=log_every, epoch_end=validate, max_steps=max_steps)
     model.eval()
     return model, history
