@@ -98,7 +98,21 @@ class PaperRun:
 
     @property
     def smoke(self) -> bool:
-        return self.profile == "smoke"
+        """Not a reproduction: the smoke profile or a rehearsal of the full profile."""
+        return self.profile in ("smoke", "rehearsal")
+
+    @property
+    def banner(self) -> str:
+        """The warning that heads a run that is not a reproduction (empty for a real one)."""
+        if self.profile == "rehearsal":
+            return ("Rehearsal of the full profile: not a reproduction. The paper's recipe at full size with the "
+                    "optimisation steps and the images per class capped, on mock data unless the notes say otherwise; "
+                    "it shows every cell can be computed, the numbers measure nothing.")
+        if self.smoke:
+            return ("Smoke profile: not a reproduction. Tiny bundled data, small images, one or two epochs on CPU. "
+                    "The paper's numbers stand beside the measured ones for layout only; the differences measure "
+                    "nothing yet.")
+        return ""
 
     @property
     def anchor(self) -> str:
@@ -108,6 +122,8 @@ class PaperRun:
     def status(self) -> str:
         if not self.ran:
             return "not run yet"
+        if self.profile == "rehearsal":
+            return "rehearsal of the full profile — not a reproduction"
         if self.smoke:
             return "smoke run — not a reproduction"
         return f"reproduction ({self.profile} profile)"
@@ -124,6 +140,19 @@ class Section:
     tables: list = field(default_factory=list)
     figures: list = field(default_factory=list)
     documents: list = field(default_factory=list)   # .md reports without a CSV twin, linked
+
+    @property
+    def banner(self) -> str:
+        """The warning that heads a run that is not a reproduction (empty for a real one)."""
+        if self.profile == "rehearsal":
+            return ("Rehearsal of the full profile: not a reproduction. The paper's recipe at full size with the "
+                    "optimisation steps and the images per class capped, on mock data unless the notes say otherwise; "
+                    "it shows every cell can be computed, the numbers measure nothing.")
+        if self.smoke:
+            return ("Smoke profile: not a reproduction. Tiny bundled data, small images, one or two epochs on CPU. "
+                    "The paper's numbers stand beside the measured ones for layout only; the differences measure "
+                    "nothing yet.")
+        return ""
 
     @property
     def anchor(self) -> str:
@@ -230,8 +259,8 @@ def _display_path(path: Path, root: Path) -> str:
 def _load_recipe(paper: str, profile: str):
     from ..papers import get_recipe
 
-    try:
-        return get_recipe(paper, profile), None
+    try:  # a rehearsal (results/<paper>/rehearsal/) runs the full profile's recipe
+        return get_recipe(paper, "full" if profile == "rehearsal" else profile), None
     except (ValueError, KeyError, ImportError) as err:
         return None, str(err)
 

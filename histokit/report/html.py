@@ -13,10 +13,6 @@ from .collect import PaperRun, ReportData, Section, Table, unpublished_notebooks
 from .embed import data_uri
 
 SUB_LABELS = {"": "this run", " 95% CI": "95% CI", " (paper)": "paper", " Δ": "Δ"}
-SMOKE_BANNER = ("Smoke profile: not a reproduction. Tiny bundled data, small images, one or two epochs on CPU. "
-                "The paper's numbers stand beside the measured ones for layout only; the differences measure "
-                "nothing yet.")
-
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0 auto;
        max-width: 1500px; padding: 1rem 2rem 4rem; line-height: 1.4; }
@@ -168,7 +164,7 @@ def _paper(run: PaperRun) -> str:
                        + "</ul>")
         return "\n".join(out + ["</div></section>"])
     if run.smoke:
-        out.append(f'<div class="banner">{_e(SMOKE_BANNER)}</div>')
+        out.append(f'<div class="banner">{_e(run.banner)}</div>')
     if run.recipe_error:
         out.append(f"<p>Recipe: {_e(run.recipe_error)} — tables read from the files as written.</p>")
     if run.notes:

@@ -8,10 +8,6 @@ from .cells import GRADE_LEGEND, format_value, grade_counts, row_grade, unit_sca
 from .collect import PaperRun, ReportData, Section, Table, unpublished_notebooks
 
 MARKERS = {"close": "🟢", "near": "🟠", "far": "🔴", "none": ""}
-SMOKE_BANNER = ("> **Smoke profile: not a reproduction.** Tiny bundled data, small images, one or two epochs on CPU. "
-                "The paper's numbers stand beside the measured ones for layout only; the differences measure "
-                "nothing yet.")
-
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -106,7 +102,7 @@ def _paper(run: PaperRun) -> list:
         titles = [t.title for t in run.tables]
         return out + ([f"Tables it will fill: {'; '.join(titles)}.", ""] if titles else [])
     if run.smoke:
-        out += [SMOKE_BANNER, ""]
+        out += [f"> **{run.banner.split('. ', 1)[0]}.** {run.banner.split('. ', 1)[1]}", ""]
     if run.recipe_error:
         out += [f"Recipe: {run.recipe_error} — tables read from the files as written.", ""]
     for note in run.notes:
