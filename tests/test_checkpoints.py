@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -11,10 +12,12 @@ import torch
 from histokit.io import atomic_torch_save, atomic_write_text, sha256_file
 from histokit.models.backbones import create_encoder
 from histokit.models.checkpoints import (
-    CheckpointError, CheckpointIntegrityError, CheckpointMismatch, LFSPointerError, UntrustedPickleError,
-    dino_teacher_to_timm_vit, esvit_teacher_to_timm_swin, load_into, load_official, official_weights,
-    read_checkpoint, simclr_resnet_to_timm,
+    CheckpointArgumentError, CheckpointError, CheckpointIntegrityError, CheckpointMismatch, LFSPointerError,
+    UntrustedPickleError, Unwrapping, dino_teacher_to_timm_vit, esvit_teacher_to_timm_swin, load_into, load_official,
+    official_weights, read_checkpoint, recipe_checkpoint_names, simclr_resnet_to_timm, validate_checkpoint_args,
 )
+from histokit.models.official_layouts import dino_head_layout, esvit_swin_layout, filler, materialize
+from histokit.papers import get_recipe
 
 # The pointer actually stored in Richarizardd/Self-Supervised-ViT-Path for ckpts/vits_tcga_brca_dino.pt.
 LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
@@ -98,37 +101,37 @@ def test_dino_pos_embed_resampled_to_a_smaller_model(vit_source, dino_file):
         load_into(create_encoder("vit_test", img_size=112), dino_teacher_to_timm_vit(read_checkpoint(dino_file)))
 
 
-def _esvit_original_layout(model) -> dict[str, torch.Tensor]:
-    """timm Swin weights rewritten into the original Swin / EsViT layout: patch merging at the end of stage i
-    (``layers.i.downsample``), persistent ``relative_position_index`` buffers, plus EsViT's two DINO heads."""
-    sd = {}
-    for k, v in model.state_dict().items():
-        sd[re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)] = v
-    for name, buf in model.named_buffers():
-        if name.endswith("relative_position_index"):
-            sd[name] = buf.clone()
-    dim = model.num_features
-    return sd | _dino_head("head.", dim) | _dino_head("head_dense.", dim)
+def _esvit_small_checkpoint(seed: int = 1) -> dict:
+    """An EsViT training checkpoint at ``swin_test`` size, its Swin keys generated from the official Swin code's
+    structure (official_layouts.esvit_swin_layout: patch merging at the end of stage i, persistent
+    relative_position_index buffers) — not from timm's key mapping — with EsViT's two DINO heads on the Swin."""
+    make = filler(torch.Generator().manual_seed(seed))
+    swin = esvit_swin_layout(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
+    head = dino_head_layout(192, 65, hidden_dim=32, bottleneck_dim=16)
+    model = OrderedDict(swin) | {f"{p}.{k}": v for p in ("head", "head_dense") for k, v in head.items()}
+    return {"teacher": materialize(model, make), "student": materialize(model, make, "module."), "epoch": 300,
+            "args": argparse.Namespace(arch="swin_tiny", use_dense_prediction=True)}
 
 
-def test_esvit_official_layout_loads_with_identical_outputs(tmp_path):
-    torch.manual_seed(1)
-    src = create_encoder("swin_test").eval()
-    teacher = _esvit_original_layout(src.model)
-    assert "layers.0.downsample.reduction.weight" in teacher and "layers.3.downsample.reduction.weight" not in teacher
+def test_esvit_official_layout_loads_by_the_documented_mapping(tmp_path):
     path = tmp_path / "checkpoint_best.pth"
-    atomic_torch_save({"teacher": teacher, "student": teacher, "epoch": 300,
-                       "args": argparse.Namespace(arch="swin_tiny", use_dense_prediction=True)}, path)
+    atomic_torch_save(_esvit_small_checkpoint(), path)
     ckpt = read_checkpoint(path)
+    teacher = ckpt["teacher"]
+    assert "layers.0.downsample.reduction.weight" in teacher and "layers.3.downsample.reduction.weight" not in teacher
     dst = create_encoder("swin_test")
     # loading the original layout as-is is refused: the downsample keys sit one stage too early
     with pytest.raises(CheckpointMismatch, match="layers.0.downsample"):
-        load_into(dst, {k: v for k, v in ckpt["teacher"].items() if not k.startswith(("head", "relative"))})
-    sd = esvit_teacher_to_timm_swin(ckpt, dst)
+        load_into(dst, {k: v for k, v in teacher.items() if not k.startswith("head")})
+    trace = Unwrapping()
+    sd = esvit_teacher_to_timm_swin(ckpt, dst, trace=trace)
     assert not any(k.startswith(("head.", "head_dense.")) for k in sd)
+    assert trace.unwrapped == ["key 'teacher'"] and trace.dropped == ["'head.' (8 keys)", "'head_dense.' (8 keys)"]
     report = load_into(dst, sd)
     assert report.missing == [] and report.unexpected == []
-    assert _same_outputs(src, dst)
+    for key, value in dst.model.state_dict().items():  # original stage i merging = timm's stage i+1
+        official = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
+        assert torch.equal(value, teacher[official]), key
 
 
 @pytest.mark.parametrize("wrap", ["bare_with_fc", "module_encoder_with_projection"])
@@ -242,3 +245,116 @@ def test_missing_and_corrupt_files(tmp_path):
     torch.save([torch.ones(1)], bare_list)
     with pytest.raises(CheckpointError, match="expected a dict"):
         read_checkpoint(bare_list)
+
+
+# --------------------------------------------------------------------------------------------- a user's own training
+
+
+def _user_files(vit_sd, swin_sd, resnet_sd):
+    """The wrappers a user's own training scripts write around the weights, and what unwrapping each takes."""
+    nv, ns, nr = len(vit_sd), len(swin_sd), len(resnet_sd)
+    return [
+        ("model", "chen2022_dino_vits16_tcga_brca", "vit_test", {"model": dict(vit_sd), "epoch": 3},
+         ["key 'model'"]),
+        ("state_dict_ddp", "chen2022_dino_vits16_tcga_brca", "vit_test",
+         {"state_dict": {f"module.{k}": v for k, v in vit_sd.items()}, "optimizer": {}},
+         ["key 'state_dict'", f"prefix 'module.' ({nv} keys)"]),
+        ("teacher_backbone", "esvit_swin_tiny", "swin_test",
+         {"teacher": {f"backbone.{k}": v for k, v in swin_sd.items()}, "epoch": 1},
+         ["key 'teacher'", f"prefix 'backbone.' ({ns} keys)"]),
+        ("lightning", "simclr_v1_resnet50_1x_imagenet", "resnet_test",
+         {"state_dict": {f"model.encoder.{k}": v for k, v in resnet_sd.items()}, "global_step": 10},
+         ["key 'state_dict'", f"prefix 'model.' ({nr} keys)", f"prefix 'encoder.' ({nr} keys)"]),
+        ("bare_module_backbone", "hipt_vit256_small_dino", "vit_test",
+         {f"module.backbone.{k}": v for k, v in vit_sd.items()},
+         [f"prefix 'module.' ({nv} keys)", f"prefix 'backbone.' ({nv} keys)"]),
+    ]
+
+
+def test_user_training_wrappers_are_unwrapped_and_reported(tmp_path):
+    torch.manual_seed(4)
+    sources = {n: create_encoder(n).eval() for n in ("vit_test", "swin_test", "resnet_test")}
+    files = _user_files(*(sources[n].model.state_dict() for n in ("vit_test", "swin_test", "resnet_test")))
+    for label, name, encoder, obj, unwrapped in files:
+        path = tmp_path / f"{label}.pth"
+        atomic_torch_save(obj, path)
+        dst = create_encoder(encoder)
+        report = load_official(name, path, dst, verify=False)  # a user's own file: no published checksum
+        assert report.unwrapped == unwrapped, label
+        assert report.missing == [] and report.unexpected == [] and not report.mock, label
+        assert "unwrapped=" in str(report)
+        assert _same_outputs(sources[encoder], dst, size=64), label
+
+
+# --------------------------------------------------------------------------------------------- --checkpoint arguments
+
+
+def test_recipe_checkpoint_names():
+    assert recipe_checkpoint_names(get_recipe("esvit", "smoke")) == {
+        "esvit_swin_tiny", "simclr_v1_resnet50_1x_imagenet"}
+    assert recipe_checkpoint_names(get_recipe("chen2022", "full")) == {
+        "chen2022_dino_vits16_tcga_brca", "chen2022_simclr_resnet50_tcga_brca"}
+    assert recipe_checkpoint_names(get_recipe("lgffem", "full")) == set()
+
+
+@pytest.fixture()
+def weights_file(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path)
+    return path
+
+
+def test_valid_checkpoint_arguments_pass(weights_file):
+    recipes = [get_recipe("esvit", "full"), get_recipe("chen2022", "full")]
+    validate_checkpoint_args({"esvit_swin_tiny": str(weights_file), "chen2022_dino_vits16_tcga_brca": weights_file},
+                             recipes)
+    validate_checkpoint_args({}, recipes)
+
+
+@pytest.mark.bad_input
+def test_unknown_checkpoint_name_lists_what_the_recipes_accept(weights_file):
+    recipes = [get_recipe("esvit", "full")]
+    with pytest.raises(CheckpointArgumentError) as err:
+        validate_checkpoint_args({"esvit": str(weights_file)}, recipes)  # the README's old spelling
+    msg = str(err.value)
+    assert isinstance(err.value, ValueError)
+    assert "unknown checkpoint name 'esvit'" in msg and "did you mean 'esvit_swin_tiny'" in msg
+    assert "esvit_swin_tiny (swin_tiny_patch4_window7_224" in msg and "simclr_v1_resnet50_1x_imagenet" in msg
+    assert "esvit/full" in msg
+    # a registry name that no selected recipe loads would be silently ignored: it is an error too
+    with pytest.raises(CheckpointArgumentError, match="no selected recipe loads them"):
+        validate_checkpoint_args({"chen2022_dino_vits16_tcga_brca": str(weights_file)}, recipes)
+    with pytest.raises(CheckpointArgumentError, match="take no --checkpoint"):
+        validate_checkpoint_args({"esvit_swin_tiny": str(weights_file)}, [get_recipe("lgffem", "full")])
+
+
+@pytest.mark.bad_input
+def test_missing_and_unusable_checkpoint_files_are_named(tmp_path):
+    recipes = [get_recipe("chen2022", "full")]
+    lfs = tmp_path / "vits_tcga_brca_dino.pt"
+    atomic_write_text(lfs, LFS_POINTER)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    missing = tmp_path / "nope" / "resnet50_tcga_brca_simclr.pt"
+    with pytest.raises(CheckpointArgumentError) as err:
+        validate_checkpoint_args({"chen2022_dino_vits16_tcga_brca": lfs,
+                                  "chen2022_simclr_resnet50_tcga_brca": missing}, recipes)
+    msg = str(err.value)  # both problems in one error, each naming its path
+    assert f"the file {missing} does not exist" in msg and "Git-LFS pointer" in msg and str(lfs) in msg
+    with pytest.raises(CheckpointArgumentError, match="empty"):
+        validate_checkpoint_args({"chen2022_dino_vits16_tcga_brca": empty}, recipes)
+    with pytest.raises(CheckpointArgumentError, match="not a file"):
+        validate_checkpoint_args({"chen2022_dino_vits16_tcga_brca": tmp_path}, recipes)
+
+
+@pytest.mark.bad_input
+def test_unreadable_checkpoint_file_is_named(weights_file, monkeypatch):
+    import histokit.models.checkpoints as checkpoints
+
+    def denied(path):  # what open() raises without read permission (root would read it anyway)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoints, "_sniff", denied)
+    with pytest.raises(CheckpointArgumentError, match="cannot be read") as err:
+        validate_checkpoint_args({"esvit_swin_tiny": weights_file}, [get_recipe("esvit", "full")])
+    assert str(weights_file) in str(err.value) and "Permission denied" in str(err.value)

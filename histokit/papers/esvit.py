@@ -9,7 +9,9 @@ retrieval latency. Table II: the same EsViT without any pretraining.
 
 Choices the paper leaves open (stated in the tables' footnotes): the AP@k normalisation (the kit's default
 min(k, R)); the number of fine-tuning epochs (not stated; full profile: 100); EsViT's official ImageNet weights
-(dead links: pass ``--checkpoint esvit=PATH``; without it the kit pretrains its own EsViT, and the table says so).
+(dead links: pass ``--checkpoint esvit_swin_tiny=PATH``; without it the kit pretrains its own EsViT, and the table
+says so); the SimCLR baseline starts from SimCLR v1's ImageNet ResNet-50 (``--checkpoint
+simclr_v1_resnet50_1x_imagenet=PATH``, the paper's reference [12]), else timm's ImageNet weights.
 """
 from __future__ import annotations
 
@@ -51,15 +53,16 @@ def build(profile: str) -> Recipe:
                          batch_size=batch, optimizer="adam", lr=1e-4, warmup_epochs=warmup, image_size=size,
                          local_size=local, n_local=n_local, method_cfg=cfg, **kw)
 
-    # Stage 02: the "ImageNet self-supervised" EsViT. An official checkpoint (--checkpoint esvit=PATH) replaces it;
-    # without one the kit's own EsViT stage provides it (full: on an ImageNet folder; smoke: the stand-in tiles).
+    # Stage 02: the "ImageNet self-supervised" EsViT. An official checkpoint (--checkpoint esvit_swin_tiny=PATH)
+    # replaces it; without one the kit's own EsViT stage provides it (full: on an ImageNet folder; smoke: the stand-in
+    # tiles).
     pretrain = (ssl("esvit_pretrain", "esvit", SWIN, first, "random"),)
     finetune = []
     for d in datasets:
         finetune += [
-            ssl(f"esvit_finetune_{d.key}", "esvit", SWIN, d.key, "checkpoint:esvit|train:esvit_pretrain"),
+            ssl(f"esvit_finetune_{d.key}", "esvit", SWIN, d.key, "checkpoint:esvit_swin_tiny|train:esvit_pretrain"),
             ssl(f"esvit_scratch_{d.key}", "esvit", SWIN, d.key, "random"),
-            ssl(f"simclr_{d.key}", "simclr", "resnet50", d.key, "checkpoint:simclr_resnet50|timm"),
+            ssl(f"simclr_{d.key}", "simclr", "resnet50", d.key, "checkpoint:simclr_v1_resnet50_1x_imagenet|timm"),
         ]
     models = (
         ModelSpec("ResNet50 + k-NN", "resnet50", "timm"),
