@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (e.g. 04 05 or index evaluate)")
     rep.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage")
     rep.add_argument("--force", action="store_true", help="re-run stages that finished with the same parameters")
-    rep.add_argument("--checkpoint", action="append", metavar="NAME=PATH", help="official weights, e.g. esvit=/w/esvit.pth")
+    rep.add_argument("--checkpoint", action="append", metavar="NAME=PATH", help="official weights, e.g. esvit_swin_tiny=/w/checkpoint_best.pth (histokit list shows the names)")
     rep.add_argument("--param", action="append", metavar="NAME=VALUE", help="extra notebook parameter (must be declared)")
     rep.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     rep.add_argument("--rehearse", action="store_true",

@@ -41,22 +41,13 @@ def checkpoint_names(recipe: Recipe) -> dict[str, bool]:
 
 def validate_checkpoints(checkpoints: dict, recipes: Iterable[Recipe]) -> None:
     """Refuse, before any stage runs, a ``--checkpoint NAME=PATH`` whose NAME no selected recipe reads or whose PATH
-    is not a readable file: a typo must not run the fallback while ``run.json`` records the checkpoint."""
-    recipes = list(recipes)
-    accepted = sorted({n for r in recipes for n in checkpoint_names(r)})
-    for name, path in (checkpoints or {}).items():
-        if name not in accepted:
-            papers = ", ".join(sorted({r.paper for r in recipes}))
-            raise PreflightError(f"--checkpoint {name}=...: no recipe of {papers} reads weights named {name!r}; "
-                                 f"accepted names: {', '.join(accepted) or 'none (this recipe loads no checkpoint)'}")
-        p = Path(path)
-        if not p.is_file():
-            raise PreflightError(f"--checkpoint {name}={path}: {'no such file' if not p.exists() else 'not a file'}")
-        try:
-            with p.open("rb") as fh:
-                fh.read(1)
-        except OSError as exc:
-            raise PreflightError(f"--checkpoint {name}={path}: cannot be read ({exc.strerror})") from None
+    is not a usable file (:func:`histokit.models.checkpoints.validate_checkpoint_args`: every problem at once)."""
+    from .models.checkpoints import CheckpointArgumentError, validate_checkpoint_args
+
+    try:
+        validate_checkpoint_args(checkpoints or {}, list(recipes))
+    except CheckpointArgumentError as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def mock_checkpoints(recipe: Recipe, data_root: Optional[str]) -> dict[str, str]:

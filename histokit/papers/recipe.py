@@ -19,7 +19,7 @@ WEIGHT_KINDS = ("random", "timm", "train", "checkpoint")
 def weight_sources(spec: str, dataset: str = "") -> list[tuple[str, str]]:
     """Parse a weights / init spec into its alternatives, first available wins.
 
-    ``"checkpoint:esvit|train:esvit_pretrain"`` -> [("checkpoint", "esvit"), ("train", "esvit_pretrain")];
+    ``"checkpoint:esvit_swin_tiny|train:esvit_pretrain"`` -> [("checkpoint", "esvit_swin_tiny"), ("train", "esvit_pretrain")];
     ``{dataset}`` is replaced by the dataset key (per-dataset training runs).
     """
     out = []
