@@ -140,6 +140,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("stages:   ", ", ".join(STAGES))
     print("datasets: ", ", ".join(list_manifests()))
     print("encoders: ", ", ".join(list_encoders()), "+ any timm model name")
+    from .models.checkpoints import OFFICIAL_WEIGHTS
+
+    print("weights:  ", ", ".join(sorted(OFFICIAL_WEIGHTS)), "(--checkpoint NAME=PATH)")
     return 0
 
 
