@@ -1,0 +1,46 @@
+"""A finished training run is reused only when what it started from is unchanged: a different checkpoint file
+under the same ``--checkpoint`` name retrains it (and the runner re-runs every later stage)."""
+import pytest
+
+from histokit.models.official_layouts import write_official_mock
+from histokit.stages import open_stage
+from histokit.stages import train as train_stage
+
+
+@pytest.fixture
+def counted_training(monkeypatch):
+    """The engine replaced by a counter: this test is about when training happens, not what it learns."""
+    calls = []
+
+    def fake_train(method, loader, **kwargs):
+        calls.append(kwargs.get("max_steps"))
+        return [{"epoch": 1, "step": 1, "loss": 1.0, "lr": 0.0, "wd": 0.0, "seconds": 0.0}]
+
+    monkeypatch.setattr("histokit.train.engine.train", fake_train)
+    return calls
+
+
+@pytest.mark.fault
+def test_new_checkpoint_file_retrains_the_run_it_initialises(tmp_path, counted_training):
+    weights = tmp_path / "w"
+    first = write_official_mock("esvit_swin_tiny", weights / "a.MOCK.pth", seed=0, compact=True)
+    ctx = open_stage("esvit", "smoke", run_dir=str(tmp_path / "run"), device="cpu",
+                     checkpoints={"esvit_swin_tiny": str(first)})
+    spec = ctx.recipe.train_spec("esvit_finetune_CRC")
+    assert spec.init.startswith("checkpoint:esvit_swin_tiny")
+
+    outcome = train_stage.train_one(ctx, spec, scope="all")
+    assert outcome.status == "trained" and "esvit_swin_tiny" in outcome.init
+    assert train_stage.train_one(ctx, spec, scope="all").status == "reused"
+    assert len(counted_training) == 1
+
+    second = write_official_mock("esvit_swin_tiny", weights / "b.MOCK.pth", seed=1, compact=True)
+    ctx.checkpoints["esvit_swin_tiny"] = str(second)
+    assert train_stage.train_one(ctx, spec, scope="all").status == "trained"
+    assert len(counted_training) == 2
+
+    from histokit.stages.common import training_fingerprint
+
+    with_checkpoint = training_fingerprint(ctx, spec)
+    ctx.checkpoints.clear()  # no checkpoint: the fallback (the kit's own pretraining) is another starting point
+    assert training_fingerprint(ctx, spec) != with_checkpoint
