@@ -1,5 +1,6 @@
 """histokit.data: manifests -> download / verify / extract -> PatchDataset -> splits, plus transforms, Macenko
-stain normalization and tiling. See each module's docstring.
+stain normalization, tiling, and mock datasets in the real layouts (``mock``, for rehearsals). See each module's
+docstring.
 
 The light modules (manifests, download, verify, prepare: no torch) are imported eagerly, which also keeps the
 functions ``download`` / ``verify`` / ``prepare`` bound over their same-named submodules. The rest is re-exported
@@ -19,12 +20,13 @@ from .prepare import prepare
 from .verify import VerificationError, VerifyReport, verify
 
 _LAZY = {
-    "datasets": ["PatchDataset", "Sample", "load_class_folders", "load_csv", "load_dataset", "load_kimia",
-                 "load_medmnist", "load_pannuke", "merge_classes"],
+    "datasets": ["PatchDataset", "Sample", "discover_classes", "load_class_folders", "load_csv", "load_dataset",
+                 "load_kimia", "load_medmnist", "load_pannuke", "merge_classes", "tile_dataset"],
     "images": ["load_image"],
+    "mock": ["MOCKABLE", "write_all_mocks", "write_mock"],
     "splits": ["class_balanced_fraction", "load_or_make_split", "make_split", "official_split"],
     "stain": ["MacenkoNormalizer", "NoTissueError"],
-    "tiling": ["Tile", "tile_image", "tissue_fraction"],
+    "tiling": ["Tile", "tile_grid", "tile_image", "tissue_fraction"],
     "transforms": ["HALF_MEAN_STD", "IMAGENET_MEAN", "IMAGENET_STD", "MultiCropTransform", "TwoViewTransform",
                    "eval_transform"],
 }

@@ -1,4 +1,4 @@
-"""``histokit data download|verify|prepare|list``: subcommands the top-level CLI registers with
+"""``histokit data download|verify|prepare|list|mock``: subcommands the top-level CLI registers with
 :func:`add_data_subcommands`. Each handler returns an exit code (0 ok, 1 failure with a one-paragraph message)."""
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _cmd_download(args) -> int:
 def _cmd_verify(args) -> int:
     from .verify import verify
 
-    report = verify(args.name, args.root, progress=not args.quiet)
+    report = verify(args.name, args.root, progress=not args.quiet, content=not getattr(args, "files_only", False))
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -49,6 +49,27 @@ def _cmd_prepare(args) -> int:
     from .prepare import prepare
 
     print(prepare(args.name, args.root, progress=not args.quiet))
+    return 0
+
+
+def _cmd_mock(args) -> int:
+    import time
+
+    from .mock import MOCKABLE, mock_dataset
+
+    names = list(MOCKABLE) if args.name == "all" else [args.name]
+    start = time.perf_counter()
+    results = []
+    for name in names:
+        result = mock_dataset(name, args.root, per_class=args.per_class, seed=args.seed, force=args.force)
+        results.append(result)
+        if not args.quiet:
+            print(result.line(), flush=True)
+    written = [r for r in results if not r.skipped]
+    total_mb = sum(r.bytes for r in results) / 1e6
+    print(f"mock data: {len(written)} dataset(s) written, {len(results) - len(written)} up to date, "
+          f"{sum(r.files for r in results)} files, {total_mb:.0f} MB under {args.root}, "
+          f"{time.perf_counter() - start:.1f} s. Not real data: each folder holds MOCK_DATASET.txt.")
     return 0
 
 
@@ -71,7 +92,7 @@ def add_data_subcommands(subparsers) -> argparse.ArgumentParser:
     sub = data.add_subparsers(dest="data_command", required=True)
     for cmd, handler, help_ in [
         ("download", _cmd_download, "fetch a dataset's files (resumable, checksum-verified)"),
-        ("verify", _cmd_verify, "check a dataset's files against its manifest"),
+        ("verify", _cmd_verify, "check a dataset against its manifest: files, checksums, layout, every image decodes"),
         ("prepare", _cmd_prepare, "download + verify + extract"),
     ]:
         p = sub.add_parser(cmd, help=help_)
@@ -79,7 +100,28 @@ def add_data_subcommands(subparsers) -> argparse.ArgumentParser:
         p.add_argument("--root", default=None, help="data root; the dataset lives in ROOT/NAME (default: "
                                                     "$HISTOKIT_DATA_ROOT or ~/histokit_data)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if cmd == "verify":
+            p.add_argument("--files-only", action="store_true",
+                           help="check only the manifest's files (size, checksum), not the layout folder's images")
         p.set_defaults(func=_guard(handler))
+    from .mock import DEFAULT_PER_CLASS, MOCKABLE
+
+    p = sub.add_parser("mock", help="write small mock datasets in the real releases' layouts (rehearsal only)",
+                       description="Write, under ROOT/<dataset>/, a small dataset with the real release's folder and "
+                                   "file names, image sizes and formats, built from the bundled Kather 2016 tiles "
+                                   "(seeded, deterministic), for rehearsing the full profile. Not real data: each "
+                                   "folder holds MOCK_DATASET.txt; a folder without it is never overwritten.")
+    p.add_argument("name", choices=list(MOCKABLE) + ["all"], metavar="NAME|all",
+                   help=f"dataset to mock, or all ({', '.join(MOCKABLE)})")
+    p.add_argument("--root", required=True, help="data root to write into (ROOT/NAME); required, so a mock never "
+                                                 "lands in the real data root by default")
+    p.add_argument("--per-class", type=int, default=None,
+                   help=f"images per class per official split (default {DEFAULT_PER_CLASS}); datasets without an "
+                        "official split get twice as many, so a stratified 80/10/10 split reaches every class")
+    p.add_argument("--seed", type=int, default=0, help="RNG seed (same seed and counts -> same files)")
+    p.add_argument("--force", action="store_true", help="rewrite a mock that has the same parameters")
+    p.add_argument("--quiet", action="store_true", help="only the summary line")
+    p.set_defaults(func=_guard(_cmd_mock))
     p = sub.add_parser("list", help="list the datasets the kit knows, or show one in detail")
     p.add_argument("name", nargs="?", choices=list_manifests(), metavar="NAME", help="show this dataset in detail")
     p.set_defaults(func=_guard(_cmd_list))

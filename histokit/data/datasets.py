@@ -3,14 +3,29 @@ manifest layout (``class_folders``, ``csv``, ``pannuke_npy``, ``kimia``, ``medmn
 :func:`load_dataset` which picks the loader from the manifest.
 
 Labels are class indices into ``classes`` (int64), or floats for a regression target (BreastPathQ cellularity,
-``classes == []``). ``group`` is what a leak-free split must keep together (patient / slide / scan / source image,
-see the manifest's ``groups``); ``split`` is the official split a sample belongs to, when the dataset has one.
+``target: regression``). A class-folder manifest that lists no classes (ImageNet synsets, VGH/NKI's folders) gets
+them from the folder names, sorted. ``group`` is what a leak-free split must keep together (patient / slide / scan /
+source image, see the manifest's ``groups``); ``split`` is the official split a sample belongs to, when the dataset
+has one.
+
+A manifest with ``tiling.strategy: tile`` (VGH/NKI) is loaded as one sample per kept tile: ``Sample.box`` is the
+crop in its source image, the tile grid and tissue filter are :mod:`histokit.data.tiling`'s, and the kept tiles of
+every image are cached in a sidecar (``<dataset dir>/.histokit_tiles_<size>_<stride>_<tissue>.json``, keyed by each
+image's size and mtime), so the tissue pass runs once per image.
+
+Hand-placed datasets (``access: login`` or ``unavailable``) load like any other once their folder holds what the
+layout says; a missing folder, or one with only a README, raises :class:`ManualDownloadRequired` with the steps.
 """
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
 import re
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
@@ -22,7 +37,7 @@ from PIL import Image
 
 from .errors import DatasetNotFoundError, ManualDownloadRequired
 from .images import array_to_image, load_image
-from .manifests import Manifest, dataset_dir, load_manifest
+from .manifests import Manifest, dataset_dir, describe_unpopulated, layout_entries, load_manifest
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,16 @@ class Sample:
     group: Optional[str] = None
     split: Optional[str] = None
     row: Optional[int] = None  # row of a .npy array (PanNuke, MedMNIST); None for an image file
+    box: Optional[tuple[int, int, int, int]] = None  # a tile: (left, top, right, bottom) in the image at ``path``
+
+    @property
+    def key(self) -> str:
+        """A unique id for the sample: the path, plus ``[row]`` for an array row or ``[l,t,r,b]`` for a tile."""
+        if self.row is not None:
+            return f"{self.path}[{self.row}]"
+        if self.box is not None:
+            return f"{self.path}[{','.join(map(str, self.box))}]"
+        return self.path
 
 
 _ARRAYS: dict[tuple, np.ndarray] = {}
@@ -50,11 +75,35 @@ def _mmap(path: str) -> np.ndarray:
     return arr
 
 
+_SOURCES: "OrderedDict[tuple, Image.Image]" = OrderedDict()
+_SOURCES_LOCK = threading.Lock()
+_SOURCES_KEPT = 4  # decoded source images of tiles kept per process (neighbouring tiles share one decode)
+
+
+def _source_image(path: str) -> Image.Image:
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    with _SOURCES_LOCK:
+        image = _SOURCES.get(key)
+        if image is not None:
+            _SOURCES.move_to_end(key)
+            return image
+    image = load_image(path)
+    with _SOURCES_LOCK:
+        _SOURCES[key] = image
+        while len(_SOURCES) > _SOURCES_KEPT:
+            _SOURCES.popitem(last=False)
+    return image
+
+
 def read_sample_image(sample: Sample) -> Image.Image:
-    """The RGB image of ``sample``: ``load_image`` for a file, the array row for an array-backed sample."""
-    if sample.row is None:
-        return load_image(sample.path)
-    return array_to_image(_mmap(sample.path)[sample.row], f"{sample.path}[{sample.row}]")
+    """The RGB image of ``sample``: ``load_image`` for a file, the array row for an array-backed sample, the crop
+    ``box`` of its source image for a tile."""
+    if sample.row is not None:
+        return array_to_image(_mmap(sample.path)[sample.row], sample.key)
+    if sample.box is not None:
+        return _source_image(sample.path).crop(sample.box)
+    return load_image(sample.path)
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -92,8 +141,19 @@ class PatchDataset(torch.utils.data.Dataset):
         return [s.group for s in self.samples]
 
     @property
-    def paths(self) -> list[str]:
-        return [s.path if s.row is None else f"{s.path}[{s.row}]" for s in self.samples]
+    def paths(self) -> Optional[list[str]]:
+        """The image file of each sample, or None when the samples are not whole files (array rows: PanNuke,
+        MedMNIST; tiles: VGH/NKI), which must be read through ``dataset[i]`` / ``image_loader`` (the convention
+        ``histokit.viz.grid`` follows). :attr:`keys` names every sample either way."""
+        if any(s.row is not None or s.box is not None for s in self.samples):
+            return None
+        return [s.path for s in self.samples]
+
+    @property
+    def keys(self) -> list[str]:
+        """One id per sample (:attr:`Sample.key`): the file path, ``path[row]`` for an array row, ``path[l,t,r,b]``
+        for a tile."""
+        return [s.key for s in self.samples]
 
     @property
     def splits(self) -> list[Optional[str]]:
@@ -166,13 +226,33 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _subfolders(base: Path) -> list[Path]:
+    """Sub-folders that can hold a class (hidden folders such as ``.ipynb_checkpoints`` never do)."""
+    return sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def discover_classes(directory: str | os.PathLike, split_dirs: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Class names from folder names, sorted (deterministic): the union over the split folders when there are
+    any. A folder with image files but no sub-folders is one class, named after the folder."""
+    directory = Path(directory)
+    bases = [directory] if not split_dirs else [directory / sub for sub in split_dirs.values()]
+    names = sorted({p.name for base in bases if base.is_dir() for p in _subfolders(base)})
+    return names or [directory.name]
+
+
 def load_class_folders(directory: str | os.PathLike, classes: Sequence[str], *,
                        class_folders: Optional[Mapping[str, str]] = None, patterns: Sequence[str] = ("*",),
                        group_regex: Optional[str] = None, split_dirs: Optional[Mapping[str, str]] = None,
                        name: str = "") -> PatchDataset:
     """``<directory>[/<split_dir>]/<class folder>/<image>``; ``class_folders`` maps folder names to class names
-    (default: the folder is named like the class). Unknown folders are an error, so a typo never drops a class."""
+    (default: the folder is named like the class). Unknown folders are an error, so a typo never drops a class.
+
+    Without ``classes`` (and ``class_folders``) the classes are the folder names, sorted (:func:`discover_classes`);
+    images lying directly in a folder without sub-folders are then one class named after that folder."""
     directory = _require_dir(Path(directory), f"{name or 'dataset'} folder")
+    discovered = not classes and not class_folders
+    if discovered:
+        classes = discover_classes(directory, split_dirs)
     folder_to_class = dict(class_folders) if class_folders else {c: c for c in classes}
     regex = re.compile(group_regex) if group_regex else None
     bases = {None: directory} if not split_dirs else {
@@ -180,13 +260,19 @@ def load_class_folders(directory: str | os.PathLike, classes: Sequence[str], *,
     }
     samples = []
     for split, base in bases.items():
-        unknown = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in folder_to_class)
+        subfolders = _subfolders(base)
+        if discovered and not subfolders and list(classes) == [directory.name]:  # loose images: the folder itself is the one class
+            samples += [Sample(str(p), 0, _group_from_name(p, regex), split) for p in _image_files(base, patterns)]
+            continue
+        unknown = sorted(p.name for p in subfolders if p.name not in folder_to_class)
         if unknown:
             raise ValueError(f"{base}: folders {unknown} are not classes of {name or 'the dataset'} "
                              f"(expected {sorted(folder_to_class)})")
         for folder, cls in folder_to_class.items():
             if cls not in classes:
                 raise ValueError(f"{name}: class_folders maps {folder!r} to {cls!r}, which is not in classes")
+            if discovered and not (base / folder).is_dir():
+                continue  # a discovered class need not be in every split folder
             class_dir = _require_dir(base / folder, f"{name} class folder")
             label = list(classes).index(cls)
             samples += [Sample(str(p), label, _group_from_name(p, regex), split)
@@ -325,19 +411,134 @@ def _from_manifest(manifest: Manifest, directory: Path) -> PatchDataset:
     raise ValueError(f"{manifest.path}: layout.type {layout.type!r} has no loader")
 
 
+# ---------------------------------------------------------------------------------------------------- tiling
+
+TILE_INDEX_VERSION = 1
+
+
+def tile_index_path(directory: Path, tile_size: int, stride: int, min_tissue: float) -> Path:
+    """Where :func:`tile_dataset` caches the kept tiles of the images under ``directory`` (a dataset folder)."""
+    return Path(directory) / f".histokit_tiles_{tile_size}_{stride}_{round(min_tissue * 100)}.json"
+
+
+def _fallback_index_path(path: Path) -> Path:
+    """The user cache, for a dataset folder that cannot be written (a shared read-only copy)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "histokit" / "tiles"
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return cache / f"{digest}_{path.name.lstrip('.')}"
+
+
+def _read_index(path: Path, params: dict) -> dict:
+    for candidate in (path, _fallback_index_path(path)):
+        try:
+            stored = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        if stored.get("params") == params:
+            return dict(stored.get("images", {}))
+    return {}
+
+
+def _write_index(path: Path, params: dict, images: dict) -> None:
+    from ..io import atomic_write_json
+
+    record = {"params": params, "images": images}
+    for candidate in (path, _fallback_index_path(path)):
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(candidate, record)
+            return
+        except OSError:
+            continue  # not writable: try the user cache, else recompute next time
+
+
+def _kept_tiles(path: str, tile_size: int, stride: int, min_tissue: float) -> list[list]:
+    from .tiling import tile_grid
+
+    return [[x, y, round(f, 4)] for x, y, f in tile_grid(load_image(path), tile_size, stride, min_tissue)]
+
+
+def tile_dataset(dataset: PatchDataset, tile_size: int, stride: Optional[int] = None, min_tissue: float = 0.0, *,
+                 index_path: Optional[Path] = None, base_dir: Optional[Path] = None,
+                 workers: Optional[int] = None) -> PatchDataset:
+    """One sample per kept tile of every image of ``dataset`` (row by row, images in dataset order): the tile grid
+    and tissue rule of :func:`histokit.data.tiling.tile_grid`. A tile keeps its image's label and split; its group
+    is the image's group or, when it has none, the image (relative to ``base_dir``), so a group-aware split never
+    puts tiles of one image on both sides. ``index_path`` caches the kept tiles per image (size + mtime checked)."""
+    stride = stride or tile_size
+    if any(s.row is not None or s.box is not None for s in dataset.samples):
+        raise ValueError(f"{dataset.name}: only image files can be tiled (not array rows or tiles)")
+    params = {"version": TILE_INDEX_VERSION, "tile_size": int(tile_size), "stride": int(stride),
+              "min_tissue": float(min_tissue), "rule": "histokit.data.tiling.tile_grid"}
+    base = Path(base_dir) if base_dir else None
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, base) if base else path
+
+    stored = _read_index(index_path, params) if index_path else {}
+    stats = {s.path: os.stat(s.path) for s in dataset.samples}
+    todo = [p for p, st in stats.items()
+            if stored.get(rel(p), {}).get("stamp") != [st.st_size, st.st_mtime_ns]]
+    if todo:
+        n = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=n) as pool:  # PIL decodes and numpy reduces outside the GIL
+            results = list(pool.map(lambda p: _kept_tiles(p, tile_size, stride, min_tissue), todo))
+        for p, tiles in zip(todo, results):
+            stored[rel(p)] = {"stamp": [stats[p].st_size, stats[p].st_mtime_ns], "tiles": tiles}
+        if index_path:
+            keep = {rel(p) for p in stats}
+            _write_index(index_path, params, {k: v for k, v in sorted(stored.items()) if k in keep})
+    samples = []
+    for s in dataset.samples:
+        group = s.group if s.group is not None else rel(s.path)
+        samples += [replace(s, group=group, box=(x, y, x + tile_size, y + tile_size))
+                    for x, y, _ in stored[rel(s.path)]["tiles"]]
+    if not samples:
+        raise DatasetNotFoundError(f"{dataset.name}: no {tile_size} px tile with >= {min_tissue:.0%} tissue in "
+                                   f"{len(dataset)} image(s)")
+    return PatchDataset(samples, dataset.classes, dataset.transform, name=dataset.name,
+                        image_loader=dataset.image_loader)
+
+
+def load_layout(manifest: Manifest, root: Optional[str | os.PathLike] = None) -> PatchDataset:
+    """The dataset as its manifest's layout (and tiling) says, from ``dataset_dir(manifest, root)``; raises
+    :class:`DatasetNotFoundError` / ``ValueError`` naming what is missing or wrong (no manual steps added)."""
+    ddir = dataset_dir(manifest, root)
+    directory = ddir / manifest.layout.subdir
+    if not layout_entries(directory):
+        raise DatasetNotFoundError(f"{manifest.name}: {describe_unpopulated(directory)}")
+    dataset = _from_manifest(manifest, directory)
+    if manifest.tiles:
+        t = manifest.tiling
+        size = int(t["tile_size"])
+        stride = int(t.get("stride", size))
+        tissue = float(t.get("min_tissue", 0.0))
+        dataset = tile_dataset(dataset, size, stride, tissue, index_path=tile_index_path(ddir, size, stride, tissue),
+                               base_dir=ddir)
+    return dataset
+
+
 def load_dataset(name: str, root: Optional[str | os.PathLike] = None, transform: Optional[Callable] = None, *,
                  split: Optional[str] = None) -> PatchDataset:
     """Load dataset ``name`` from ``<root>/<name>/`` as its manifest's layout says (``kather2016_tiny``: the
-    bundled tiles when ``root`` is None). ``split`` keeps one official split (e.g. ``"test"``)."""
+    bundled tiles when ``root`` is None). ``split`` keeps one official split (e.g. ``"test"``).
+
+    Whatever the manifest's ``access``, a folder laid out as the manifest says loads. For a hand-placed dataset
+    (login / unavailable host) a missing folder, or one with only a README, raises :class:`ManualDownloadRequired`
+    with the manual steps and where the files go; anything else that is missing (an open host's folder, a file a
+    label CSV names) raises :class:`DatasetNotFoundError` naming it, followed by the same instructions."""
     from .download import manual_instructions
 
     manifest = load_manifest(name)
-    if manifest.access == "unavailable":
-        raise ManualDownloadRequired(manual_instructions(manifest, root, "the host cannot serve it"))
     directory = dataset_dir(manifest, root) / manifest.layout.subdir
-    if not directory.is_dir():
-        raise DatasetNotFoundError(f"{name}: {directory} does not exist.\n" + manual_instructions(manifest, root))
-    dataset = _from_manifest(manifest, directory)
+    if manifest.hand_placed and not layout_entries(directory):
+        reason = "the host cannot serve it" if manifest.access == "unavailable" else "the host requires registration"
+        raise ManualDownloadRequired(f"{name}: {describe_unpopulated(directory)}.\n"
+                                     + manual_instructions(manifest, root, reason))
+    try:
+        dataset = load_layout(manifest, root)
+    except DatasetNotFoundError as exc:  # a placed folder that lacks something: name it, then the steps
+        raise DatasetNotFoundError(f"{exc}.\n" + manual_instructions(manifest, root)) from None
     if split is not None:
         keep = [i for i, s in enumerate(dataset.splits) if s == split]
         if not keep:

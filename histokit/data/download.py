@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..io import atomic_write_json
 from .errors import ChecksumMismatch, DownloadError, ManualDownloadRequired
 from .hashing import file_digests, read_stat_marker
-from .manifests import FileSpec, Manifest, dataset_dir, load_manifest
+from .manifests import FileSpec, Manifest, dataset_dir, layout_entries, load_manifest
 
 _CHUNK = 1 << 16
 USER_AGENT = "histokit-data/0.1 (+urllib)"
@@ -206,9 +206,11 @@ def manual_instructions(manifest: Manifest, root: Optional[str | os.PathLike] = 
         size = f"{f.size:,} bytes" if f.size else "size not stated"
         lines.append(f"  - {f.name} from {f.url or manifest.homepage}")
         lines.append(f"    put it at {ddir / f.name} ({size}; {digest})")
-    if not files and manifest.access != "unavailable":
+    if not files:
         lines.append(f"Expected layout: {ddir / manifest.layout.subdir}")
-    lines.append(f"Then run: histokit data prepare {manifest.name} --root {root_txt}")
+        lines.append(f"Then run: histokit data verify {manifest.name} --root {root_txt}")
+    else:
+        lines.append(f"Then run: histokit data prepare {manifest.name} --root {root_txt}")
     return "\n".join(lines)
 
 
@@ -226,12 +228,14 @@ def download(name: str, root: Optional[str | os.PathLike] = None, *, include_opt
     manifest = load_manifest(name)
     ddir = dataset_dir(manifest, root)
     specs = _files_for(manifest, include_optional)
-    if manifest.access == "unavailable":
-        raise ManualDownloadRequired(manual_instructions(manifest, root, "the host cannot serve it"))
-    if manifest.access in ("bundled", "login"):
-        present = all((ddir / f.name).is_file() for f in specs) and (ddir / manifest.layout.subdir).exists()
-        if manifest.access == "login" and not present:
-            raise ManualDownloadRequired(manual_instructions(manifest, root, "the host requires registration"))
+    if manifest.access in ("bundled", "login", "unavailable"):
+        # nothing to fetch: a hand-placed dataset is "downloaded" once its layout folder holds data
+        present = (all((ddir / f.name).is_file() for f in specs)
+                   and bool(layout_entries(ddir / manifest.layout.subdir)))
+        if manifest.hand_placed and not present:
+            reason = ("the host cannot serve it" if manifest.access == "unavailable"
+                      else "the host requires registration")
+            raise ManualDownloadRequired(manual_instructions(manifest, root, reason))
         return [ddir / f.name for f in specs]
     paths = []
     for f in specs:

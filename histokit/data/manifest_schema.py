@@ -3,7 +3,8 @@
 One manifest describes one dataset: where it comes from (files, URLs, sizes, checksums and who published the
 checksum), under which license, how to get it by hand when the host needs a login, how it is laid out once
 extracted (which loader reads it), its classes, official splits, what a group id is (patient / slide / scan), and
-how large images are tiled.
+how large images are tiled, and how large the full release is (``expected_counts``: a hand-placed copy that differs
+is reported by ``verify`` as a warning, e.g. a subset or a mock).
 """
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ SCHEMA = {
             "additionalProperties": False,
             "properties": {
                 "id": {"enum": ["patient", "slide", "scan", "source_image", "fold", None]},
-                "source": {"enum": ["filename_regex", "csv_column", "folder", "fold", None]},
+                # image: the image file a tile was cut from (tiled datasets: tiles of one image stay together)
+                "source": {"enum": ["filename_regex", "csv_column", "folder", "fold", "image", None]},
                 "regex": {"type": "string"},  # group(1) of a re.search on the file name
                 "column": {"type": "string"},
                 "description": {"type": "string"},
@@ -126,6 +128,15 @@ SCHEMA = {
                 "stride": {"type": "integer", "minimum": 1},
                 "min_tissue": {"type": "number", "minimum": 0, "maximum": 1},
                 "description": {"type": "string"},
+            },
+        },
+        "expected_counts": {  # the full release's size; `histokit data verify` warns (never fails) when it differs
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "images": {"type": "integer", "minimum": 0},
+                "classes": {"type": "integer", "minimum": 0},
+                "splits": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
             },
         },
         "notes": {"type": "string"},

@@ -5,6 +5,7 @@ means adding a YAML file (and, at most, a layout loader).
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -65,6 +66,17 @@ class Manifest:
     protocol_merges: Mapping[str, Any] = field(default_factory=dict)
     tiling: Optional[Mapping[str, Any]] = None
     notes: str = ""
+    expected_counts: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def tiles(self) -> bool:
+        """Whether loading cuts each image into tiles (``tiling.strategy == "tile"``)."""
+        return bool(self.tiling) and self.tiling.get("strategy") == "tile"
+
+    @property
+    def hand_placed(self) -> bool:
+        """Whether the files must be put in place by hand (login or unavailable host)."""
+        return self.access in ("login", "unavailable")
 
     @property
     def redistributable(self) -> bool:
@@ -140,6 +152,7 @@ def _freeze(data: dict, path: Path) -> Manifest:
         manual_steps=tuple(data.get("manual_steps", ())), unavailable_reason=data.get("unavailable_reason", ""),
         target=data.get("target", "class"), class_folders=dict(data.get("class_folders", {})),
         protocol_merges=dict(data.get("protocol_merges", {})), tiling=data.get("tiling"), notes=data.get("notes", ""),
+        expected_counts=dict(data.get("expected_counts", {})),
     )
 
 
@@ -153,3 +166,29 @@ def dataset_dir(manifest: Manifest, root: Optional[Path | str] = None) -> Path:
             return paths.BUNDLED_TILES_DIR
         root = paths.DATA_ROOT
     return Path(root) / manifest.name
+
+
+# Files that document a folder rather than hold its data: a folder with only these is not a placed dataset.
+DOC_PATTERNS = ("readme*", "license*", "licence*", "*.txt", "*.md", "*.pdf", "*.html", "*.htm", "*.rtf")
+
+
+def layout_entries(directory: Path | str) -> list[Path]:
+    """The entries of ``directory`` that can be data: not hidden (``.*``), not documentation (:data:`DOC_PATTERNS`).
+    Empty when the folder does not exist."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if not p.name.startswith(".")
+                  and not any(fnmatch.fnmatch(p.name.lower(), pat) for pat in DOC_PATTERNS))
+
+
+def describe_unpopulated(directory: Path | str) -> str:
+    """Why ``directory`` is not a placed dataset, in words (missing, empty, or only documentation files)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return f"{directory} does not exist"
+    docs = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    if not docs:
+        return f"{directory} is empty"
+    shown = ", ".join(docs[:5]) + (", ..." if len(docs) > 5 else "")
+    return f"{directory} holds no dataset files, only documentation ({shown})"

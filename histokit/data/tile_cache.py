@@ -52,7 +52,8 @@ def _source_fingerprint(dataset: PatchDataset, size: int, decoder: str) -> str:
     h = hashlib.sha256(json.dumps({"size": size, "decoder": decoder, "resize": RESIZE_RULE}).encode())
     for sample, label in zip(dataset.samples, dataset.labels.tolist()):
         st = os.stat(sample.path)
-        h.update(f"{sample.path}|{sample.row}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+        box = "" if sample.box is None else f"|{sample.box}"  # tiles of one image differ by their box
+        h.update(f"{sample.path}|{sample.row}{box}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
     return h.hexdigest()
 
 
@@ -192,8 +193,9 @@ def build_tile_cache(dataset: PatchDataset, path: str | os.PathLike, size: int, 
         raise ValueError(f"build_tile_cache needs class labels; {dataset!r} is a regression dataset")
     if len(dataset) == 0:
         raise ValueError(f"build_tile_cache got an empty dataset {dataset!r}")
-    if decoder == "torchvision" and any(s.row is not None for s in dataset.samples):
-        raise ValueError("decoder='torchvision' reads image files; this dataset is array-backed: use decoder='pil'")
+    if decoder == "torchvision" and any(s.row is not None or s.box is not None for s in dataset.samples):
+        raise ValueError("decoder='torchvision' reads whole image files; this dataset is array-backed or tiled: "
+                         "use decoder='pil'")
     path = Path(path)
     fingerprint = _source_fingerprint(dataset, int(size), decoder)
     side = _sidecar(path)
