@@ -65,12 +65,36 @@ def _cmd_mock(args) -> int:
         results.append(result)
         if not args.quiet:
             print(result.line(), flush=True)
+    if args.name == "all":
+        _mock_weights(args)
     written = [r for r in results if not r.skipped]
     total_mb = sum(r.bytes for r in results) / 1e6
     print(f"mock data: {len(written)} dataset(s) written, {len(results) - len(written)} up to date, "
           f"{sum(r.files for r in results)} files, {total_mb:.0f} MB under {args.root}, "
           f"{time.perf_counter() - start:.1f} s. Not real data: each folder holds MOCK_DATASET.txt.")
     return 0
+
+
+def _mock_weights(args) -> None:
+    """``mock all`` also writes every official checkpoint a recipe names, in the official layout with seeded random
+    weights, to ROOT/weights/<name>.MOCK.pth: a rehearsal loads them through the same path as the real files.
+    Compact: the 65,536-way DINO / EsViT heads (which the kit drops on loading) shrink; every backbone tensor is exact."""
+    import time
+    from pathlib import Path
+
+    from ..models.checkpoints import recipe_checkpoint_names
+    from ..models.official_layouts import write_all_official_mocks
+    from ..papers import get_recipe, list_papers
+    from ..preflight import MOCK_WEIGHTS_DIR
+
+    names = sorted({n for paper in list_papers() for profile in ("smoke", "full")
+                    for n in recipe_checkpoint_names(get_recipe(paper, profile))})
+    start = time.perf_counter()
+    files = write_all_official_mocks(Path(args.root) / MOCK_WEIGHTS_DIR, seed=args.seed, compact=True, names=names)
+    if not args.quiet:
+        size = sum(p.stat().st_size for p in files.values()) / 1e6
+        print(f"mock weights: {', '.join(sorted(files))} ({size:.0f} MB, official layouts, random weights) in "
+              f"{Path(args.root) / MOCK_WEIGHTS_DIR}, {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def _guard(handler):
