@@ -47,7 +47,8 @@ def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> P
 def cap_per_class_and_split(dataset: PatchDataset, cap: int) -> PatchDataset:
     """A rehearsal's data: at most ``cap`` images of each class in each official split (a regression target: at most
     ``5 x cap`` per split), the first by path, so every class and split of the real layout is still present."""
-    order = sorted(range(len(dataset)), key=lambda i: (str(dataset.samples[i].path), dataset.samples[i].row or 0))
+    order = sorted(range(len(dataset)), key=lambda i: (str(dataset.samples[i].path), dataset.samples[i].row or 0,
+                                                       dataset.samples[i].box or ()))
     counts: dict = {}
     keep = []
     for i in order:
@@ -85,9 +86,9 @@ def stain_normalized(ctx: StageContext, key: str, dataset: PatchDataset, method:
     def load(sample):
         if sample.row is not None:  # rows of an array file: cheap to re-read, costly to hold
             return normalizer(read_sample_image(sample))
-        if sample.path not in cache:
-            cache[sample.path] = normalizer(read_sample_image(sample))
-        return cache[sample.path].copy()
+        if sample.key not in cache:  # the key, not the path: the tiles of one image are different samples
+            cache[sample.key] = normalizer(read_sample_image(sample))
+        return cache[sample.key].copy()
 
     return PatchDataset(dataset.samples, dataset.classes, dataset.transform, name=f"{dataset.name}+macenko",
                         image_loader=load)
