@@ -23,8 +23,8 @@ run_dir = ""           # empty means runs/<paper>/<profile>
 device = "auto"        # auto | cpu | cuda | cuda:N
 seed = 0
 checkpoints = {}       # official weights, e.g. {"esvit_swin_tiny": "/weights/esvit_swin_t.pth"}
-rehearse = {}          # a rehearsal of the full profile: caps, e.g. {"max_steps": 2, "max_images_per_split": 8}
-distributed = {}       # training runs under torchrun, e.g. {"nproc_per_node": 8}; {} = this one process'''
+rehearse = {}          # rehearsal caps of the full profile, e.g. {"max_steps": 2, "max_images_per_class": 10}
+distributed = {}       # torchrun for the training runs, e.g. {"nproc_per_node": 8} (empty: one process)'''
 
 OPEN = '''from histokit.stages import open_stage
 from histokit.stages.display import show_figures, show_tables
