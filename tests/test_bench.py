@@ -2,7 +2,7 @@
 ratios positive, GPU targets are never invented on a CPU, and the per-query metric loop agrees with the kit."""
 import math
 import os
-import time
+from types import SimpleNamespace
 
 import faiss
 import numpy as np
@@ -17,6 +17,7 @@ from histokit.bench.report import SECTION_TITLES
 from histokit.bench.rows import Row, SectionResult
 from histokit.bench.synthetic import make_retrieval_data
 from histokit.bench.targets import NO_GPU, evaluate_targets
+from histokit.bench import timing
 from histokit.bench.timing import profile_top, timed_runs
 from histokit.cli import build_parser, cmd_bench
 from histokit.retrieval.metrics import evaluate_retrieval, retrieval_scores
@@ -151,7 +152,7 @@ def test_target_statuses_follow_the_device_and_the_sizes():
     assert BenchConfig.for_device("cuda").precision == "bf16" and full.precision == "fp32"
 
 
-def test_timed_runs_rotate_order_and_profile_names_functions():
+def test_timed_runs_rotate_order_and_profile_names_functions(monkeypatch):
     order = []
     fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
     times = timed_runs(fns, warmup=1, repeats=3)
@@ -159,10 +160,19 @@ def test_timed_runs_rotate_order_and_profile_names_functions():
     assert order == list("abc") + list("abc") + list("bca") + list("cab")
     with pytest.raises(ValueError, match="repeats"):
         timed_runs(fns, warmup=0, repeats=0)
-    calls = []
-    slow = timed_runs({"a": lambda: (calls.append(1), time.sleep(0.001))}, warmup=1, repeats=2, min_seconds=0.02)
-    assert 2 <= slow.passes <= 20 and len(calls) == 1 + 2 * slow.passes  # each sample lasts ~min_seconds
-    assert all(t >= 0.001 for t in slow["a"]) and len(slow["a"]) == 2  # still seconds per call, one per repeat
+    # the pass count follows the warm-up call's duration: a fake clock on which every call takes exactly 0.25 s
+    # (no real sleep, whose length a loaded machine stretches) makes the arithmetic exact
+    clock, calls = [0.0], []
+
+    def quarter_second():
+        calls.append(1)
+        clock[0] += 0.25
+
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    slow = timed_runs({"a": quarter_second}, warmup=1, repeats=2, min_seconds=1.0)
+    assert slow.passes == 4 and len(calls) == 1 + 2 * 4  # each sample lasts min_seconds
+    assert slow["a"] == [0.25, 0.25]  # still seconds per call, one per repeat
+    monkeypatch.undo()
 
     def busy_stage():
         return sum(i * i for i in range(2000))

@@ -199,7 +199,9 @@ STAGE_BODIES = {
         "(run / 'results' / 'table2.md').write_text('half-written')  # what a kill leaves behind\n"
         "hold = run.parent / 'hold_stage_02'\n"
         "if hold.exists():  # the first attempt waits here to be killed\n"
-        "    hold.with_suffix('.pid').write_text(str(os.getpid()))\n"
+        "    pid = run.parent / 'hold_stage_02.pid.tmp'\n"
+        "    pid.write_text(str(os.getpid()))\n"
+        "    os.replace(pid, hold.with_suffix('.pid'))  # the pid file appears whole, never empty\n"
         "    time.sleep(300)\n"
         "(run / 'results' / 'table2.md').write_text(f'| seed | value |\\n|---|---|\\n| {seed} | {seed * 2} |\\n')\n"),
 }
@@ -229,7 +231,6 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"stage 02 never started ({path} missing)")
         time.sleep(0.1)
-    time.sleep(0.2)  # the pid is written with write_text: let it land
 
 
 def _published_tables(results: Path) -> dict[str, bytes]:

@@ -1,11 +1,11 @@
 """histokit.viz: every figure renders to a real PNG atomically, shows what it claims, and rejects bad input by name.
 
-UMAP's first call in a process pays numba's JIT compilation (~10-20 s on a busy 2-core box, out of our hands);
-the timing check is made on a warm call, which is what a notebook re-running a projection sees.
+UMAP's first call in a process pays numba's JIT compilation (~10-20 s on a busy 2-core box, out of our hands). No
+test asserts a wall-clock time: on a machine shared with other jobs any bound is either loose enough to be useless
+or tight enough to fail at random (`histokit bench` is where speed is measured).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -205,12 +205,9 @@ def blobs(n_per=10, n_groups=4, dim=16, seed=0):
     return (centres[labels] + rng.normal(size=(labels.size, dim))).astype(np.float32), labels
 
 
-def test_umap_projection_keeps_clusters_and_is_fast_once_compiled():
+def test_umap_projection_keeps_clusters_and_is_seeded():
     features, labels = blobs()
-    embeddings.umap_projection(features, n_epochs=UMAP_EPOCHS)  # pays numba's one-off JIT
-    start = time.perf_counter()
     coords, info = embeddings.umap_projection(features, n_epochs=UMAP_EPOCHS)
-    assert time.perf_counter() - start < 5.0
     assert coords.shape == (40, 2) and np.isfinite(coords).all()
     assert info["n_neighbors"] == 15 and info["min_dist"] == 0.1 and not info["note"]
     # Well separated blobs stay separated: every point's nearest 2-D neighbour is of its own blob.
