@@ -44,6 +44,17 @@ def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> P
     return dataset
 
 
+def training_rows(ctx: StageContext, rows) -> np.ndarray:
+    """The training split rows a training run reads: all of them, or in a rehearsal at most ``max_train_images``
+    (stratified by label where possible, seeded), which also caps the batch a full-size model sees on a CPU."""
+    rows = np.asarray(rows, dtype=np.int64)
+    cap = ctx.rehearse.get("max_train_images") if ctx.rehearsal else None
+    if not cap or len(rows) <= int(cap):
+        return rows
+    rng = np.random.default_rng(ctx.seed)
+    return np.sort(rng.permutation(rows)[: int(cap)])
+
+
 def cap_per_class_and_split(dataset: PatchDataset, cap: int) -> PatchDataset:
     """A rehearsal's data: at most ``cap`` images of each class in each official split (a regression target: at most
     ``5 x cap`` per split), the first by path, so every class and split of the real layout is still present."""
@@ -260,8 +271,7 @@ def training_fingerprint(ctx: StageContext, spec) -> str:
     from dataclasses import asdict
 
     payload = {"spec": asdict(spec), "init": init_identity(ctx, spec.init, spec.dataset),
-               "max_steps": ctx.max_steps, "seed": ctx.seed,
-               "max_images_per_class": ctx.rehearse.get("max_images_per_class") if ctx.rehearsal else None}
+               "seed": ctx.seed, "rehearse": ctx.rehearse or None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

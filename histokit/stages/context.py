@@ -72,7 +72,8 @@ class StageContext:
 REHEARSAL_NOTE = ("REHEARSAL — not a reproduction: the full profile's exact recipe (full-size models, heads, "
                   "optimisers, schedules, every training run, evaluation, table and figure) on the data under "
                   "{data_root} with only the optimisation steps capped ({max_steps} per training run, schedules kept at "
-                  "full length) and at most {max_images_per_class} images per class and split. On mock data "
+                  "full length), at most {max_images_per_class} images per class and split, and at most "
+                  "{max_train_images} training images per training run (which bounds its batch). On mock data "
                   "(`histokit data mock`) every number is meaningless; it proves the path runs.")
 
 
@@ -97,6 +98,7 @@ def open_stage(paper: str = "esvit", profile: str = "smoke", data_root: str = ""
     for note in recipe.notes:
         ctx.add_note("all", note)
     if ctx.rehearsal:
-        ctx.add_note("all", REHEARSAL_NOTE.format(**{"max_steps": "?", "max_images_per_class": "?", **ctx.rehearse},
+        ctx.add_note("all", REHEARSAL_NOTE.format(**{"max_steps": "?", "max_images_per_class": "?",
+                                                     "max_train_images": "all", **ctx.rehearse},
                                                   data_root=ctx.data_root))
     return ctx
