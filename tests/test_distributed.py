@@ -1,17 +1,20 @@
 """Distributed training and sharded extraction on CPU with gloo: two forked ranks (torchrun's environment variables,
-``histokit.distributed.launch.run_local``) against one process.
+``histokit.distributed.launch.run_local``) against one process, through the stages' own functions (a tiny recipe).
 
 - DINO: 2 ranks x batch 4 end where 1 process x batch 8 ends (same global batches, same views), within 5e-5.
 - A rank killed mid-epoch: the restarted job resumes from the last epoch checkpoint and ends bit-identical to the
   uninterrupted 2-rank run (what ``torchrun --max-restarts`` relies on); restarted workers find their peers through
   torchrun's shared store, not the dead workers' stale addresses.
 - Replicas that diverge (a center not all-reduced) are caught; the loader is sharded per rank.
-- Sharded extraction: 2 ranks == 1 process; a killed shard is redone alone and the merged store is complete.
+- Sharded extraction: 2 ranks == 1 process; a killed shard is redone alone and the merged store is complete; stage
+  04's extraction under 2 ranks writes the feature file the single-process stage writes.
+(tests/test_torchrun_recipe.py launches real ``torchrun`` from a stage.)
 """
 import json
 import os
 import shutil
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,15 +24,18 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader
 
-import histokit.distributed.pretrain as pretrain_cli
+import histokit.stages.train as stage_train
 from histokit.data.datasets import load_dataset
 from histokit.data.transforms import eval_transform
 from histokit.distributed import assert_replicas_equal, distributed_loader, init_distributed, run_local
-from histokit.distributed.launch import free_port
+from histokit.distributed.launch import free_port, rank
 from histokit.distributed.extract import (assign_shards, extract_shard, merge_shards, parse_args, run_extraction,
-                                          shard_paths)
+                                          run_stage_extraction, shard_paths)
+from histokit.distributed.pretrain import run_rank
 from histokit.models.backbones import create_encoder
+from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe, TrainSpec
 from histokit.retrieval.features import FeatureFileError, extract_features, load_features
+from histokit.stages.context import StageContext
 from histokit.train.engine import TRAIN_CONFIG_NAME, batch_and_lr, train
 from histokit.train.checkpoint import checkpoint_path
 
@@ -39,44 +45,84 @@ from histokit.train.checkpoint import checkpoint_path
 # this same run.
 PARITY_ATOL = 5e-5
 
+# 3 tiles per class leave fewer test tiles than classes: the split says so and falls back to an unstratified split
+pytestmark = pytest.mark.filterwarnings("ignore:make_split. stratification impossible:UserWarning")
 
-def _dino_config(out, batch_per_rank):
-    return pretrain_cli.resolve_config({
-        "output_dir": str(out), "method": "dino", "encoder": "vit_test", "image_size": 32, "local_size": 16,
-        "n_local": 2, "method_cfg": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
-                                     "warmup_teacher_temp_epochs": 1},
-        "max_images": 16, "batch_size_per_rank": batch_per_rank, "epochs": 2, "warmup_epochs": 1, "lr": 1e-3,
-        "min_lr": 1e-5, "progress": False})
+# A recipe of the kit's tiny ViT: 3 tiles per class of the bundled Kather tiles (a rehearsal cap) -> 19 training
+# tiles -> 2 global batches of 8 per epoch, 2 epochs.
+TINY_RUN = TrainSpec(name="dino_tiny", method="dino", encoder="vit_test", dataset="TILES", epochs=2, batch_size=8,
+                     optimizer="adamw", lr=1e-3, min_lr=1e-5, weight_decay=0.04, warmup_epochs=1, image_size=32,
+                     local_size=16, n_local=2, method_cfg={"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
+                                                           "warmup_teacher_temp_epochs": 1})
+TINY_RECIPE = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_size=32,
+                     datasets=(DatasetSpec("TILES", "kather2016_tiny"),),
+                     models=(ModelSpec("tiny", "vit_test", "random"),), pretrain=(TINY_RUN,))
 
 
-def _final(out):
-    return torch.load(checkpoint_path(out / "checkpoints"), weights_only=True)
+def tiny_context(run_dir: Path) -> StageContext:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return StageContext(paper="tiny", profile="smoke", recipe=TINY_RECIPE, run_dir=run_dir, data_root=run_dir,
+                        device="cpu", seed=0, progress=False, rehearse={"max_images_per_class": 3})
+
+
+def assert_parity(got: dict, want: dict, lr: float = TINY_RUN.lr, steps: int = 4) -> None:
+    """Every tensor within PARITY_ATOL, except the attention key bias: its gradient is zero in exact arithmetic
+    (softmax is shift-invariant over the keys), so it holds float noise that AdamW scales to steps of up to ``lr``;
+    there the bound is ``lr x steps`` (measured: 2e-4 after 4 steps; the query and value biases agree within 3e-9)."""
+    assert got.keys() == want.keys()
+    for k in want:
+        a, b = got[k], want[k]
+        if k.endswith("attn.qkv.bias"):
+            q_a, k_a, v_a = a.reshape(3, -1)
+            q_b, k_b, v_b = b.reshape(3, -1)
+            torch.testing.assert_close(torch.stack([q_a, v_a]), torch.stack([q_b, v_b]), atol=PARITY_ATOL, rtol=0,
+                                       msg=k)
+            torch.testing.assert_close(k_a, k_b, atol=lr * steps, rtol=0, msg=f"{k} (key part)")
+        else:
+            torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=0, msg=k)
+
+
+def _final(run_dir):
+    return torch.load(checkpoint_path(run_dir / "train" / "dino_tiny" / "checkpoints"), weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def dino_runs(tmp_path_factory):
-    """The same 4 DINO steps (16 real tiles, global batch 8, 2 epochs) as 1 process and as 2 gloo ranks."""
+    """The same 4 DINO steps (19 real tiles, global batch 8, 2 epochs) as 1 process and as 2 gloo ranks, each
+    through the stage's own train_rank (what ``histokit.distributed.pretrain`` runs in every torchrun rank)."""
     root = tmp_path_factory.mktemp("dino")
-    pretrain_cli.pretrain(_dino_config(root / "one", 8))
-    run_local(pretrain_cli.pretrain, 2, (_dino_config(root / "two", 4),))
+    run_rank(tiny_context(root / "one"), "dino_tiny")
+    run_local(run_rank, 2, (tiny_context(root / "two"), "dino_tiny"))
     return root
 
 
 def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(dino_runs):
     one, two = _final(dino_runs / "one"), _final(dino_runs / "two")
-    assert one["model"].keys() == two["model"].keys()
-    for k in one["model"]:  # student, EMA teacher, heads and the DINO center
-        torch.testing.assert_close(two["model"][k], one["model"][k], atol=PARITY_ATOL, rtol=0, msg=k)
+    assert_parity(two["model"], one["model"])  # student, EMA teacher, heads and the DINO center
     assert [e["step"] for e in two["history"]] == [1, 2, 3, 4]
     assert [e["loss"] for e in two["history"]] == pytest.approx([e["loss"] for e in one["history"]], rel=1e-5)
     for name, world, per_rank in (("one", 1, 8), ("two", 2, 4)):
-        cfg = json.loads((dino_runs / name / "config.json").read_text())
+        run = dino_runs / name / "train" / "dino_tiny"
+        cfg = json.loads((run / "checkpoints" / TRAIN_CONFIG_NAME).read_text())
         assert (cfg["world_size"], cfg["batch_per_rank"], cfg["global_batch"]) == (world, per_rank, 8)
         assert cfg["lr"] == cfg["base_lr"] == 1e-3 and cfg["lr_scaling"].startswith("none")
-        assert json.loads((dino_runs / name / "checkpoints" / TRAIN_CONFIG_NAME).read_text())["global_batch"] == 8
-    assert sorted(p.name for p in (dino_runs / "two").rglob("*") if p.is_file()) == [
-        "checkpoint_last.pt", "config.json", "encoder.pt", "history.json", TRAIN_CONFIG_NAME]  # nothing half-written
+        assert cfg["sampler"] == "DistributedSampler"  # one seeded permutation, also in one process
+        assert json.loads((run / "history.json").read_text())["world_size"] == world
+    assert sorted(p.relative_to(dino_runs / "two").as_posix() for p in (dino_runs / "two").rglob("*")
+                  if p.is_file()) == [
+        "data/tiles/split_random.json", "results/figures/loss_dino_tiny.png",
+        "train/dino_tiny/checkpoints/checkpoint_last.pt", f"train/dino_tiny/checkpoints/{TRAIN_CONFIG_NAME}",
+        "train/dino_tiny/encoder.pt", "train/dino_tiny/history.json"]  # rank 0 wrote them; nothing half-written
     assert len(two["rng_per_rank"]) == 2
+    e_one, e_two = (torch.load(dino_runs / n / "train" / "dino_tiny" / "encoder.pt", weights_only=True)
+                    for n in ("one", "two"))
+    assert_parity(e_two, e_one)  # the evaluated encoder (DINO's EMA teacher), what stage 04 reads
+
+
+def test_a_global_batch_the_world_does_not_divide_is_refused():
+    assert stage_train.per_rank_batch(16, 2) == 8 and stage_train.per_rank_batch(16, 1) == 16
+    with pytest.raises(ValueError, match="global batch 16 is not divisible by the world size 3"):
+        stage_train.per_rank_batch(16, 3)
 
 
 class _DieMidEpoch:
@@ -99,20 +145,20 @@ class _DieMidEpoch:
             yield batch
 
 
-def _pretrain_with_rank1_killed_in_epoch2(cfg):
-    real = pretrain_cli.build_loader  # patched in this forked child only
-    pretrain_cli.build_loader = lambda c, w, r: _DieMidEpoch(real(c, w, r), 2) if r == 1 else real(c, w, r)
-    pretrain_cli.pretrain(cfg)
+def _train_with_rank1_killed_in_epoch2(ctx):
+    real = stage_train.training_loader  # patched in this forked child only
+    stage_train.training_loader = lambda c, s: _DieMidEpoch(real(c, s), 2) if rank() == 1 else real(c, s)
+    run_rank(ctx, "dino_tiny")
 
 
 @pytest.mark.fault
 @pytest.mark.determinism
 def test_killed_rank_restarts_from_the_last_epoch_and_ends_identical(dino_runs, tmp_path):
-    cfg = _dino_config(tmp_path, 4)
+    ctx = tiny_context(tmp_path)
     with pytest.raises((mp.ProcessExitedException, mp.ProcessRaisedException)):
-        run_local(_pretrain_with_rank1_killed_in_epoch2, 2, (cfg,))
+        run_local(_train_with_rank1_killed_in_epoch2, 2, (ctx,))
     assert _final(tmp_path)["epoch"] == 1  # epoch 1 was checkpointed, epoch 2 died half-way
-    run_local(pretrain_cli.pretrain, 2, (cfg,))  # the restart torchrun --max-restarts would do
+    run_local(run_rank, 2, (ctx, "dino_tiny"))  # the restart torchrun --max-restarts would do
     resumed, straight = _final(tmp_path), _final(dino_runs / "two")
     for k in straight["model"]:
         assert torch.equal(resumed["model"][k], straight["model"][k]), k
@@ -283,3 +329,25 @@ def test_a_killed_shard_is_redone_alone_and_the_merge_is_complete(tmp_path):
         == "extracted"
     with pytest.raises(FeatureFileError, match="different extractions"):
         merge_shards(tmp_path, 2)
+
+
+def test_stage_extraction_under_two_ranks_writes_the_single_process_feature_file(tmp_path):
+    """Stage 04 with ``distributed`` flags: each torchrun rank runs run_stage_extraction (here: 2 forked ranks);
+    rank 0's merge is the file the single-process stage writes, with the same sidecar fields."""
+    from histokit.stages.index import extract_pair, feature_path, load_feature_set
+
+    one, two = tiny_context(tmp_path / "one"), tiny_context(tmp_path / "two")
+    extract_pair(one, "tiny", "TILES", timed=False)
+    run_local(run_stage_extraction, 2, (two, "tiny", "TILES"))
+    a, b = load_feature_set(one, "tiny", "TILES"), load_feature_set(two, "tiny", "TILES")
+    np.testing.assert_array_equal(b.indices, a.indices)
+    np.testing.assert_array_equal(b.labels, a.labels)
+    np.testing.assert_allclose(b.features, a.features, atol=1e-6, rtol=0)  # the same seeded random encoder
+    side_one, side_two = (json.loads(feature_path(c, "tiny", "TILES").with_suffix(".json").read_text())
+                          for c in (one, two))
+    assert {"sha256", "model", "dataset", "weights", "timing"} <= side_two.keys()
+    assert {k: side_two[k] for k in ("model", "dataset", "weights")} == {k: side_one[k] for k in
+                                                                         ("model", "dataset", "weights")}
+    assert side_two["world"] == 2 and side_two["timing"]["ms_per_image"] > 0
+    gallery = [extract_pair(c, "tiny", "TILES", timed=False)["gallery_size"] for c in (one, two)]
+    assert gallery[0] == gallery[1] > 0  # the stage goes on from the merged file (index built, nothing re-extracted)

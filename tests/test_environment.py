@@ -8,10 +8,26 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pyproject_pins() -> dict:
+# Extras that replace a base dependency (faiss-gpu for faiss-cpu: both install `faiss`) and so live in their own
+# environment file, not in environment.yml or requirements.lock.
+GPU_EXTRA = "gpu"
+GPU_REPLACES = {"faiss-cpu"}
+
+
+def _pyproject_pins(gpu: bool = False) -> dict:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
-    return dict(_split(d) for d in deps)
+    extras = project["optional-dependencies"]
+    deps = project["dependencies"] + [d for name, extra in extras.items() if name != GPU_EXTRA for d in extra]
+    pins = dict(_split(d) for d in deps)
+    if gpu:
+        pins = {k: v for k, v in pins.items() if k not in GPU_REPLACES}
+        pins.update(_split(d) for d in extras[GPU_EXTRA])
+    return pins
+
+
+def _pip_section(name: str) -> list:
+    env = yaml.safe_load((ROOT / name).read_text())
+    return next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
 
 
 def _split(requirement: str) -> tuple[str, str]:
@@ -21,10 +37,21 @@ def _split(requirement: str) -> tuple[str, str]:
 
 
 def test_environment_yml_pins_equal_pyproject():
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-    env_pins = dict(_split(d) for d in pip_section if d != "-e .")
+    env_pins = dict(_split(d) for d in _pip_section("environment.yml") if d != "-e .")
     assert env_pins == _pyproject_pins()
+
+
+def test_gpu_environment_is_the_same_pins_with_faiss_gpu_for_faiss_cpu():
+    """environment-gpu.yml = pyproject's pins with the `gpu` extra in place of faiss-cpu; histokit goes in after
+    with --no-deps (its faiss-cpu requirement would overwrite faiss-gpu's `faiss` package)."""
+    section = _pip_section("environment-gpu.yml")
+    assert "-e ." not in section
+    assert dict(_split(d) for d in section) == _pyproject_pins(gpu=True)
+    gpu_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][GPU_EXTRA]
+    assert [_split(d)[0] for d in gpu_extra] == ["faiss-gpu"]
+    assert _split(gpu_extra[0])[1] == _pyproject_pins()["faiss-cpu"]  # the same FAISS version on CPU and GPU
+    text = (ROOT / "environment-gpu.yml").read_text()
+    assert "pip install --no-deps -e ." in text
 
 
 def test_lock_file_agrees_with_pins():

@@ -11,6 +11,10 @@ twice or missing, and writes ``features.npz`` in dataset order (equal to a singl
 
 Shards are independent: run them as ranks of one torchrun job (rank 0 merges after a barrier), or as the tasks of
 a job array (``--num-shards N --shard-rank R``) followed by ``--merge-only``. docs/scaling.md shows both.
+
+``python -m histokit.distributed.extract stage --paper P --profile PROF --model M --dataset-key D ...`` is what
+stage 04 launches under torchrun when its ``distributed`` flags ask for several processes: the recipe's model and
+dataset through the stage's own code, merged into the stage's feature file.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data import Dataset, Subset
 
 from histokit.io import atomic_write_json, sha256_file
@@ -134,12 +139,14 @@ def extract_shard(encoder: nn.Module, dataset: Dataset, out_dir: str | Path, *, 
 
 
 def merge_shards(out_dir: str | Path, world: int, *, expected_count: Optional[int] = None,
-                 out_path: Optional[str | Path] = None) -> tuple[FeatureSet, str]:
+                 out_path: Optional[str | Path] = None, meta: Optional[dict] = None) -> tuple[FeatureSet, str]:
     """Merge the ``world`` finished shards in ``out_dir`` into one feature store (rows in dataset-index order).
 
     Every shard must have its done marker, its sha256 and count; every index must appear exactly once and, with
     ``expected_count``, the indices must be exactly ``0 .. expected_count - 1``. Returns the merged set and the
-    sha256 of ``out_path`` (default ``<out_dir>/features.npz``; ``features.json`` beside it records the shards).
+    sha256 of ``out_path`` (default ``<out_dir>/features.npz``; the ``.json`` beside it records the shards, the
+    merged timing and ``meta``). The merged ``total_s`` / ``ms_per_image`` are the slowest shard's wall clock over
+    all images: the throughput of the parallel extraction.
     """
     parts, markers = [], []
     for r in range(world):
@@ -176,8 +183,10 @@ def merge_shards(out_dir: str | Path, world: int, *, expected_count: Optional[in
     order = np.argsort(indices, kind="stable")
     first = filled[0].timing
     timing = {k: first.get(k) for k in ("device", "device_name", "batch_size", "precision", "decode_included")}
-    timing.update(n_images=int(len(indices)), world=world, sharded=True,
-                  shard_total_s=[p.timing.get("total_s") for p in parts])
+    totals = [p.timing.get("total_s") for p in parts]
+    timing.update(n_images=int(len(indices)), world=world, sharded=True, shard_total_s=totals)
+    if totals and all(t is not None for t in totals):
+        timing.update(total_s=max(totals), ms_per_image=1000.0 * max(totals) / len(indices))
     merged = FeatureSet(features=np.concatenate([p.features for p in filled])[order],
                         labels=np.concatenate([p.labels for p in filled])[order], indices=indices[order],
                         timing=timing)
@@ -187,7 +196,7 @@ def merge_shards(out_dir: str | Path, world: int, *, expected_count: Optional[in
         "file": out_path.name, "sha256": sha, "count": len(merged), "world": world,
         "shards": [{"file": shard_paths(out_dir, r, world)[0].name, "count": m["count"], "sha256": m["sha256"]}
                    for r, m in enumerate(markers)],
-        "fingerprint": markers[0].get("fingerprint")})
+        "fingerprint": markers[0].get("fingerprint"), "timing": timing, **(meta or {})})
     return merged, sha
 
 
@@ -276,7 +285,95 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+# ------------------------------------------------------------------------------ stage 04 under torchrun (recipe)
+
+STAGE_COMMAND = "stage"
+
+
+def stage_module_args(ctx, model: str, dataset_key: str) -> list[str]:
+    """``[module, args...]`` that make a torchrun worker extract the features of one (model, dataset) of ``ctx``."""
+    from .stage import context_args
+
+    return ["histokit.distributed.extract", STAGE_COMMAND, *context_args(ctx), "--model", model, "--dataset-key",
+            dataset_key]
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha256 over a module's state dict (names and bytes): which weights extracted a shard."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_stage_extraction(ctx, model_name: str, dataset_key: str, *,
+                         timeout: timedelta = timedelta(hours=24)) -> list[Path]:
+    """This rank's share of stage 04's extraction of (model, dataset): the stage's own model, weights, datasets
+    and transform (:func:`histokit.stages.index.extraction_targets`), whole groups per rank into
+    ``features/<model>/<dataset>.shards/``; after a barrier rank 0 merges each into the feature file the
+    single-process stage writes (same rows, same sidecar fields). Returns the merged files (rank 0) or []."""
+    from histokit.stages.index import extraction_targets
+
+    from .stage import mute_notes_off_main
+
+    env = init_distributed(ctx.device, backend="gloo", timeout=timeout)  # gloo: only barriers go through it
+    mute_notes_off_main(ctx, env)
+    model, record, targets = extraction_targets(ctx, model_name, dataset_key)
+    weights = state_digest(model.encoder)
+    jobs = []
+    for path, dataset in targets:
+        shard_dir = path.with_suffix(".shards")
+        fingerprint = {**record, "file": path.name, "weights_sha256": weights, "image_size": ctx.recipe.image_size,
+                       "n_items": len(dataset), "batch_size": ctx.recipe.extraction_batch_size}
+        extract_shard(model.encoder, dataset, shard_dir, rank=env.rank, world=env.world_size, fingerprint=fingerprint,
+                      batch_size=ctx.recipe.extraction_batch_size, device=env.device,
+                      progress=ctx.progress and env.is_main)
+        jobs.append((path, shard_dir, len(dataset)))
+    barrier()
+    merged = []
+    if env.is_main:
+        for path, shard_dir, count in jobs:
+            merge_shards(shard_dir, env.world_size, expected_count=count, out_path=path, meta=record)
+            merged.append(path)
+    barrier()
+    return merged
+
+
+def parse_stage_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from .stage import add_context_arguments
+
+    p = argparse.ArgumentParser(prog=f"python -m histokit.distributed.extract {STAGE_COMMAND}",
+                                description="One rank of stage 04's feature extraction of a recipe's (model, "
+                                            "dataset) under torchrun; started by the stage (docs/scaling.md).")
+    add_context_arguments(p)
+    p.add_argument("--model", required=True, help="a ModelSpec name of the recipe")
+    p.add_argument("--dataset-key", required=True, help="a DatasetSpec key of the recipe")
+    p.add_argument("--timeout-min", type=float, default=24 * 60, help="how long rank 0 waits for the other shards")
+    return p.parse_args(argv)
+
+
+@record
+def stage_main(argv: Sequence[str]) -> None:
+    from .stage import worker_context
+
+    args = parse_stage_args(argv)
+    try:
+        env = init_distributed(None if args.device in ("", "auto") else args.device, backend="gloo",
+                               timeout=timedelta(minutes=args.timeout_min))
+        ctx = worker_context(args, env)
+        run_stage_extraction(ctx, args.model, args.dataset_key, timeout=timedelta(minutes=args.timeout_min))
+    finally:
+        cleanup()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [STAGE_COMMAND]:
+        stage_main(argv[1:])
+        return
     args = parse_args(argv)
     try:
         run_extraction(args)

@@ -20,12 +20,17 @@ from .launch import is_initialized, rank, world_size
 
 
 def rank_sampler(dataset: Dataset, *, shuffle: bool = True, seed: int = 0, world: Optional[int] = None,
-                 rank_: Optional[int] = None) -> DistributedSampler:
+                 rank_: Optional[int] = None, drop_last: bool = False) -> DistributedSampler:
     """``DistributedSampler`` for this rank; ``world`` / ``rank_`` default to the process group (1 / 0 without one),
-    so one process gets the same permutation a torchrun job splits."""
+    so one process gets the same permutation a torchrun job splits.
+
+    ``drop_last=True`` cuts the permutation to a multiple of ``world`` instead of padding it with repeated items:
+    with a loader that drops its last incomplete batch, N ranks of batch B then take exactly the
+    ``floor(n / (N x B))`` global batches one process of batch N x B takes, item for item."""
     world = world_size() if world is None else world
     rank_ = rank() if rank_ is None else rank_
-    return DistributedSampler(dataset, num_replicas=world, rank=rank_, shuffle=shuffle, seed=seed)
+    return DistributedSampler(dataset, num_replicas=world, rank=rank_, shuffle=shuffle, seed=seed,
+                              drop_last=drop_last)
 
 
 def distributed_loader(loader: DataLoader, *, seed: int = 0) -> DataLoader:

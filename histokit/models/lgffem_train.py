@@ -85,13 +85,14 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
                  optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                  device: str | torch.device = "cpu", checkpoint_path: Optional[str | Path] = None,
                  resume: bool = True, grad_clip: Optional[float] = 1.0, max_steps_per_epoch: Optional[int] = None,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, max_steps: Optional[int] = None) -> list[dict]:
     """Train neck + head (+ loss centres) for ``epochs``; returns ``history`` = [{epoch, loss, lr, steps}].
 
     Without ``optimizer``/``scheduler`` the paper's :func:`make_optimizer` is used. After each epoch the trainable
     weights (:meth:`LGFFEM.trainable_state_dict` when available), loss, optimizer, scheduler and history are saved
     atomically to ``checkpoint_path``; with ``resume`` an existing checkpoint there is loaded
     (``weights_only=True``) and training continues after its last epoch. ``grad_clip`` 1.0 as in the ffnir scripts.
+    ``max_steps``: stop after this many optimizer steps in all (a rehearsal), counting those of a resumed checkpoint.
     """
     if optimizer is None:
         if scheduler is not None:
@@ -117,7 +118,10 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
         history = list(ckpt["history"])
         start = int(ckpt["epoch"]) + 1
     params = [p for p in model.parameters() if p.requires_grad]  # ffnir clips the model, not the loss centres
+    done = sum(int(h.get("steps", 0)) for h in history)
     for epoch in range(start, epochs):
+        if max_steps is not None and done >= max_steps:
+            break
         model.train()
         total, steps = 0.0, 0
         bar = tqdm(loader, desc=f"LGFFEM epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
@@ -134,8 +138,11 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
             optimizer.step()
             total += loss.item()
             steps += 1
+            done += 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
             if max_steps_per_epoch is not None and steps >= max_steps_per_epoch:
+                break
+            if max_steps is not None and done >= max_steps:
                 break
         if steps == 0:
             raise ValueError("train_lgffem: the loader yielded no batches")

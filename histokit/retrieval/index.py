@@ -42,8 +42,85 @@ def _default_nlist(n: int) -> int:
     return int(max(1, min(4 * int(np.sqrt(n)), n // 39)))
 
 
+# FAISS wheels on PyPI, GPU builds first: which one provides ``import faiss`` is read from the installed metadata.
+FAISS_DISTRIBUTIONS = ("faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu-cuvs", "faiss-gpu-cu12-cuvs",
+                       "faiss-gpu-cu13-cuvs", "faiss-cuda", "faiss-cpu", "faiss")
+
+
+def _gpu_support() -> bool:
+    """This FAISS build was compiled with GPU support (whether or not a GPU is present)."""
+    return hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "get_num_gpus")
+
+
+def _num_gpus() -> int:
+    if not _gpu_support():
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except RuntimeError:  # a GPU build without a usable driver
+        return 0
+
+
 def _gpu_available() -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    return _num_gpus() > 0
+
+
+def faiss_build_info() -> dict[str, Any]:
+    """The FAISS build in use, for ``run.json``: ``package`` (the installed distribution that provides ``faiss``,
+    e.g. ``faiss-cpu`` or ``faiss-gpu``), ``package_version``, ``version`` (``faiss.__version__``),
+    ``gpu_support`` (compiled with GPU support), ``num_gpus`` (GPUs FAISS sees; 0 without GPU support) and
+    ``installed`` (every FAISS distribution found: two of them overwrite each other's ``faiss`` package)."""
+    from importlib import metadata
+
+    installed = {}
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            installed[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    gpu = _gpu_support()
+    gpu_names = [n for n in installed if n != "faiss-cpu" and n != "faiss"]
+    package = (gpu_names[0] if gpu and gpu_names else "faiss-cpu" if "faiss-cpu" in installed
+               else next(iter(installed), None))
+    return {"package": package, "package_version": installed.get(package), "version": faiss.__version__,
+            "gpu_support": gpu, "num_gpus": _num_gpus(), "installed": installed}
+
+
+def no_gpu_reason() -> str:
+    """Why FAISS cannot use a GPU here, in words (for the CPU fallback's warning)."""
+    info = faiss_build_info()
+    build = f"this FAISS build ({info['package']} {info['package_version']}, faiss {info['version']})"
+    return f"{build} has no GPU support" if not info["gpu_support"] else f"{build} has GPU support but sees no GPU"
+
+
+def _gpu_ids(device: str) -> list[int]:
+    """``cuda`` -> every GPU FAISS sees; ``cuda:N`` -> GPU N."""
+    n = _num_gpus()
+    if ":" in str(device):
+        gpu_id = int(str(device).split(":", 1)[1])
+        if not 0 <= gpu_id < n:
+            raise ValueError(f"device={device!r} but FAISS sees {n} GPU(s)")
+        return [gpu_id]
+    return list(range(n))
+
+
+def to_gpu(index: faiss.Index, device: str = "cuda") -> faiss.Index:
+    """``index`` on the GPU(s) of ``device`` (a replica per GPU for ``cuda`` with several GPUs: exact results,
+    queries split between them); the FAISS GPU resources stay alive as long as the returned index."""
+    ids = _gpu_ids(device)
+    if len(ids) == 1:
+        res = faiss.StandardGpuResources()
+        gpu_index = faiss.index_cpu_to_gpu(res, ids[0], index)
+        gpu_index._histokit_gpu_resources = res
+    else:
+        gpu_index = faiss.index_cpu_to_all_gpus(index)  # replicas (shard=False): the same hits as one GPU
+    gpu_index._histokit_on_gpu = True
+    return gpu_index
+
+
+def is_gpu_index(index: faiss.Index) -> bool:
+    """Whether ``index`` lives on a GPU (a GpuIndex, or replicas / shards built by :func:`to_gpu`)."""
+    return "Gpu" in type(index).__name__ or bool(getattr(index, "_histokit_on_gpu", False))
 
 
 def build_index(
@@ -60,9 +137,11 @@ def build_index(
 
     kind: ``flat`` (exact, default), ``ivf`` (IndexIVFFlat, ``nlist`` lists, ``nprobe`` searched; trained on the
     features themselves), ``hnsw`` (IndexHNSWFlat with ``hnsw_m`` links). metric: ``ip`` (inner product = cosine on
-    L2-normalized vectors, the paper's similarity) or ``l2`` (squared Euclidean). device ``cuda`` moves the index to
-    a GPU through FAISS GPU resources when this FAISS build has GPUs; otherwise it warns and stays on the CPU
-    (faiss-cpu is the pinned build). HNSW has no FAISS GPU implementation and always stays on the CPU.
+    L2-normalized vectors, the paper's similarity) or ``l2`` (squared Euclidean). device ``cuda`` (every GPU,
+    one replica each) or ``cuda:N`` moves the index to the GPU when this FAISS build has GPU support and sees a GPU
+    (the ``gpu`` extra, docs/scaling.md); otherwise (faiss-cpu, the default install) it warns and stays on the
+    CPU. The index is built on the CPU and copied, so its contents are the same either way. HNSW has no FAISS GPU
+    implementation and always stays on the CPU.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got kind={kind!r}")
@@ -94,17 +173,10 @@ def build_index(
         if kind == "hnsw":
             warnings.warn("FAISS has no GPU HNSW index; the HNSW index stays on the CPU", stacklevel=2)
         elif not _gpu_available():
-            warnings.warn(
-                f"device={device!r} requested but this FAISS build has no GPU support "
-                f"(faiss {faiss.__version__}, {faiss.get_num_gpus()} GPUs); searching on the CPU instead",
-                stacklevel=2,
-            )
+            warnings.warn(f"device={device!r} requested but {no_gpu_reason()}; the index stays on the CPU (GPU "
+                          f"FAISS: the gpu extra, docs/scaling.md)", stacklevel=2)
         else:
-            gpu_id = int(str(device).split(":")[1]) if ":" in str(device) else 0
-            res = faiss.StandardGpuResources()
-            gpu_index = faiss.index_cpu_to_gpu(res, gpu_id, index)
-            gpu_index._histokit_gpu_resources = res  # keep the resources alive as long as the index
-            index = gpu_index
+            index = to_gpu(index, str(device))
     return index
 
 
@@ -193,7 +265,7 @@ def save_index(index: faiss.Index, path: str | os.PathLike) -> dict[str, Any]:
     """Write ``index`` atomically (GPU indexes are copied to the CPU first) plus ``<path>.json`` with its sha256,
     dim, ntotal, kind, metric and FAISS version; return that metadata."""
     path = Path(path)
-    cpu_index = faiss.index_gpu_to_cpu(index) if _gpu_available() and "Gpu" in type(index).__name__ else index
+    cpu_index = faiss.index_gpu_to_cpu(index) if _gpu_available() and is_gpu_index(index) else index
     with atomic_path(path) as tmp:
         faiss.write_index(cpu_index, str(tmp))
     meta = {**_describe(cpu_index), "sha256": sha256_file(path), "faiss_version": faiss.__version__,

@@ -23,8 +23,8 @@ import faiss
 import numpy as np
 
 from ..io import atomic_path, atomic_write_json, sha256_file
-from .index import (METRICS, IndexFileError, _as_float32_matrix, _gpu_available, read_sidecar, recall_at_k,
-                    save_index)
+from .index import (METRICS, IndexFileError, _as_float32_matrix, _gpu_available, is_gpu_index, no_gpu_reason,
+                    read_sidecar, recall_at_k, save_index)
 
 KINDS = ("ivf_flat", "ivf_pq")
 ADD_BATCH = 65_536  # rows per add() call: bounds the temporary memory of assigning vectors to lists
@@ -100,7 +100,7 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
     """Lists searched per query, on a plain, sharded (``IndexShards``) or GPU index alike."""
     if nprobe < 1:
         raise ValueError(f"nprobe must be >= 1, got nprobe={nprobe}")
-    space = faiss.GpuParameterSpace() if "Gpu" in type(index).__name__ and hasattr(faiss, "GpuParameterSpace") \
+    space = faiss.GpuParameterSpace() if is_gpu_index(index) and hasattr(faiss, "GpuParameterSpace") \
         else faiss.ParameterSpace()
     space.set_index_parameter(index, "nprobe", int(nprobe))
 
@@ -198,12 +198,13 @@ def to_all_gpus(index: faiss.Index, *, shard: bool = True) -> faiss.Index:
     merged), ``False`` replicates it (more queries per second, no more capacity). Without a FAISS GPU build (the
     pinned faiss-cpu) it warns and returns ``index`` unchanged. On-disk inverted lists cannot go to a GPU."""
     if not _gpu_available():
-        warnings.warn(f"this FAISS build has no GPU support (faiss {faiss.__version__}, {faiss.get_num_gpus()} GPUs): "
-                      f"the index stays on the CPU", stacklevel=2)
+        warnings.warn(f"{no_gpu_reason()}: the index stays on the CPU", stacklevel=2)
         return index
     co = faiss.GpuMultipleClonerOptions()
     co.shard = shard
-    return faiss.index_cpu_to_all_gpus(index, co=co)
+    gpu_index = faiss.index_cpu_to_all_gpus(index, co=co)
+    gpu_index._histokit_on_gpu = True  # IndexShards / IndexReplicas of GPU indexes: searched through GpuParameterSpace
+    return gpu_index
 
 
 def _ivfdata_path(path: Path) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,25 +85,80 @@ def feature_parts(ctx: StageContext, model: str, dataset: str, scheme: str | Non
     return parts
 
 
-def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bool = True) -> dict:
-    """Features (+ official test set), the gallery index and (``timed``) the timings of one (model, dataset)."""
+def feature_files(ctx: StageContext, model: str, dataset_key: str) -> list[tuple[bool, Path]]:
+    """(is_test, path) of every feature file of (model, dataset): the dataset, and its official test set if any."""
+    tests = [False, True] if ctx.recipe.dataset(dataset_key).test_dataset else [False]
+    return [(t, feature_path(ctx, model, dataset_key, t)) for t in tests]
+
+
+def _done(path) -> bool:
+    return path.exists() and path.with_suffix(".json").exists()
+
+
+def extraction_targets(ctx: StageContext, model_name: str, dataset_key: str):
+    """``(model, record, [(path, dataset)])``: the model with its weights resolved, the fields every feature
+    sidecar carries, and each feature file still to extract with its dataset under the evaluation transform. The
+    single-process stage and each torchrun rank (``histokit.distributed.extract stage``) both start here; seeded
+    first, so a randomly initialised model is the same in every rank and in one process, whatever ran before."""
+    from .context import seed_everything
+
+    seed_everything(ctx.seed)
     model = load_model(ctx, model_name, dataset_key)
     transform = eval_transform(ctx.recipe.image_size, model.spec.mean, model.spec.std)
-    batch = ctx.recipe.extraction_batch_size
     record = {"model": model_name, "dataset": dataset_key, "weights": model.source}
-    targets = [(False, load_recipe_dataset(ctx, dataset_key))]
-    if ctx.recipe.dataset(dataset_key).test_dataset:
-        targets.append((True, load_recipe_dataset(ctx, dataset_key, test=True)))
-    for is_test, dataset in targets:
-        path = feature_path(ctx, model_name, dataset_key, is_test)
-        if path.exists() and path.with_suffix(".json").exists():
+    targets = []
+    for is_test, path in feature_files(ctx, model_name, dataset_key):
+        if _done(path):
             continue
+        dataset = load_recipe_dataset(ctx, dataset_key, test=is_test)
         dataset.transform = transform
-        fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device, progress=ctx.progress)
-        sha = save_features(path, fs)
-        atomic_write_json(path.with_suffix(".json"), {"sha256": sha, **record, "timing": fs.timing})
+        targets.append((path, dataset))
+    return model, record, targets
+
+
+def _extract_under_torchrun(ctx: StageContext, model_name: str, dataset_key: str) -> None:
+    import shlex
+
+    from ..distributed.extract import stage_module_args
+    from ..distributed.launch import TorchrunError, run_torchrun, torchrun_command
+
+    log_dir = ctx.path("logs", "torchrun", f"extract_{slug(model_name)}_{slug(dataset_key)}")
+    cmd = torchrun_command(ctx.distributed, stage_module_args(ctx, model_name, dataset_key), log_dir=log_dir)
+    print(f"[histokit] features of {model_name} on {dataset_key}: {shlex.join(cmd)}", flush=True)
+    run_torchrun(cmd, what=f"feature extraction of {model_name!r} on {dataset_key!r}", log_dir=log_dir,
+                 echo=ctx.progress)
+    missing = [str(p) for _, p in feature_files(ctx, model_name, dataset_key) if not _done(p)]
+    if missing:
+        raise TorchrunError(f"feature extraction of {model_name!r} on {dataset_key!r}: torchrun ended without error "
+                            f"but {missing} are missing (rank 0 merges them; is the run directory on a filesystem "
+                            f"every node sees?)")
+
+
+def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bool = True) -> dict:
+    """Features (+ official test set), the gallery index and (``timed``) the timings of one (model, dataset).
+
+    With ``ctx.distributed`` asking for several processes the missing feature files are extracted by a torchrun
+    job (each rank whole groups of images, rank 0 merges); otherwise here, in one process."""
+    from ..distributed.launch import is_multiprocess
+
+    batch = ctx.recipe.extraction_batch_size
+    pending = [p for _, p in feature_files(ctx, model_name, dataset_key) if not _done(p)]
+    if is_multiprocess(ctx.distributed):
+        if pending:
+            _extract_under_torchrun(ctx, model_name, dataset_key)
+        if not head_node(ctx):  # the other nodes' notebooks only join the torchrun jobs; node 0 indexes and times
+            return {"model": model_name, "dataset": dataset_key}
+        model = load_model(ctx, model_name, dataset_key)
+        record = {"model": model_name, "dataset": dataset_key, "weights": model.source}
+    else:
+        model, record, targets = extraction_targets(ctx, model_name, dataset_key)
+        for path, dataset in targets:
+            fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device,
+                                  progress=ctx.progress)
+            sha = save_features(path, fs)
+            atomic_write_json(path.with_suffix(".json"), {"sha256": sha, **record, "timing": fs.timing})
     gallery = feature_parts(ctx, model_name, dataset_key)["train"]
-    index = build_index(gallery.features, kind="flat", metric="ip")
+    index = build_index(gallery.features, kind="flat", metric="ip", device=ctx.device)  # GPU FAISS if built
     save_index(index, ctx.path("index", slug(model_name), slug(dataset_key) + ".faiss"))
     if not timed:
         return {**record, "gallery_size": int(index.ntotal)}
@@ -119,8 +175,16 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     return timing
 
 
+def head_node(ctx: StageContext) -> bool:
+    """False on the nodes other than node 0 of a multi-node job (``distributed["node_rank"] > 0``): their stage 04
+    joins each torchrun extraction and writes nothing itself (the run directory is shared; node 0 writes)."""
+    return int((ctx.distributed or {}).get("node_rank") or 0) == 0
+
+
 def run(ctx: StageContext) -> IndexSummary:
     timings = [extract_pair(ctx, m, d, timed) for (m, d), timed in pairs_needed(ctx).items()]
+    if not head_node(ctx):
+        return IndexSummary(pd.DataFrame(timings), pd.DataFrame())
     timing = pd.DataFrame(timings)
     atomic_write_json(ctx.path("timing", "all.json"), timings)
     atomic_write_text(ctx.results_dir / "timing.csv", timing.to_csv(index=False))

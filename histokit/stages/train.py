@@ -1,6 +1,9 @@
 """Stages 02 (pretraining) and 03 (fine-tuning): every TrainSpec of the recipe through the one training engine.
 
 A run whose final encoder exists is not trained again; an interrupted run resumes from its last epoch checkpoint.
+With ``ctx.distributed`` asking for more than one process (``histokit reproduce --nproc-per-node N``), each run is
+a ``torchrun`` job whose ranks run :func:`train_rank`, the function a single process runs (docs/scaling.md): the
+recipe's batch is the global batch, ``batch_size / world`` per rank, and the outputs are the same files.
 """
 from __future__ import annotations
 
@@ -9,13 +12,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
 from ..io import atomic_torch_save, atomic_write_json
 from ..papers.recipe import TrainSpec
 from .common import (load_recipe_dataset, resolve_weights, split_indices, trained_weights_path,
-                     training_fingerprint)
+                     training_fingerprint, training_rows)
 from .context import StageContext
 
 
@@ -51,9 +53,95 @@ def views_transform(spec: TrainSpec, mean, std):
     return lambda image: [single(image)]
 
 
-def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
+def per_rank_batch(global_batch: int, world: int) -> int:
+    """The batch each of ``world`` ranks loads: the recipe's batch is the global batch, split evenly
+    (``global / world``); a batch that does not divide is refused rather than silently changed."""
+    if world < 1:
+        raise ValueError(f"world size must be >= 1, got {world}")
+    if global_batch % world:
+        raise ValueError(f"global batch {global_batch} is not divisible by the world size {world} (nproc_per_node x "
+                         f"nnodes): each rank loads global batch / world images; choose a world size that divides "
+                         f"{global_batch} (or a recipe batch that the world size divides)")
+    return global_batch // world
+
+
+def training_dataset(ctx: StageContext, spec: TrainSpec):
+    """The run's images: the train split of its recipe dataset (a rehearsal's ``max_train_images`` of it), with the
+    method's views drawn per image from an RNG seeded by (seed, epoch, index), so the views do not depend on which
+    process loads the image."""
+    from ..distributed.sampler import PerSampleSeed
+
+    dataset = load_recipe_dataset(ctx, spec.dataset)
+    dataset = dataset.subset(training_rows(ctx, split_indices(ctx, spec.dataset)["train"]))
+    dataset.transform = views_transform(spec, spec.mean, spec.std)
+    return PerSampleSeed(dataset, seed=ctx.seed)
+
+
+def training_loader(ctx: StageContext, spec: TrainSpec) -> DataLoader:
+    """This process's loader: one seeded permutation per epoch (``DistributedSampler``, this rank's share of it;
+    all of it in one process), full batches of ``per_rank_batch(min(batch_size, images), world)``."""
+    from ..distributed.launch import world_size
+    from ..distributed.sampler import rank_sampler
+
+    dataset = training_dataset(ctx, spec)
+    batch = per_rank_batch(min(spec.batch_size, len(dataset)), world_size())
+    sampler = rank_sampler(dataset, shuffle=True, seed=ctx.seed, drop_last=True)
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=0)
+
+
+def initial_encoder(ctx: StageContext, spec: TrainSpec, scope: str):
+    """The encoder a run starts from and where its weights came from; seeded first, so a random initialisation
+    is the same in a notebook (whatever ran before) and in every torchrun rank."""
+    from .context import seed_everything
+
+    seed_everything(ctx.seed)
+    return resolve_weights(ctx, spec.encoder, spec.init, spec.dataset, image_size=spec.image_size, scope=scope,
+                           encoder_kwargs=spec.encoder_kwargs)
+
+
+def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
+    """The SSL / supervised run through the engine: ``(history, the encoder to evaluate)``. Under a process group
+    the engine wraps the method in DDP; ``ctx.max_steps`` (a rehearsal) caps the optimisation steps."""
     from ..ssl.registry import create_method
     from ..train.engine import train
+
+    loader = training_loader(ctx, spec)
+    method = create_method(spec.method, encoder, **spec.method_cfg)
+    history = train(method, loader, epochs=spec.epochs, optimizer=spec.optimizer, lr=spec.lr,
+                    weight_decay=spec.weight_decay, warmup_epochs=spec.warmup_epochs, min_lr=spec.min_lr,
+                    device=ctx.device, checkpoint_dir=checkpoint_dir, resume=True, seed=ctx.seed,
+                    progress=ctx.progress, max_steps=ctx.max_steps)
+    return history, method.eval_encoder()
+
+
+def train_rank(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
+    """Train one run in this process: the whole run in a notebook, or this rank's part under torchrun
+    (``histokit.distributed.pretrain``). Only rank 0 writes the outputs."""
+    from ..distributed.launch import is_main, world_size
+
+    final = trained_weights_path(ctx, spec.name)
+    history_file = final.parent / "history.json"
+    figure = ctx.results_dir / "figures" / f"loss_{spec.name}.png"
+    encoder, init = initial_encoder(ctx, spec, scope)
+    if spec.method == "subcenter_arcface":
+        if world_size() > 1:
+            raise ValueError(f"training run {spec.name!r}: Sub-center ArcFace (models/lgffem_train.py) has no "
+                             "distributed loop; it trains in one process")
+        from .train_metric import train_subcenter_arcface
+
+        history = train_subcenter_arcface(ctx, spec, encoder, final.parent / "checkpoints" / "last.pt")
+        trained = encoder
+    else:
+        history, trained = fit(ctx, spec, encoder, final.parent / "checkpoints")
+    if not is_main():
+        return TrainOutcome(spec.name, "trained", init, history, None)
+    return _finish(ctx, spec, trained, init, history, final, history_file, figure)
+
+
+def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
+    """One run of the recipe: reused when its encoder exists; else trained here (no process group), or by
+    ``torchrun`` workers when ``ctx.distributed`` asks for more than one process."""
+    from ..distributed.launch import is_multiprocess
 
     final = trained_weights_path(ctx, spec.name)
     history_file = final.parent / "history.json"
@@ -65,34 +153,47 @@ def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
             return TrainOutcome(spec.name, "reused", saved["init"], saved["history"], figure if figure.exists() else None)
         # other inputs (a new checkpoint, a retrained upstream run): neither the weights nor a resume point are valid
         shutil.rmtree(final.parent, ignore_errors=True)
-    encoder, init = resolve_weights(ctx, spec.encoder, spec.init, spec.dataset, image_size=spec.image_size, scope=scope,
-                                   encoder_kwargs=spec.encoder_kwargs)
-    mean, std = spec.mean, spec.std
-    if spec.method == "subcenter_arcface":
-        from .train_metric import train_subcenter_arcface
+    if is_multiprocess(ctx.distributed):
+        if spec.method != "subcenter_arcface":
+            return _train_under_torchrun(ctx, spec, scope, final, history_file, figure)
+        print(f"[histokit] {spec.name}: Sub-center ArcFace has no distributed loop; it trains in this process")
+    return train_rank(ctx, spec, scope)
 
-        history = train_subcenter_arcface(ctx, spec, encoder, final.parent / "checkpoints" / "last.pt")
-        return _finish(ctx, spec, encoder, init, history, final, history_file, figure)
-    dataset = load_recipe_dataset(ctx, spec.dataset)
-    train_split = split_indices(ctx, spec.dataset)["train"]
-    dataset = dataset.subset(train_split)
-    dataset.transform = views_transform(spec, mean, std)
-    loader = DataLoader(dataset, batch_size=min(spec.batch_size, len(dataset)), shuffle=True, drop_last=True,
-                        num_workers=0, generator=torch.Generator().manual_seed(ctx.seed))
-    method = create_method(spec.method, encoder, **spec.method_cfg)
-    history = train(method, loader, epochs=spec.epochs, optimizer=spec.optimizer, lr=spec.lr,
-                    weight_decay=spec.weight_decay, warmup_epochs=spec.warmup_epochs, min_lr=spec.min_lr,
-                    device=ctx.device, checkpoint_dir=final.parent / "checkpoints", resume=True, seed=ctx.seed,
-                    progress=ctx.progress)
-    return _finish(ctx, spec, method.eval_encoder(), init, history, final, history_file, figure)
+
+def _train_under_torchrun(ctx, spec, scope, final, history_file, figure) -> TrainOutcome:
+    import shlex
+
+    from ..distributed.launch import TorchrunError, planned_world_size, run_torchrun, torchrun_command
+    from ..distributed.pretrain import module_args
+
+    world = planned_world_size(ctx.distributed)
+    n_train = len(training_rows(ctx, split_indices(ctx, spec.dataset)["train"]))  # made before the ranks read it
+    batch = min(spec.batch_size, n_train)
+    if world is not None:  # refused here, before any process starts (an elastic node range: by the ranks)
+        try:
+            per_rank_batch(batch, world)
+        except ValueError as err:
+            raise ValueError(f"training run {spec.name!r}: {err}") from None
+    log_dir = ctx.path("logs", "torchrun", spec.name)
+    cmd = torchrun_command(ctx.distributed, module_args(ctx, spec.name, scope), log_dir=log_dir)
+    print(f"[histokit] {spec.name}: {world or 'elastic'} processes, global batch {batch}"
+          + (f" = {world} x {batch // world}" if world else "") + f"\n[histokit] {shlex.join(cmd)}", flush=True)
+    run_torchrun(cmd, what=f"training run {spec.name!r}", log_dir=log_dir, echo=ctx.progress)
+    if not (final.exists() and history_file.exists()):
+        raise TorchrunError(f"training run {spec.name!r}: torchrun ended without error but {final} or "
+                            f"{history_file} is missing (rank 0 writes them; is the run directory on a filesystem "
+                            f"every node sees?)")
+    saved = json.loads(history_file.read_text())
+    return TrainOutcome(spec.name, "trained", saved["init"], saved["history"], figure if figure.exists() else None)
 
 
 def _finish(ctx, spec, encoder, init, history, final, history_file, figure) -> TrainOutcome:
+    from ..distributed.launch import world_size
     from ..viz.curves import loss_curve
 
     atomic_torch_save(encoder.state_dict(), final)
     atomic_write_json(history_file, {"init": init, "history": history, "spec": spec.__dict__,
-                                     "fingerprint": training_fingerprint(ctx, spec)})
+                                     "fingerprint": training_fingerprint(ctx, spec), "world_size": world_size()})
     loss_curve(history, figure, title=f"{spec.name}: {spec.method} on {spec.dataset} (init: {init})")
     return TrainOutcome(spec.name, "trained", init, history, figure)
 

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from ..models.lgffem_train import make_optimizer, make_subcenter_arcface, train_lgffem
 from ..papers.recipe import TrainSpec
-from .common import load_recipe_dataset, split_indices
+from .common import load_recipe_dataset, split_indices, training_rows
 from .context import StageContext
 from .finetune_fractions import finetune_transform
 
@@ -16,7 +16,7 @@ def train_subcenter_arcface(ctx: StageContext, spec: TrainSpec, encoder, checkpo
     """``method_cfg``: ``variant`` paper (m = 17.2°, s = 64) | public_code (m = s = 17.5), ``sub_centers``."""
     cfg = dict(spec.method_cfg)
     dataset = load_recipe_dataset(ctx, spec.dataset)
-    rows = split_indices(ctx, spec.dataset)["train"]
+    rows = training_rows(ctx, split_indices(ctx, spec.dataset)["train"])
     train = dataset.subset(rows).with_transform(finetune_transform(spec.image_size, spec.mean, spec.std))
     loader = DataLoader(train, batch_size=min(spec.batch_size, len(train)), shuffle=True, drop_last=True,
                         num_workers=0, generator=torch.Generator().manual_seed(ctx.seed))
@@ -25,5 +25,6 @@ def train_subcenter_arcface(ctx: StageContext, spec: TrainSpec, encoder, checkpo
     optimizer, scheduler = make_optimizer(encoder, loss, spec.epochs, lr=spec.lr, min_lr=spec.min_lr,
                                           weight_decay=spec.weight_decay)
     history = train_lgffem(encoder, loss, loader, spec.epochs, optimizer=optimizer, scheduler=scheduler,
-                           device=ctx.device, checkpoint_path=checkpoint_path, resume=True, progress=ctx.progress)
+                           device=ctx.device, checkpoint_path=checkpoint_path, resume=True, progress=ctx.progress,
+                           max_steps=ctx.max_steps)
     return [dict(h, step=h.get("step", h["epoch"] + 1)) for h in history]  # one point per epoch on the curve
