@@ -23,7 +23,7 @@ from torch import nn
 from histokit.models.base import Encoder
 
 from .base import batch_mean_all_ranks, check_views, ema_update, forward_views, make_teacher
-from .dino import DINO, DINOHead, cross_entropy_soft
+from .dino import DINO, DINOHead
 
 
 def match_regions(student_feats: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
@@ -39,9 +39,20 @@ def region_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, stude
 
     ``student_logits`` (B, T_s, K) are already divided by the student temperature, ``teacher_probs`` (B, T_t, K) are
     centered and sharpened; each student region is matched to its most similar teacher region (backbone features)."""
+    return region_loss_from_log_probs(F.log_softmax(student_logits, dim=-1), teacher_probs, student_feats,
+                                      teacher_feats)
+
+
+def region_loss_from_log_probs(student_log_probs: torch.Tensor, teacher_probs: torch.Tensor,
+                               student_feats: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
+    """:func:`region_loss` from the student's log-softmax (B, T_s, K), computed once per student view.
+
+    ``-sum_k P_t[match(s), k] log P_s[s, k]`` is read off the (B, T_s, T_t) matrix ``log P_s @ P_t^T`` at the matched
+    teacher region: the same number as gathering the matched teacher rows, without a (B, T_s, K) copy per
+    (teacher, student) pair — at K = 65,536 that copy, not the arithmetic, is what a step costs."""
     idx = match_regions(student_feats, teacher_feats)
-    matched = torch.gather(teacher_probs, 1, idx.unsqueeze(-1).expand(-1, -1, teacher_probs.shape[-1]))
-    return cross_entropy_soft(matched, student_logits).mean(dim=-1)
+    cross = torch.bmm(student_log_probs, teacher_probs.transpose(1, 2))
+    return -torch.gather(cross, 2, idx.unsqueeze(-1)).squeeze(-1).mean(dim=-1)
 
 
 class EsViTLoss(nn.Module):
@@ -63,15 +74,17 @@ class EsViTLoss(nn.Module):
                 t_feat: Sequence[torch.Tensor], teacher_temp: float) -> tuple[torch.Tensor, dict]:
         t_view_probs = [F.softmax((t.float() - self.center) / teacher_temp, dim=-1).detach() for t in t_view]
         t_region_probs = [F.softmax((t.float() - self.center_grid) / teacher_temp, dim=-1).detach() for t in t_region]
+        # each student view's log-softmax once, shared by every teacher view it is compared with
+        s_view_logp = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in s_view]
+        s_region_logp = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in s_region]
         total = view_total = region_total = 0.0
         n_terms = 0
         for iq, (q_view, q_region) in enumerate(zip(t_view_probs, t_region_probs)):
             for v in range(len(s_view)):
                 if v == iq:
                     continue
-                view_term = cross_entropy_soft(q_view, s_view[v].float() / self.student_temp)
-                region_term = region_loss(s_region[v].float() / self.student_temp, q_region,
-                                          s_feat[v].detach(), t_feat[iq])
+                view_term = torch.sum(-q_view * s_view_logp[v], dim=-1)
+                region_term = region_loss_from_log_probs(s_region_logp[v], q_region, s_feat[v].detach(), t_feat[iq])
                 total = total + (0.5 * view_term + 0.5 * region_term).mean()
                 view_total = view_total + view_term.mean().detach()
                 region_total = region_total + region_term.mean().detach()

@@ -17,10 +17,29 @@ class DataSummary:
     figures: list = field(default_factory=list)
 
 
+def target_bins(dataset, n_bins: int = 4):
+    """A regression dataset (BreastPathQ cellularity) seen as ``n_bins`` equal-width target ranges, so its counts and
+    sample grid read like a classification dataset's; a classification dataset is returned as it is."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ..data.datasets import PatchDataset
+
+    if not dataset.is_regression:
+        return dataset
+    y = np.asarray(dataset.labels, dtype=float)
+    edges = np.linspace(y.min(), y.max(), n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, n_bins - 1)
+    names = [f"target {edges[i]:.2f}-{edges[i + 1]:.2f}" for i in range(n_bins)]
+    samples = [replace(s, label=int(b)) for s, b in zip(dataset.samples, bins)]
+    return PatchDataset(samples, names, dataset.transform, name=dataset.name, image_loader=dataset.image_loader)
+
+
 def class_count_table(ctx: StageContext) -> pd.DataFrame:
     rows = []
     for spec in ctx.recipe.datasets:
-        dataset = load_recipe_dataset(ctx, spec.key)
+        dataset = target_bins(load_recipe_dataset(ctx, spec.key))
         counts = pd.Series(dataset.labels).value_counts().sort_index()
         for label, n in counts.items():
             rows.append({"dataset": spec.key, "source": spec.dataset, "class": dataset.classes[label], "tiles": int(n)})
@@ -49,7 +68,7 @@ def run(ctx: StageContext) -> DataSummary:
     atomic_write_text(out / "split_sizes.csv", sizes.to_csv(index=False))
     figures = []
     for spec in ctx.recipe.datasets:
-        dataset = load_recipe_dataset(ctx, spec.key)
+        dataset = target_bins(load_recipe_dataset(ctx, spec.key))
         grid = ctx.results_dir / "figures" / f"data_{slug(spec.key)}_samples.png"
         sample_grid(dataset, dataset.classes, per_class=4, path=grid, seed=ctx.seed)
         bars = ctx.results_dir / "figures" / f"data_{slug(spec.key)}_class_counts.png"
