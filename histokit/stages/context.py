@@ -77,6 +77,13 @@ REHEARSAL_NOTE = ("REHEARSAL — not a reproduction: the full profile's exact re
                   "(`histokit data mock`) every number is meaningless; it proves the path runs.")
 
 
+def _portable_path(path: Path) -> str:
+    """A path as a note in a committed table shows it: relative to the repository (or ~/) where it lies there."""
+    from ..runner import portable
+
+    return portable(str(Path(path).resolve()))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -100,5 +107,5 @@ def open_stage(paper: str = "esvit", profile: str = "smoke", data_root: str = ""
     if ctx.rehearsal:
         ctx.add_note("all", REHEARSAL_NOTE.format(**{"max_steps": "?", "max_images_per_class": "?",
                                                      "max_train_images": "all", **ctx.rehearse},
-                                                  data_root=ctx.data_root))
+                                                  data_root=_portable_path(ctx.data_root)))
     return ctx
