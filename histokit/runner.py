@@ -177,11 +177,50 @@ def _failed_cell(source: Path, executed: Path) -> Optional[int]:
     return None
 
 
-def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, log_output: bool = False) -> StageRecord:
-    """Execute one stage notebook into ``run_dir/notebooks``; skip it if its done-marker matches."""
+def _execute(stage: str, notebook: Path, executed: Path, params: dict, log_output: bool) -> float:
+    """Run one notebook with papermill into ``executed``; the seconds it took, or :class:`StageFailed`."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=KERNEL_NAME,
+                                   cwd=str(notebook.parent), progress_bar=False, log_output=log_output)
+    except PapermillExecutionError as exc:
+        raise StageFailed(stage, executed, _failed_cell(notebook, executed), exc.ename, exc.evalue) from None
+    return time.perf_counter() - start
+
+
+# Stages whose work runs under torchrun: the only ones a node other than node 0 takes part in.
+DISTRIBUTED_STAGES = ("02_pretrain", "03_finetune", "04_index")
+
+
+def follow_node(paper: str, label: str, params: dict, run_dir: Path, stages: list[str], node_rank: int, *,
+                log_output: bool = False, wait_s: float = 6 * 3600, poll_s: float = 10.0) -> list[StageRecord]:
+    """A node other than node 0 of a multi-node job: it joins the torchrun jobs of stages 02-04 and writes nothing of
+    its own in the shared run directory (node 0's ranks write; its notebooks go to ``notebooks/node<k>/``). It starts
+    once node 0 has finished 01_data with the same inputs, so both nodes read the same splits."""
+    if not stage_is_current("01_data", params, run_dir):
+        print(f"[histokit] {paper} / {label}: node {node_rank} waits for node 0 to finish 01_data in {run_dir}",
+              flush=True)
+        deadline = time.monotonic() + wait_s
+        while not stage_is_current("01_data", params, run_dir):
+            if time.monotonic() > deadline:
+                raise RunnerError(f"node {node_rank}: node 0 did not finish 01_data in {run_dir} within "
+                                  f"{wait_s / 3600:.1f} h; is the run directory shared and are the parameters equal?")
+            time.sleep(poll_s)
+    records = []
+    for stage in (s for s in stages if s in DISTRIBUTED_STAGES):
+        executed = run_dir / "notebooks" / f"node{node_rank}" / f"{stage}.ipynb"
+        print(f"[histokit] {paper} / {label}: node {node_rank} joins {stage} ...", flush=True)
+        seconds = _execute(stage, notebook_path(stage), executed, params, log_output)
+        records.append(StageRecord(stage, "ran", seconds, str(executed)))
+    return records
+
+
+def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, log_output: bool = False) -> StageRecord:
+    """Execute one stage notebook into ``run_dir/notebooks``; skip it if its done-marker matches."""
     notebook = notebook_path(stage)
     if not notebook.exists():
         raise RunnerError(f"stage notebook not found: {notebook}")
@@ -200,14 +239,7 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
     # This stage's artifacts are about to change: no later stage that read the old ones may count as finished.
     for later in STAGES[STAGES.index(stage):]:
         (run_dir / "stages" / f"{later}.done.json").unlink(missing_ok=True)
-    executed.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=KERNEL_NAME,
-                                   cwd=str(notebook.parent), progress_bar=False, log_output=log_output)
-    except PapermillExecutionError as exc:
-        raise StageFailed(stage, executed, _failed_cell(notebook, executed), exc.ename, exc.evalue) from None
-    seconds = time.perf_counter() - start
+    seconds = _execute(stage, notebook, executed, params, log_output)
     atomic_write_json(marker, {"stage": stage, "fingerprint": fingerprint, "token": uuid.uuid4().hex,
                                "params": portable(params), "seconds": seconds, "finished": now_iso()})
     return StageRecord(stage, "ran", seconds, str(executed))
@@ -302,6 +334,10 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
     stages = select_stages(only, start)
     result = RunResult(paper, profile, run_path, None)
     print(f"[histokit] {paper} / {label}: run directory {run_path}")
+    node_rank = int((distributed or {}).get("node_rank") or 0)
+    if node_rank > 0:  # node 0 runs every stage and publishes; the others only join its torchrun jobs
+        result.stages = follow_node(paper, label, params, run_path, stages, node_rank, log_output=log_output)
+        return result
     for stage in stages:
         print(f"[histokit] {paper} / {label}: {stage} ...", flush=True)
         record = run_stage(stage, params, run_path, force=force, log_output=log_output)

@@ -139,3 +139,19 @@ def test_published_parameters_are_portable_in_committed_results():
         params = json.loads(run_json.read_text())["parameters"]
         assert not str(params.get("run_dir", "")).startswith("/"), run_json
         assert portable(params) == params, run_json
+
+
+@pytest.mark.fault
+def test_other_nodes_join_only_the_torchrun_stages_and_write_no_markers(seven_notebooks, tmp_path):
+    from histokit.runner import DISTRIBUTED_STAGES, follow_node
+
+    run_dir = tmp_path / "run"
+    params = {"run_dir": str(run_dir), "value": 1}
+    with pytest.raises(runner.RunnerError, match="did not finish 01_data"):
+        follow_node("esvit", "full", params, run_dir, list(STAGES), 1, wait_s=0.05, poll_s=0.01)
+    run_stage("01_data", params, run_dir)  # node 0
+    records = follow_node("esvit", "full", params, run_dir, list(STAGES), 1, poll_s=0.01)
+    assert [r.stage for r in records] == list(DISTRIBUTED_STAGES)
+    assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["01_data.done.json"]
+    assert sorted(p.name for p in (run_dir / "notebooks" / "node1").iterdir()) == \
+        [f"{s}.ipynb" for s in DISTRIBUTED_STAGES]
