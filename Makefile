@@ -25,9 +25,10 @@ reproduce: install
 
 # The full profile's exact recipe on layout-true mock data, steps and images capped, CPU: proves the full path runs.
 MOCK_ROOT ?= runs/mock_data
+REHEARSE_FLAGS ?=
 rehearse: install
 	$(BIN)/histokit data mock all --root $(MOCK_ROOT)
-	$(BIN)/histokit reproduce $(PAPERS) --profile full --rehearse --data-root $(MOCK_ROOT) --device cpu
+	$(BIN)/histokit reproduce $(PAPERS) --profile full --rehearse --data-root $(MOCK_ROOT) --device cpu $(REHEARSE_FLAGS)
 
 # nbval executes every notebook with its defaults (the esvit smoke chain) in a throw-away run directory, so a test
 # run never touches runs/ or results/.

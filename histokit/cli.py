@@ -29,6 +29,21 @@ def _distributed_flags(args: argparse.Namespace) -> dict:
     return flags
 
 
+def _rehearsal_caps(args: argparse.Namespace):
+    """False (not a rehearsal), or the rehearsal's caps: the defaults with any --rehearse-* given."""
+    from .runner import REHEARSAL_CAPS
+
+    if not args.rehearse:
+        return False
+    flags = {"max_steps": ("--rehearse-steps", args.rehearse_steps),
+             "max_images_per_class": ("--rehearse-images", args.rehearse_images),
+             "max_train_images": ("--rehearse-train-images", args.rehearse_train_images)}
+    for flag, value in flags.values():
+        if value is not None and value < 1:
+            raise SystemExit(f"histokit: {flag} must be >= 1, got {value}")
+    return {**REHEARSAL_CAPS, **{k: v for k, (_, v) in flags.items() if v is not None}}
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .papers import get_recipe, list_papers
     from .preflight import PreflightError, check_run, format_missing, validate_checkpoints
@@ -64,7 +79,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             reproduce(paper, args.profile, data_root=args.data_root, run_dir=args.run_dir if len(papers) == 1 else None,
                       device=args.device, seed=args.seed, only=args.only, start=args.start, force=args.force,
                       extra={**extra, **({"checkpoints": own} if own else {})}, log_output=args.verbose,
-                      rehearse=args.rehearse, distributed=_distributed_flags(args))
+                      rehearse=_rehearsal_caps(args), distributed=_distributed_flags(args))
         except (RunnerError, ValueError) as exc:
             print(f"histokit: {exc}", file=sys.stderr)
             return 1
@@ -193,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --profile full: the full recipe (full-size models, every run, table and figure) "
                           "with only the optimisation steps and images per class capped, e.g. on `histokit data "
                           "mock` data; results go to results/<paper>/rehearsal/")
+    rep.add_argument("--rehearse-steps", type=int, default=None, metavar="N",
+                     help="rehearsal: optimisation steps per training run (default 2)")
+    rep.add_argument("--rehearse-images", type=int, default=None, metavar="N",
+                     help="rehearsal: images per class in each split (default 10)")
+    rep.add_argument("--rehearse-train-images", type=int, default=None, metavar="N",
+                     help="rehearsal: images a training run reads, which bounds its batch (default 8)")
     rep.add_argument("--check", action="store_true",
                      help="list every missing dataset and weight file (with the manual steps) and exit; runs nothing")
     dist = rep.add_argument_group("multi-GPU / multi-node (torchrun) for the training runs and the extraction")
