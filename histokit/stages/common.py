@@ -57,18 +57,21 @@ def training_rows(ctx: StageContext, rows) -> np.ndarray:
 
 def cap_per_class_and_split(dataset: PatchDataset, cap: int) -> PatchDataset:
     """A rehearsal's data: at most ``cap`` images of each class in each official split (a regression target: at most
-    ``5 x cap`` per split), the first by path, so every class and split of the real layout is still present."""
+    ``5 x cap`` per split), evenly spaced in path order so that every class and split of the real layout is still
+    present and the picks spread over the source images / patients (a group-aware split stays possible)."""
     order = sorted(range(len(dataset)), key=lambda i: (str(dataset.samples[i].path), dataset.samples[i].row or 0,
                                                        dataset.samples[i].box or ()))
-    counts: dict = {}
-    keep = []
+    cells: dict = {}
     for i in order:
         sample = dataset.samples[i]
-        key = (sample.split, None if dataset.is_regression else sample.label)
-        limit = cap * 5 if dataset.is_regression else cap
-        if counts.get(key, 0) < limit:
-            counts[key] = counts.get(key, 0) + 1
-            keep.append(i)
+        cells.setdefault((sample.split, None if dataset.is_regression else sample.label), []).append(i)
+    limit = cap * 5 if dataset.is_regression else cap
+    keep = []
+    for members in cells.values():
+        if len(members) <= limit:
+            keep += members
+        else:
+            keep += [members[k] for k in np.linspace(0, len(members) - 1, limit).round().astype(int)]
     return dataset.subset(sorted(keep)) if len(keep) < len(dataset) else dataset
 
 
