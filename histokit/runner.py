@@ -276,6 +276,7 @@ def publish_results(run_dir: Path, target: Path, provenance: dict) -> Path:
 # A rehearsal's caps: optimisation steps per training run, images per class in each split (10 keeps a stratified
 # 80/10/10 split possible), and images a training run reads (which bounds its batch, so a full-size EsViT with
 # 65,536 prototypes fits a CPU machine's memory).
+# (Timings in a rehearsal: 2 passes, not 20, at a batch no larger than the capped gallery; stages/index.py.)
 REHEARSAL_CAPS = {"max_steps": 2, "max_images_per_class": 10, "max_train_images": 8}
 
 

@@ -73,7 +73,8 @@ REHEARSAL_NOTE = ("REHEARSAL — not a reproduction: the full profile's exact re
                   "optimisers, schedules, every training run, evaluation, table and figure) on the data under "
                   "{data_root} with only the optimisation steps capped ({max_steps} per training run, schedules kept at "
                   "full length), at most {max_images_per_class} images per class and split, and at most "
-                  "{max_train_images} training images per training run (which bounds its batch). On mock data "
+                  "{max_train_images} training images per training run (which bounds its batch); timings over 2 "
+                  "passes at a batch no larger than the gallery. On mock data "
                   "(`histokit data mock`) every number is meaningless; it proves the path runs.")
 
 
