@@ -60,6 +60,14 @@ class StageContext:
         f = self._notes_file()
         return json.loads(f.read_text()) if f.exists() else {}
 
+    def replace_notes(self, scope: str, prefix: str) -> None:
+        """Drop the notes of ``scope`` that start with ``prefix`` (a note whose wording the code has since changed)."""
+        notes = self.notes()
+        kept = [n for n in notes.get(scope, []) if not n.startswith(prefix)]
+        if kept != notes.get(scope, []):
+            notes[scope] = kept
+            atomic_write_json(self._notes_file(), notes)
+
     def add_note(self, scope: str, text: str) -> None:
         """Record a footnote for a table id (or "all"); repeated notes are stored once."""
         notes = self.notes()
@@ -105,7 +113,8 @@ def open_stage(paper: str = "esvit", profile: str = "smoke", data_root: str = ""
     seed_everything(ctx.seed)
     for note in recipe.notes:
         ctx.add_note("all", note)
-    if ctx.rehearsal:
+    if ctx.rehearsal:  # one rehearsal note, describing the caps of the code that runs now
+        ctx.replace_notes("all", REHEARSAL_NOTE.split(":", 1)[0])
         ctx.add_note("all", REHEARSAL_NOTE.format(**{"max_steps": "?", "max_images_per_class": "?",
                                                      "max_train_images": "all", **ctx.rehearse},
                                                   data_root=_portable_path(ctx.data_root)))
