@@ -83,10 +83,11 @@ def select_stages(only: Optional[Iterable[str]] = None, start: Optional[str] = N
     return stages
 
 
-def portable(value, root: Path = paths.REPO_DIR):
+def portable(value, root: Optional[Path] = None):
     """``value`` with every absolute path under ``root`` made relative to it (``runs/esvit/smoke``) and every path
     under the home directory written ``~/...``, so a fingerprint or a published ``run.json`` is the same in every
     clone and for every user; paths elsewhere stay absolute."""
+    root = paths.REPO_DIR if root is None else root
     if isinstance(value, dict):
         return {k: portable(v, root) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -286,6 +287,13 @@ def result_label(profile: str, rehearse: bool) -> str:
     return "rehearsal" if rehearse else profile
 
 
+def run_parameters(paper: str, profile: str, data_root: Optional[str], run_path: Path, device: str = "auto",
+                   seed: int = 0) -> dict:
+    """The notebook parameters every stage of a run gets (before checkpoints, caps and extras)."""
+    return {"paper": paper, "profile": profile, "data_root": str(Path(data_root or paths.DATA_ROOT).resolve()),
+            "run_dir": str(Path(run_path).resolve()), "device": device, "seed": int(seed)}
+
+
 def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = None, run_dir: Optional[str] = None,
               device: str = "auto", seed: int = 0, only: Optional[Iterable[str]] = None, start: Optional[str] = None,
               force: bool = False, extra: Optional[dict] = None, publish: bool = True,
@@ -323,8 +331,7 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
 
         checkpoints = {**mock_checkpoints(recipe, data_root), **checkpoints}
     run_path = Path(run_dir) if run_dir else paths.default_run_dir(paper, label)
-    params = {"paper": paper, "profile": profile, "data_root": str(Path(data_root or paths.DATA_ROOT).resolve()),
-              "run_dir": str(run_path.resolve()), "device": device, "seed": int(seed)}
+    params = run_parameters(paper, profile, data_root, run_path, device, seed)
     if checkpoints:
         params["checkpoints"] = {k: str(Path(v).resolve()) for k, v in checkpoints.items()}
     if caps:

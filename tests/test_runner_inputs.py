@@ -155,3 +155,31 @@ def test_other_nodes_join_only_the_torchrun_stages_and_write_no_markers(seven_no
     assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["01_data.done.json"]
     assert sorted(p.name for p in (run_dir / "notebooks" / "node1").iterdir()) == \
         [f"{s}.ipynb" for s in DISTRIBUTED_STAGES]
+
+
+def test_a_fresh_clones_make_reproduce_supersedes_nothing(tmp_path, monkeypatch):
+    """``make reproduce`` = ``histokit reproduce all`` with the defaults: the parameters it publishes with equal the
+    committed ones, so publishing replaces each committed smoke result in place instead of moving it aside."""
+    from histokit.runner import publish_results, run_parameters
+
+    clone = tmp_path / "clone"
+    monkeypatch.setattr(paths, "REPO_DIR", clone)  # a checkout somewhere else entirely
+    committed = sorted(paths.RESULTS_DIR.glob("*/smoke/run.json"))
+    assert committed
+    for run_json in committed:
+        paper = run_json.parent.parent.name
+        fresh = run_parameters(paper, "smoke", None, clone / "runs" / paper / "smoke")
+        assert stage_inputs(fresh) == json.loads(run_json.read_text())["parameters"], paper
+    # and publishing over a copy of one committed result moves nothing aside
+    target = tmp_path / "results" / "esvit" / "smoke"
+    target.parent.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(paths.RESULTS_DIR / "esvit" / "smoke", target)
+    run_dir = clone / "runs" / "esvit" / "smoke"
+    (run_dir / "results").mkdir(parents=True)
+    (run_dir / "results" / "table1.md").write_text("new")
+    params = stage_inputs(run_parameters("esvit", "smoke", None, run_dir))
+    publish_results(run_dir, target, {"parameters": params})
+    assert not (run_dir / "superseded").exists()
+    assert (target / "table1.md").read_text() == "new"
