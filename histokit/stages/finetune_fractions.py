@@ -9,7 +9,7 @@ from ..data.splits import class_balanced_fraction
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json
 from ..train.supervised import finetune_classifier, predict
-from .common import load_recipe_dataset, resolve_weights, slug, split_indices
+from .common import load_recipe_dataset, resolve_weights, slug, split_indices, training_rows
 from .context import StageContext
 
 
@@ -33,6 +33,7 @@ def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction
     split = split_indices(ctx, dataset)
     train_rows = np.asarray(split["train"])
     picked = train_rows[class_balanced_fraction(data.labels[train_rows], fraction, seed=ctx.seed)]
+    picked = training_rows(ctx, picked)  # a rehearsal caps the images (and so the batch) of every training run
     size = ctx.recipe.image_size
     train_ds = data.subset(picked).with_transform(finetune_transform(size, model.mean, model.std))
     val_ds = data.subset(split["val"]).with_transform(eval_transform(size, model.mean, model.std))
