@@ -46,7 +46,7 @@ def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> P
 
 def training_rows(ctx: StageContext, rows) -> np.ndarray:
     """The training split rows a training run reads: all of them, or in a rehearsal at most ``max_train_images``
-    (stratified by label where possible, seeded), which also caps the batch a full-size model sees on a CPU."""
+    (a seeded random subset), which also caps the batch a full-size model sees on a CPU."""
     rows = np.asarray(rows, dtype=np.int64)
     cap = ctx.rehearse.get("max_train_images") if ctx.rehearsal else None
     if not cap or len(rows) <= int(cap):
