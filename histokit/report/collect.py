@@ -78,6 +78,19 @@ class Notebook:
         return self.location.rsplit("/", 1)[0] if "/" in self.location else "."
 
 
+def profile_banner(profile: str) -> str:
+    """The warning that heads a run that is not a reproduction (empty for a real one)."""
+    if profile == "rehearsal":
+        return ("Rehearsal of the full profile: not a reproduction. The paper's recipe at full size with the "
+                "optimisation steps and the images per class capped, on mock data unless the notes say otherwise; "
+                "it shows every cell can be computed, the numbers measure nothing.")
+    if profile == "smoke":
+        return ("Smoke profile: not a reproduction. Tiny bundled data, small images, one or two epochs on CPU. "
+                "The paper's numbers stand beside the measured ones for layout only; the differences measure "
+                "nothing yet.")
+    return ""
+
+
 @dataclass
 class PaperRun:
     paper: str
@@ -103,16 +116,7 @@ class PaperRun:
 
     @property
     def banner(self) -> str:
-        """The warning that heads a run that is not a reproduction (empty for a real one)."""
-        if self.profile == "rehearsal":
-            return ("Rehearsal of the full profile: not a reproduction. The paper's recipe at full size with the "
-                    "optimisation steps and the images per class capped, on mock data unless the notes say otherwise; "
-                    "it shows every cell can be computed, the numbers measure nothing.")
-        if self.smoke:
-            return ("Smoke profile: not a reproduction. Tiny bundled data, small images, one or two epochs on CPU. "
-                    "The paper's numbers stand beside the measured ones for layout only; the differences measure "
-                    "nothing yet.")
-        return ""
+        return profile_banner(self.profile)
 
     @property
     def anchor(self) -> str:
@@ -140,19 +144,6 @@ class Section:
     tables: list = field(default_factory=list)
     figures: list = field(default_factory=list)
     documents: list = field(default_factory=list)   # .md reports without a CSV twin, linked
-
-    @property
-    def banner(self) -> str:
-        """The warning that heads a run that is not a reproduction (empty for a real one)."""
-        if self.profile == "rehearsal":
-            return ("Rehearsal of the full profile: not a reproduction. The paper's recipe at full size with the "
-                    "optimisation steps and the images per class capped, on mock data unless the notes say otherwise; "
-                    "it shows every cell can be computed, the numbers measure nothing.")
-        if self.smoke:
-            return ("Smoke profile: not a reproduction. Tiny bundled data, small images, one or two epochs on CPU. "
-                    "The paper's numbers stand beside the measured ones for layout only; the differences measure "
-                    "nothing yet.")
-        return ""
 
     @property
     def anchor(self) -> str:
