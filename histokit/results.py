@@ -67,7 +67,11 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
             paper_value = float(paper.loc[p_mask, metric].iloc[0]) if p_mask.any() and metric in paper else None
             if paper_value is not None and math.isnan(paper_value):
                 paper_value = None
-            entry[metric] = value if value is not None else blocked.get(row[0], NOT_RUN)
+            if value is None and paper_value is None and p_mask.any() and row[0] not in blocked:
+                value_cell = None  # the paper has no such cell either (e.g. a p-value without a comparison arm)
+            else:
+                value_cell = value if value is not None else blocked.get(row[0], NOT_RUN)
+            entry[metric] = value_cell
             if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
                 entry[f"{metric} 95% CI"] = (f"[{_fmt(float(hit['ci_low'].iloc[0]))}, "
                                               f"{_fmt(float(hit['ci_high'].iloc[0]))}]")

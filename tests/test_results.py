@@ -50,3 +50,13 @@ def test_small_values_such_as_p_values_keep_their_magnitude():
 
     assert _fmt(9.759e-05) == "9.759e-05"
     assert _fmt(0.021) == "0.021" and _fmt(93.37) == "93.37" and _fmt(0.0) == "0.000"
+
+
+def test_a_cell_the_paper_lacks_too_is_empty_not_not_run():
+    """Table 3's MAE row has no CypherViT arm, so neither the paper nor the kit has its p-values: '—', never
+    'not run'; the cells the paper has stay 'not run' until measured."""
+    spec = get_recipe("cyphervit", "full").table("table3")
+    table = build_table(spec, pd.DataFrame(columns=["table", "framework", "backbone", "metric", "value"]))
+    mae = table[(table.framework == "MAE") & (table.backbone == "VanillaViT")].iloc[0]
+    assert pd.isna(mae["pvalue_crc"]) and pd.isna(mae["pvalue_crc (paper)"])
+    assert mae["crc_norm_acc_mean"] == NOT_RUN
