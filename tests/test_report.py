@@ -243,3 +243,17 @@ def test_chromium_renders_the_report(tree, tmp_path):
     assert done.returncode == 0 and png.is_file(), f"{_chromium()} failed: {done.stderr[-2000:]}"
     shot = np.asarray(Image.open(png).convert("L"))
     assert shot.shape == (3000, 1400) and shot.std() > 10, "the page rendered blank"
+
+
+def test_smoke_and_rehearsal_deltas_are_never_graded():
+    """A Δ of a smoke or rehearsal run is shown but never graded as agreement with the paper."""
+    from histokit.report.cells import row_grade
+    from histokit.report.collect import PaperRun, Table
+
+    row = {"mAP@10 Δ": 1.0, "mAP@10 (paper)": 70.0}
+    table = Table("table1", "t", pd.DataFrame([row]), keys=["model"], metrics=["mAP@10"])
+    assert row_grade(table, row, "mAP@10", False) == "close"
+    table.graded = False
+    assert row_grade(table, row, "mAP@10", False) == "none"
+    for profile in ("smoke", "rehearsal"):
+        assert PaperRun(paper="esvit", profile=profile, title="", citation="", folder="", ran=True).smoke

@@ -49,6 +49,7 @@ class Table:
     footnotes: list = field(default_factory=list)
     csv: Optional[str] = None                     # paths relative to the results folder
     md: Optional[str] = None
+    graded: bool = True                           # False: smoke / rehearsal, whose Δ is never graded as agreement
 
     @property
     def written(self) -> bool:
@@ -279,6 +280,8 @@ def collect_paper(root: Path, paper: str, profile: str) -> PaperRun:
         table = read_table(csv_path, root)
         if table.metrics or csv_path.with_suffix(".md").is_file():
             tables.append(table)
+    for table in tables:  # a smoke or rehearsal number is never graded against the paper
+        table.graded = not run.smoke
     run.tables = tables
     if not recipe:  # the table's own .md names the paper ("*title* — profile ...")
         for md in sorted(folder.glob("*.md")):
