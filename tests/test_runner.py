@@ -2,21 +2,15 @@
 silently overwrites published results."""
 import json
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
 from histokit import paths, runner
+from notebook_helpers import write_stage_notebook
 from histokit.runner import RunnerError, StageFailed, publish_results, reproduce, run_stage, select_stages
 
 
 def _notebook(path, body):
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = new_code_cell("run_dir = ''\nvalue = 1")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, new_code_cell(body)]
-    nbformat.write(nb, path)
+    write_stage_notebook(path, body)
 
 
 @pytest.fixture

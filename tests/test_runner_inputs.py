@@ -3,11 +3,10 @@ invalidates every later one, unknown or missing checkpoints are refused before a
 everything missing at once."""
 import json
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
 from histokit import paths, runner
+from notebook_helpers import write_stage_notebook
 from histokit.cli import main
 from histokit.papers import get_recipe
 from histokit.preflight import PreflightError, checkpoint_names, find_missing, validate_checkpoints
@@ -15,12 +14,7 @@ from histokit.runner import STAGES, portable, run_stage, stage_inputs, stage_is_
 
 
 def _notebook(path, body="x = 1"):
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = new_code_cell("run_dir = ''\nvalue = 1\ncheckpoints = {}")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, new_code_cell(body)]
-    nbformat.write(nb, path)
+    write_stage_notebook(path, body, "run_dir = ''\nvalue = 1\ncheckpoints = {}")
 
 
 @pytest.fixture
