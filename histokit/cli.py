@@ -65,8 +65,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.check:
         status = 0
         for recipe in recipes:
-            own = {k: v for k, v in checkpoints.items()}
-            missing = check_run(recipe, args.data_root, own, rehearse=args.rehearse)
+            missing = check_run(recipe, args.data_root, checkpoints, rehearse=args.rehearse)
             print(format_missing(recipe, missing) if missing else f"{recipe.paper} / {recipe.profile}: ready "
                   "(every dataset and weight file is in place)")
             status = status or (1 if missing else 0)
