@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Optional, Sequence
 
@@ -70,18 +71,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                   "(every dataset and weight file is in place)")
             status = status or (1 if missing else 0)
         return status
-    for paper, recipe in zip(papers, recipes):
-        from .preflight import checkpoint_names
+    from . import paths
+    from .kernel import KernelError, WarmKernel
+    from .preflight import checkpoint_names
 
-        own = {k: v for k, v in checkpoints.items() if k in checkpoint_names(recipe)}
-        try:
-            reproduce(paper, args.profile, data_root=args.data_root, run_dir=args.run_dir if len(papers) == 1 else None,
-                      device=args.device, seed=args.seed, only=args.only, start=args.start, force=args.force,
-                      extra={**extra, **({"checkpoints": own} if own else {})}, log_output=args.verbose,
-                      rehearse=_rehearsal_caps(args), distributed=_distributed_flags(args))
-        except (RunnerError, ValueError) as exc:
-            print(f"histokit: {exc}", file=sys.stderr)
-            return 1
+    # One kernel for every stage of every paper: torch, timm and the kit are imported once, not 28 times.
+    with contextlib.ExitStack() as stack:
+        kernel = None if args.fresh_kernels else stack.enter_context(WarmKernel(cwd=paths.NOTEBOOK_DIR))
+        for paper, recipe in zip(papers, recipes):
+            own = {k: v for k, v in checkpoints.items() if k in checkpoint_names(recipe)}
+            try:
+                reproduce(paper, args.profile, data_root=args.data_root,
+                          run_dir=args.run_dir if len(papers) == 1 else None,
+                          device=args.device, seed=args.seed, only=args.only, start=args.start, force=args.force,
+                          extra={**extra, **({"checkpoints": own} if own else {})}, log_output=args.verbose,
+                          rehearse=_rehearsal_caps(args), distributed=_distributed_flags(args),
+                          kernel=kernel, fresh_kernels=args.fresh_kernels)
+            except (RunnerError, KernelError, ValueError) as exc:
+                print(f"histokit: {exc}", file=sys.stderr)
+                return 1
     return _after_reproduce(args)
 
 
@@ -203,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--checkpoint", action="append", metavar="NAME=PATH", help="official weights, e.g. esvit_swin_tiny=/w/checkpoint_best.pth (histokit list shows the names)")
     rep.add_argument("--param", action="append", metavar="NAME=VALUE", help="extra notebook parameter (must be declared)")
     rep.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
+    rep.add_argument("--fresh-kernels", action="store_true",
+                     help="start a new Jupyter kernel for every stage (default: one warm kernel for the whole "
+                          "command, its namespace cleared between stages; same results, 10-15 s less per stage)")
     rep.add_argument("--rehearse", action="store_true",
                      help="with --profile full: the full recipe (full-size models, every run, table and figure) "
                           "with only the optimisation steps and images per class capped, e.g. on `histokit data "

@@ -7,6 +7,7 @@ resumes at the stage it was in.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -14,11 +15,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from . import paths
 from .io import atomic_write_json
 from .provenance import device_info, git_commit, now_iso, package_versions
+
+if TYPE_CHECKING:
+    from .kernel import WarmKernel
 
 STAGES = ("01_data", "02_pretrain", "03_finetune", "04_index", "05_evaluate", "06_ablations", "07_visualize")
 PROFILES = ("smoke", "full")
@@ -178,18 +182,30 @@ def _failed_cell(source: Path, executed: Path) -> Optional[int]:
     return None
 
 
-def _execute(stage: str, notebook: Path, executed: Path, params: dict, log_output: bool) -> float:
-    """Run one notebook with papermill into ``executed``; the seconds it took, or :class:`StageFailed`."""
+def _execute(stage: str, notebook: Path, executed: Path, params: dict, log_output: bool,
+             kernel: Optional["WarmKernel"] = None) -> float:
+    """Run one notebook with papermill into ``executed``; the seconds it took, or :class:`StageFailed`.
+    With ``kernel`` it runs in that warm kernel (namespace cleared first), else in a fresh kernel of its own."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from .kernel import WarmKernel
+
+    if kernel is None:  # a kernel of its own, on IPC like the warm one, shut down when the notebook ends
+        with WarmKernel(KERNEL_NAME, cwd=notebook.parent) as own:
+            return _execute(stage, notebook, executed, params, log_output, own)
     executed.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=KERNEL_NAME,
-                                   cwd=str(notebook.parent), progress_bar=False, log_output=log_output)
+                                   cwd=str(notebook.parent), progress_bar=False, log_output=log_output,
+                                   **kernel.papermill_args())
     except PapermillExecutionError as exc:
+        kernel.discard()  # the next stage starts in a clean kernel, whatever the failed one left behind
         raise StageFailed(stage, executed, _failed_cell(notebook, executed), exc.ename, exc.evalue) from None
+    except BaseException:
+        kernel.discard()
+        raise
     return time.perf_counter() - start
 
 
@@ -198,7 +214,8 @@ DISTRIBUTED_STAGES = ("02_pretrain", "03_finetune", "04_index")
 
 
 def follow_node(paper: str, label: str, params: dict, run_dir: Path, stages: list[str], node_rank: int, *,
-                log_output: bool = False, wait_s: float = 6 * 3600, poll_s: float = 10.0) -> list[StageRecord]:
+                log_output: bool = False, wait_s: float = 6 * 3600, poll_s: float = 10.0,
+                kernel: Optional["WarmKernel"] = None) -> list[StageRecord]:
     """A node other than node 0 of a multi-node job: it joins the torchrun jobs of stages 02-04 and writes nothing of
     its own in the shared run directory (node 0's ranks write; its notebooks go to ``notebooks/node<k>/``). It starts
     once node 0 has finished 01_data with the same inputs, so both nodes read the same splits."""
@@ -215,13 +232,15 @@ def follow_node(paper: str, label: str, params: dict, run_dir: Path, stages: lis
     for stage in (s for s in stages if s in DISTRIBUTED_STAGES):
         executed = run_dir / "notebooks" / f"node{node_rank}" / f"{stage}.ipynb"
         print(f"[histokit] {paper} / {label}: node {node_rank} joins {stage} ...", flush=True)
-        seconds = _execute(stage, notebook_path(stage), executed, params, log_output)
+        seconds = _execute(stage, notebook_path(stage), executed, params, log_output, kernel)
         records.append(StageRecord(stage, "ran", seconds, str(executed)))
     return records
 
 
-def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, log_output: bool = False) -> StageRecord:
-    """Execute one stage notebook into ``run_dir/notebooks``; skip it if its done-marker matches."""
+def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, log_output: bool = False,
+              kernel: Optional["WarmKernel"] = None) -> StageRecord:
+    """Execute one stage notebook into ``run_dir/notebooks`` (in ``kernel`` if given, else a fresh kernel); skip it
+    if its done-marker matches."""
     notebook = notebook_path(stage)
     if not notebook.exists():
         raise RunnerError(f"stage notebook not found: {notebook}")
@@ -240,7 +259,7 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
     # This stage's artifacts are about to change: no later stage that read the old ones may count as finished.
     for later in STAGES[STAGES.index(stage):]:
         (run_dir / "stages" / f"{later}.done.json").unlink(missing_ok=True)
-    seconds = _execute(stage, notebook, executed, params, log_output)
+    seconds = _execute(stage, notebook, executed, params, log_output, kernel)
     atomic_write_json(marker, {"stage": stage, "fingerprint": fingerprint, "token": uuid.uuid4().hex,
                                "params": portable(params), "seconds": seconds, "finished": now_iso()})
     return StageRecord(stage, "ran", seconds, str(executed))
@@ -298,13 +317,15 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
               device: str = "auto", seed: int = 0, only: Optional[Iterable[str]] = None, start: Optional[str] = None,
               force: bool = False, extra: Optional[dict] = None, publish: bool = True,
               log_output: bool = False, rehearse: bool | dict = False, distributed: Optional[dict] = None,
-              preflight: bool = True) -> RunResult:
+              preflight: bool = True, kernel: Optional["WarmKernel"] = None, fresh_kernels: bool = False) -> RunResult:
     """Run the stages of one paper's recipe; publish its tables and figures when all stages have run.
 
     ``rehearse``: run the full profile's exact recipe with only the optimisation steps and the images per class and
     split capped (``True`` = :data:`REHEARSAL_CAPS`, or a dict of caps), e.g. on mock data (``histokit data mock``);
     results go to ``results/<paper>/rehearsal/``. ``distributed``: torchrun flags for the training runs (stages 02
-    and 03) and the sharded extraction (04), e.g. ``{"nproc_per_node": 8}``.
+    and 03) and the sharded extraction (04), e.g. ``{"nproc_per_node": 8}``. ``kernel``: the warm kernel the stages
+    run in (``histokit reproduce all`` shares one across papers); by default the run starts its own, and
+    ``fresh_kernels=True`` gives every stage a new kernel instead (slower; the notebooks' behaviour is the same).
     """
     from .papers import get_recipe, list_papers
     from .preflight import PreflightError, check_run, validate_checkpoints
@@ -343,15 +364,21 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
     result = RunResult(paper, profile, run_path, None)
     print(f"[histokit] {paper} / {label}: run directory {run_path}")
     node_rank = int((distributed or {}).get("node_rank") or 0)
-    if node_rank > 0:  # node 0 runs every stage and publishes; the others only join its torchrun jobs
-        result.stages = follow_node(paper, label, params, run_path, stages, node_rank, log_output=log_output)
-        return result
-    for stage in stages:
-        print(f"[histokit] {paper} / {label}: {stage} ...", flush=True)
-        record = run_stage(stage, params, run_path, force=force, log_output=log_output)
-        print(f"[histokit] {paper} / {label}: {stage} {record.status}"
-              + (f" in {record.seconds:.1f} s" if record.status == "ran" else " (finished earlier, same inputs)"))
-        result.stages.append(record)
+    with contextlib.ExitStack() as stack:
+        if kernel is None and not fresh_kernels:
+            from .kernel import WarmKernel
+
+            kernel = stack.enter_context(WarmKernel(KERNEL_NAME, cwd=paths.NOTEBOOK_DIR))
+        if node_rank > 0:  # node 0 runs every stage and publishes; the others only join its torchrun jobs
+            result.stages = follow_node(paper, label, params, run_path, stages, node_rank, log_output=log_output,
+                                        kernel=kernel)
+            return result
+        for stage in stages:
+            print(f"[histokit] {paper} / {label}: {stage} ...", flush=True)
+            record = run_stage(stage, params, run_path, force=force, log_output=log_output, kernel=kernel)
+            print(f"[histokit] {paper} / {label}: {stage} {record.status}"
+                  + (f" in {record.seconds:.1f} s" if record.status == "ran" else " (finished earlier, same inputs)"))
+            result.stages.append(record)
     stale = [s for s in STAGES if not stage_is_current(s, params, run_path)]
     if publish and stale:
         print(f"[histokit] {paper} / {label}: not published: {', '.join(stale)} not finished with these inputs "
