@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from typing import Optional, Sequence
 
 
@@ -74,23 +75,54 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import paths
     from .kernel import KernelError, WarmKernel
     from .preflight import checkpoint_names
+    from .run_log import estimate_seconds
+    from .runner import kernel_env, result_label, select_stages
 
+    label = result_label(args.profile, bool(args.rehearse))
+    stages = select_stages(args.only, args.start)
+    estimates = [estimate_seconds(p, label, stages) for p in papers]
+    started, published = time.monotonic(), []
     # One kernel for every stage of every paper: torch, timm and the kit are imported once, not 28 times.
     with contextlib.ExitStack() as stack:
-        kernel = None if args.fresh_kernels else stack.enter_context(WarmKernel(cwd=paths.NOTEBOOK_DIR))
-        for paper, recipe in zip(papers, recipes):
+        kernel = None if args.fresh_kernels else stack.enter_context(
+            WarmKernel(cwd=paths.NOTEBOOK_DIR, env=kernel_env(args.quiet)))
+        for i, (paper, recipe) in enumerate(zip(papers, recipes)):
             own = {k: v for k, v in checkpoints.items() if k in checkpoint_names(recipe)}
+            later = estimates[i + 1:]
             try:
-                reproduce(paper, args.profile, data_root=args.data_root,
+                result = reproduce(paper, args.profile, data_root=args.data_root,
                           run_dir=args.run_dir if len(papers) == 1 else None,
                           device=args.device, seed=args.seed, only=args.only, start=args.start, force=args.force,
                           extra={**extra, **({"checkpoints": own} if own else {})}, log_output=args.verbose,
                           rehearse=_rehearsal_caps(args), distributed=_distributed_flags(args),
-                          kernel=kernel, fresh_kernels=args.fresh_kernels)
+                          kernel=kernel, fresh_kernels=args.fresh_kernels, quiet=args.quiet,
+                          later_s=None if None in later else sum(later))
             except (RunnerError, KernelError, ValueError) as exc:
                 print(f"histokit: {exc}", file=sys.stderr)
                 return 1
-    return _after_reproduce(args)
+            published.append((paper, result.results_dir))
+    status = _after_reproduce(args)
+    _print_summary(published, time.monotonic() - started)
+    return status
+
+
+def _print_summary(published: list, seconds: float) -> None:
+    """Where a reader finds what the command made (printed with --quiet too)."""
+    from . import paths
+    from .run_log import format_duration
+    from .runner import portable
+
+    print(f"[histokit] finished in {format_duration(seconds)}. Tables and figures:")
+    for paper, folder in published:
+        if folder is None:
+            print(f"  {paper:10s} not published (see the lines above)")
+            continue
+        files = sorted(f.name for f in folder.iterdir() if f.suffix in (".md", ".png"))
+        print(f"  {paper:10s} {portable(str(folder.resolve()))}/  {', '.join(files)}")
+    report = paths.RESULTS_DIR / "REPORT.md"
+    if report.exists():
+        print(f"  {'report':10s} {portable(str(report.resolve()))} and "
+              f"{portable(str((paths.RESULTS_DIR / 'report.html').resolve()))}")
 
 
 def _after_reproduce(args: argparse.Namespace) -> int:
@@ -210,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--force", action="store_true", help="re-run stages that finished with the same parameters")
     rep.add_argument("--checkpoint", action="append", metavar="NAME=PATH", help="official weights, e.g. esvit_swin_tiny=/w/checkpoint_best.pth (histokit list shows the names)")
     rep.add_argument("--param", action="append", metavar="NAME=VALUE", help="extra notebook parameter (must be declared)")
-    rep.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
+    talk = rep.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", action="store_true", help="stream the notebooks' output as well")
+    talk.add_argument("--quiet", action="store_true",
+                      help="print only errors and the final summary (no stage lines, no progress bars)")
     rep.add_argument("--fresh-kernels", action="store_true",
                      help="start a new Jupyter kernel for every stage (default: one warm kernel for the whole "
                           "command, its namespace cleared between stages; same results, 10-15 s less per stage)")

@@ -11,6 +11,7 @@ has no reason to warn about unencrypted TCP.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,8 +42,10 @@ class WarmKernel:
     clean) and on Ctrl-C.
     """
 
-    def __init__(self, kernel_name: str = "python3", cwd: Optional[Path] = None, startup_timeout: float = 120.0):
+    def __init__(self, kernel_name: str = "python3", cwd: Optional[Path] = None, startup_timeout: float = 120.0,
+                 env: Optional[dict] = None):
         self.kernel_name, self.cwd, self.startup_timeout = kernel_name, cwd, startup_timeout
+        self.env = dict(env or {})  # added to this process's environment for the kernel
         self._km = None
         self._folder: Optional[Path] = None
         self.notebooks_run = 0
@@ -91,7 +94,7 @@ class WarmKernel:
         self._km = KernelManager(kernel_name=self.kernel_name, transport="ipc",
                                  connection_file=str(self._folder / "kernel.json"))
         kwargs = {"cwd": str(self.cwd)} if self.cwd else {}
-        self._km.start_kernel(**kwargs)
+        self._km.start_kernel(env={**os.environ, **self.env}, **kwargs)
         client = self._km.client()
         client.start_channels()
         try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 from . import paths
 from .io import atomic_write_json
 from .provenance import device_info, git_commit, now_iso, package_versions
+from .run_log import RunLog, snapshot, written_since
 
 if TYPE_CHECKING:
     from .kernel import WarmKernel
@@ -192,7 +193,7 @@ def _execute(stage: str, notebook: Path, executed: Path, params: dict, log_outpu
     from .kernel import WarmKernel
 
     if kernel is None:  # a kernel of its own, on IPC like the warm one, shut down when the notebook ends
-        with WarmKernel(KERNEL_NAME, cwd=notebook.parent) as own:
+        with WarmKernel(KERNEL_NAME, cwd=notebook.parent, env=kernel_env()) as own:
             return _execute(stage, notebook, executed, params, log_output, own)
     executed.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -207,6 +208,13 @@ def _execute(stage: str, notebook: Path, executed: Path, params: dict, log_outpu
         kernel.discard()
         raise
     return time.perf_counter() - start
+
+
+def kernel_env(quiet: bool = False) -> dict:
+    """Environment of the kernels the runner starts: progress bars to this terminal (or none with ``quiet``)."""
+    from .progress import MODE_VARIABLE
+
+    return {MODE_VARIABLE: "off" if quiet else "terminal"}
 
 
 # Stages whose work runs under torchrun: the only ones a node other than node 0 takes part in.
@@ -317,7 +325,8 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
               device: str = "auto", seed: int = 0, only: Optional[Iterable[str]] = None, start: Optional[str] = None,
               force: bool = False, extra: Optional[dict] = None, publish: bool = True,
               log_output: bool = False, rehearse: bool | dict = False, distributed: Optional[dict] = None,
-              preflight: bool = True, kernel: Optional["WarmKernel"] = None, fresh_kernels: bool = False) -> RunResult:
+              preflight: bool = True, kernel: Optional["WarmKernel"] = None, fresh_kernels: bool = False,
+              quiet: bool = False, later_s: Optional[float] = 0.0) -> RunResult:
     """Run the stages of one paper's recipe; publish its tables and figures when all stages have run.
 
     ``rehearse``: run the full profile's exact recipe with only the optimisation steps and the images per class and
@@ -326,6 +335,7 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
     and 03) and the sharded extraction (04), e.g. ``{"nproc_per_node": 8}``. ``kernel``: the warm kernel the stages
     run in (``histokit reproduce all`` shares one across papers); by default the run starts its own, and
     ``fresh_kernels=True`` gives every stage a new kernel instead (slower; the notebooks' behaviour is the same).
+    ``quiet``: print nothing but errors; ``later_s``: estimated seconds of the papers that run after this one.
     """
     from .papers import get_recipe, list_papers
     from .preflight import PreflightError, check_run, validate_checkpoints
@@ -362,27 +372,28 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
     params.update(extra)
     stages = select_stages(only, start)
     result = RunResult(paper, profile, run_path, None)
-    print(f"[histokit] {paper} / {label}: run directory {run_path}")
+    log = RunLog(paper, label, stages, quiet=quiet, later_s=later_s)
+    log.say(f"run directory {portable(str(run_path.resolve()))}")
     node_rank = int((distributed or {}).get("node_rank") or 0)
     with contextlib.ExitStack() as stack:
         if kernel is None and not fresh_kernels:
             from .kernel import WarmKernel
 
-            kernel = stack.enter_context(WarmKernel(KERNEL_NAME, cwd=paths.NOTEBOOK_DIR))
+            kernel = stack.enter_context(WarmKernel(KERNEL_NAME, cwd=paths.NOTEBOOK_DIR, env=kernel_env(quiet)))
         if node_rank > 0:  # node 0 runs every stage and publishes; the others only join its torchrun jobs
             result.stages = follow_node(paper, label, params, run_path, stages, node_rank, log_output=log_output,
                                         kernel=kernel)
             return result
         for stage in stages:
-            print(f"[histokit] {paper} / {label}: {stage} ...", flush=True)
+            log.stage_started(stage)
+            before = snapshot(run_path / "results")
             record = run_stage(stage, params, run_path, force=force, log_output=log_output, kernel=kernel)
-            print(f"[histokit] {paper} / {label}: {stage} {record.status}"
-                  + (f" in {record.seconds:.1f} s" if record.status == "ran" else " (finished earlier, same inputs)"))
+            log.stage_ended(stage, record.status, record.seconds, written_since(before, snapshot(run_path / "results")))
             result.stages.append(record)
     stale = [s for s in STAGES if not stage_is_current(s, params, run_path)]
     if publish and stale:
-        print(f"[histokit] {paper} / {label}: not published: {', '.join(stale)} not finished with these inputs "
-              f"(run without --only to finish them)")
+        log.say(f"not published: {', '.join(stale)} not finished with these inputs (run without --only to finish "
+                "them)")
     if publish and not stale:
         provenance = {"paper": paper, "profile": profile, "label": label, "parameters": stage_inputs(params),
                       "rehearsal": caps or None, "git": git_commit(), "packages": package_versions(),
@@ -391,7 +402,7 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
         for stage in provenance["stages"]:
             stage.pop("params", None)
         result.results_dir = publish_results(run_path, paths.results_dir(paper, label), provenance)
-        print(f"[histokit] {paper} / {label}: results in {result.results_dir}")
+        log.say(f"results in {portable(str(result.results_dir.resolve()))}")
     return result
 
 

@@ -207,7 +207,8 @@ def test_cli_commands_and_the_steps_after_reproduce_all(monkeypatch, tmp_path, c
     assert "no stored feature sets" in capsys.readouterr().err
 
     called = []
-    monkeypatch.setattr(runner, "reproduce", lambda paper, *a, **k: called.append(paper))
+    monkeypatch.setattr(runner, "reproduce", lambda paper, *a, **k: called.append(paper) or
+                        runner.RunResult(paper, "smoke", tmp_path / "no_runs", None))
 
     def failing_benchmark(profile):
         raise RuntimeError("disk on fire")
@@ -219,7 +220,9 @@ def test_cli_commands_and_the_steps_after_reproduce_all(monkeypatch, tmp_path, c
                         ("R.md", "r.html"))
     assert cli.main(["reproduce", "all"]) == 1
     assert called == ["chen2022", "cyphervit", "esvit", "lgffem", "audit", "report"]
-    assert "common benchmark failed: RuntimeError: disk on fire" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "common benchmark failed: RuntimeError: disk on fire" in out.err
+    assert "Tables and figures:" in out.out and "esvit      not published" in out.out  # the closing summary
     called.clear()
     assert cli.main(["reproduce", "esvit"]) == 0
     assert called == ["esvit", "report"]

@@ -15,7 +15,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..io import atomic_write_json
 from .hashing import read_stat_marker
@@ -85,12 +85,12 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, progres
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             members = _zip_members(zf, archive, dest)
-            for info in tqdm(members, desc=f"extracting {archive.name}", unit="file", disable=not progress):
+            for info in progress_bar(members, desc=f"extracting {archive.name}", unit="file", disable=not progress):
                 zf.extract(info, dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
             members = _tar_members(tf, archive, dest)
-            for m in tqdm(members, desc=f"extracting {archive.name}", unit="file", disable=not progress):
+            for m in progress_bar(members, desc=f"extracting {archive.name}", unit="file", disable=not progress):
                 # the 'data' filter (PEP 706) re-checks paths and strips setuid bits; our checks ran already
                 tf.extract(m, dest, filter="data")
     else:

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar, progress_write
 
 from ..io import atomic_write_json
 from .errors import ChecksumMismatch, DownloadError, ManualDownloadRequired
@@ -122,7 +122,7 @@ def _fetch_into(url: str, part: Path, *, size: Optional[int], timeout: float, pr
         total = offset + length if length is not None else size
         received = 0
         # unbuffered: what write() accepted is on disk, so a failed write leaves no buffer for close() to re-fail on
-        with open(part, "ab" if offset else "wb", buffering=0) as fh, tqdm(
+        with open(part, "ab" if offset else "wb", buffering=0) as fh, progress_bar(
             total=total, initial=offset, unit="B", unit_scale=True, disable=not progress, desc=part.name[:-5]
         ) as bar:
             while True:
@@ -153,7 +153,7 @@ def download_file(url: str, dest: str | os.PathLike, *, size: Optional[int] = No
             digests = check_file(dest, size=size, expected=expected, progress=progress)
         except ChecksumMismatch as exc:
             kept = keep_aside(dest)
-            tqdm.write(f"{exc}; moved aside to {kept}, downloading again")
+            progress_write(f"{exc}; moved aside to {kept}, downloading again")
         else:
             if expected:
                 _write_marker(dest, digests)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 _CHUNK = 1 << 20
 
@@ -23,7 +23,7 @@ def file_digests(path: str | os.PathLike, algorithms: Iterable[str], *, progress
     size = os.path.getsize(path)
     # small files are hashed silently: a bar per tile of a 100-tile verify would be noise
     show = progress and size > 64 * _CHUNK
-    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, disable=not show,
+    with open(path, "rb") as fh, progress_bar(total=size, unit="B", unit_scale=True, disable=not show,
                                       desc=f"hashing {os.path.basename(path)}") as bar:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
             for h in hashers.values():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .errors import CorruptImageError, DataError, ImageTooLargeError
 from .hashing import file_digests
@@ -223,7 +223,7 @@ def verify_content(manifest: Manifest, root: Optional[str | os.PathLike] = None,
     bad = set()
     with ThreadPoolExecutor(max_workers=n) as pool:  # PIL decodes outside the GIL
         results = pool.map(_decode, files)
-        for path, (size, exc) in tqdm(zip(files, results), total=len(files), desc=f"decoding {manifest.name}",
+        for path, (size, exc) in progress_bar(zip(files, results), total=len(files), desc=f"decoding {manifest.name}",
                                       unit="img", disable=not progress or len(files) < 50):
             if exc is None:
                 sizes[size] += 1
@@ -262,7 +262,7 @@ def verify_manifest(manifest: Manifest, root: Optional[str | os.PathLike] = None
     specs = manifest.files if include_optional else manifest.required_files
     extracted = bool(layout_entries(layout_dir))
     checks = []
-    for f in tqdm(specs, desc=f"verifying {manifest.name}", unit="file", disable=not progress or len(specs) < 2):
+    for f in progress_bar(specs, desc=f"verifying {manifest.name}", unit="file", disable=not progress or len(specs) < 2):
         path = ddir / f.name
         if f.extract and extracted and not path.exists():
             checks.append(FileCheck(f.name, path, UNCHECKED, dict(f.checksums),

@@ -313,7 +313,7 @@ def run_stage_extraction(ctx, model_name: str, dataset_key: str, *,
     and transform (:func:`histokit.stages.index.extraction_targets`), whole groups per rank into
     ``features/<model>/<dataset>.shards/``; after a barrier rank 0 merges each into the feature file the
     single-process stage writes (same rows, same sidecar fields). Returns the merged files (rank 0) or []."""
-    from histokit.stages.index import extraction_targets
+    from histokit.stages.index import extraction_batch, extraction_targets
 
     from .stage import mute_notes_off_main
 
@@ -325,9 +325,9 @@ def run_stage_extraction(ctx, model_name: str, dataset_key: str, *,
     for path, dataset in targets:
         shard_dir = path.with_suffix(".shards")
         fingerprint = {**record, "file": path.name, "weights_sha256": weights, "image_size": ctx.recipe.image_size,
-                       "n_items": len(dataset), "batch_size": ctx.recipe.extraction_batch_size}
+                       "n_items": len(dataset), "batch_size": extraction_batch(ctx)}
         extract_shard(model.encoder, dataset, shard_dir, rank=env.rank, world=env.world_size, fingerprint=fingerprint,
-                      batch_size=ctx.recipe.extraction_batch_size, device=env.device,
+                      batch_size=extraction_batch(ctx), device=env.device,
                       progress=ctx.progress and env.is_main)
         jobs.append((path, shard_dir, len(dataset)))
     barrier()

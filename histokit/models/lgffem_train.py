@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 import torch
 from pytorch_metric_learning.losses import SubCenterArcFaceLoss
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..io import atomic_torch_save
 
@@ -124,7 +124,7 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
             break
         model.train()
         total, steps = 0.0, 0
-        bar = tqdm(loader, desc=f"LGFFEM epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = progress_bar(loader, desc=f"LGFFEM epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for batch in bar:
             images, labels = _unpack(batch)
             images, labels = images.to(device), torch.as_tensor(labels).to(device)

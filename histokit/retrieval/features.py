@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..io import atomic_path, sha256_file
 
@@ -258,7 +258,7 @@ def extract_features(
     synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        for b, batch in enumerate(tqdm(batches, total=n_batches, desc="extract features", disable=not progress,
+        for b, batch in enumerate(progress_bar(batches, total=n_batches, desc="extract features", disable=not progress,
                                        leave=False)):
             images, y, idx = _split_batch(batch, b)
             input_dtype = str(images.dtype).replace("torch.", "")

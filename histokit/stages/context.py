@@ -82,7 +82,8 @@ REHEARSAL_NOTE = ("REHEARSAL — not a reproduction: the full profile's exact re
                   "{data_root} with only the optimisation steps capped ({max_steps} per training run, schedules kept at "
                   "full length), at most {max_images_per_class} images per class and split, and at most "
                   "{max_train_images} training images per training run (which bounds its batch); timings over 2 "
-                  "passes at a batch no larger than the gallery. On mock data "
+                  "passes at a batch no larger than the gallery; on a CPU, features extracted at a batch of at most "
+                  "32 (the same features in eval mode, twice as fast per image). On mock data "
                   "(`histokit data mock`) every number is meaningless; it proves the path runs.")
 
 

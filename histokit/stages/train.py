@@ -110,7 +110,7 @@ def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
     history = train(method, loader, epochs=spec.epochs, optimizer=spec.optimizer, lr=spec.lr,
                     weight_decay=spec.weight_decay, warmup_epochs=spec.warmup_epochs, min_lr=spec.min_lr,
                     device=ctx.device, checkpoint_dir=checkpoint_dir, resume=True, seed=ctx.seed,
-                    progress=ctx.progress, max_steps=ctx.max_steps)
+                    progress=ctx.progress, max_steps=ctx.max_steps, label=spec.name)
     return history, method.eval_encoder()
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from histokit.distributed.launch import assert_replicas_equal, rank, world_size
 from histokit.distributed.sampler import distributed_loader
@@ -176,7 +176,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
           device: Optional[str | torch.device] = None, checkpoint_dir: Optional[str | os.PathLike] = None,
           resume: bool = True, grad_clip: Optional[float] = None, seed: int = 0, progress: bool = True,
           log_every: int = 1, epoch_end: Optional[Callable[[int], dict]] = None,
-          scale_lr: bool = False, max_steps: Optional[int] = None) -> list[dict]:
+          scale_lr: bool = False, max_steps: Optional[int] = None, label: str = "") -> list[dict]:
     """Train ``method`` (``forward(*method.batch_to_inputs(batch)) -> (loss, logs)``) for ``epochs`` epochs.
 
     lr: peak learning rate after ``warmup_epochs`` of linear warm-up from 0, then cosine to ``min_lr`` (DINO).
@@ -187,6 +187,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     epoch_end(epoch) -> dict: called after each epoch (e.g. validation); its values join that epoch's last entry.
     max_steps: stop after this many optimizer steps (a rehearsal of a full recipe); the schedules keep the length of
     the whole run, so each step taken has the learning rate, weight decay and temperatures the full run would give it.
+    label: the run's name, shown on its progress bar.
 
     Returns the history: one dict per ``log_every`` steps and per epoch end, with ``epoch`` (1-based), ``step``
     (optimizer steps done), ``loss`` (mean since the previous entry), ``lr``, ``wd``, ``seconds`` (training time so
@@ -267,8 +268,8 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         _set_epoch(loader, epoch)
         method.train()
         window: dict[str, list[float]] = {}
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and _is_main()),
-                   leave=False)
+        bar = progress_bar(total=steps_per_epoch, desc=f"{label + ' ' if label else ''}epoch {epoch + 1}/{epochs}",
+                           disable=not (progress and _is_main()), leave=False)
         for i, batch in enumerate(loader):
             if i >= steps_per_epoch:
                 break

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from histokit.models.base import Encoder
 
@@ -107,7 +107,7 @@ def predict(model: nn.Module, ds, *, batch_size: int = 64, device: Optional[str 
     model.to(device).eval()
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     logits, labels = [], []
-    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc="predict", disable=not progress, leave=False):
         x, y = image_and_label(move_to_device(batch, device))
         logits.append(model(x).float().cpu())
         labels.append(y.cpu())

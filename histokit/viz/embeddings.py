@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from histokit.viz.grid import check_class_labels, new_figure, save_figure
 
@@ -120,7 +120,7 @@ def embedding_panels(panels: Mapping[str, tuple[Any, Any]], classes: Sequence[st
     n_rows = int(np.ceil(len(panels) / n_cols))
     fig = new_figure(4.2 * n_cols + 2.2, 4.0 * n_rows + 0.6)
     axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
-    for ax, (method, pair) in zip(axes, tqdm(panels.items(), desc="UMAP panels", disable=not progress)):
+    for ax, (method, pair) in zip(axes, progress_bar(panels.items(), desc="UMAP panels", disable=not progress)):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise ValueError(f"panels[{method!r}] must be a (features, labels) pair")
         features, labels = pair

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from pytorch_grad_cam import GradCAMPlusPlus  # noqa: E402
 from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from ..progress import progress_bar  # noqa: E402
 
 from ..io import atomic_path  # noqa: E402
 
@@ -131,7 +131,7 @@ def gradcam_figure(model, query: torch.Tensor, retrieved: Sequence[torch.Tensor]
     rows += [(r, q_emb, t) for r, t in zip(retrieved, titles)]
 
     all_maps = [node_gradcams(model, img, ref, layers=layers)
-                for img, ref, _ in tqdm(rows, desc="Grad-CAM++", disable=not progress, leave=False)]
+                for img, ref, _ in progress_bar(rows, desc="Grad-CAM++", disable=not progress, leave=False)]
     keys = list(all_maps[0])
     fig, axes = plt.subplots(len(rows), 1 + len(keys), figsize=(1.9 * (1 + len(keys)), 2.1 * len(rows)),
                              squeeze=False)

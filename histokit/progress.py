@@ -1,0 +1,110 @@
+"""Progress bars that suit where the code runs: the terminal of ``histokit reproduce``, JupyterLab, or a plain shell.
+
+Under ``histokit reproduce`` the stage notebooks run headless in a kernel that the runner starts with
+``HISTOKIT_PROGRESS`` set: ``terminal`` sends text bars, updated at most every ``HISTOKIT_PROGRESS_INTERVAL`` seconds
+(default 10; 30 and a line per update when that is a log file, not a terminal), straight to the terminal the command runs in (the kernel's original stderr, not the notebook: an
+executed notebook keeps its outputs, not thousands of bar refreshes); ``off`` (``--quiet``) disables them. In
+JupyterLab a bar is a widget when ipywidgets is installed and text otherwise, so tqdm never warns "IProgress not
+found".
+
+Use :func:`progress_bar` wherever the kit would call ``tqdm(...)``; it takes the same arguments.
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+from functools import lru_cache
+
+from tqdm.std import tqdm as text_tqdm
+
+MODE_VARIABLE = "HISTOKIT_PROGRESS"          # terminal | off | (unset: interactive)
+INTERVAL_VARIABLE = "HISTOKIT_PROGRESS_INTERVAL"
+
+
+def progress_bar(iterable=None, **kwargs):
+    """``tqdm(iterable, **kwargs)`` with the bar class and destination chosen for the current environment."""
+    mode = os.environ.get(MODE_VARIABLE, "")
+    if mode == "off":
+        kwargs["disable"] = True
+    elif mode == "terminal":
+        target = kwargs.setdefault("file", _terminal())
+        kwargs.setdefault("dynamic_ncols", True)
+        if not _is_tty(target):  # a log file or CI: a line per update, and fewer of them
+            kwargs.setdefault("mininterval", float(os.environ.get(INTERVAL_VARIABLE, "30")))
+            return LineTqdm(iterable, **kwargs)
+        kwargs.setdefault("mininterval", float(os.environ.get(INTERVAL_VARIABLE, "10")))
+    return _bar_class(mode)(iterable, **kwargs)
+
+
+class LineTqdm(text_tqdm):
+    """A bar for a log: each refresh is a line of its own instead of a carriage return over the last one."""
+
+    def __init__(self, iterable=None, **kwargs):
+        kwargs["file"] = _LinesOnly(kwargs.get("file") or _terminal())
+        super().__init__(iterable, **kwargs)
+
+    @staticmethod
+    def status_printer(file):
+        def print_status(line):
+            if line:
+                file.write(line.rstrip() + "\n")
+                file.flush()
+        return print_status
+
+
+class _LinesOnly:
+    """Passes whole lines on; drops the bare newline tqdm writes after a finished bar (the line is already ended)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        if text != "\n":
+            self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _bar_class(mode: str):
+    if mode in ("terminal", "off") or not _in_notebook() or not _widgets_available():
+        return text_tqdm
+    from tqdm.notebook import tqdm as widget_tqdm
+
+    return widget_tqdm
+
+
+@lru_cache(maxsize=1)
+def _terminal():
+    """The stream the kernel's own process was started with. ipykernel forwards file descriptor 2 into the
+    notebook; ``sys.stderr.fileno()`` is its copy of the original, which reaches the runner's terminal only."""
+    try:
+        return io.TextIOWrapper(io.FileIO(sys.stderr.fileno(), "w", closefd=False), write_through=True)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return sys.__stderr__
+
+
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules and type(sys.stdout).__module__.startswith("ipykernel")
+
+
+@lru_cache(maxsize=1)
+def _widgets_available() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def progress_write(message: str) -> None:
+    """Print a line without breaking the progress bars on screen (``tqdm.write``)."""
+    text_tqdm.write(message, file=_terminal() if os.environ.get(MODE_VARIABLE) == "terminal" else None)
