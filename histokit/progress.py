@@ -32,6 +32,7 @@ def progress_bar(iterable=None, **kwargs):
         kwargs.setdefault("dynamic_ncols", True)
         if not _is_tty(target):  # a log file or CI: a line per update, and fewer of them
             kwargs.setdefault("mininterval", float(os.environ.get(INTERVAL_VARIABLE, "30")))
+            kwargs.setdefault("delay", 5.0)  # a loop done in seconds leaves no line at all
             return LineTqdm(iterable, **kwargs)
         kwargs.setdefault("mininterval", float(os.environ.get(INTERVAL_VARIABLE, "10")))
     return _bar_class(mode)(iterable, **kwargs)

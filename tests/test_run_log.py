@@ -67,7 +67,8 @@ def test_progress_is_off_when_quiet_and_text_to_the_terminal_headless(monkeypatc
     assert progress_bar(range(3)).disable is True
     monkeypatch.setenv(MODE_VARIABLE, "terminal")
     log = io.StringIO()  # not a terminal: one line per update, at most every 30 s
-    bar = progress_bar(range(3), file=log, desc="extract features")
+    assert progress_bar(range(3), file=log).delay == 5.0  # short loops print nothing
+    bar = progress_bar(range(3), file=log, desc="extract features", delay=0)
     assert isinstance(bar, LineTqdm) and bar.mininterval == 30.0
     list(bar)
     bar.close()
