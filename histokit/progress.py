@@ -35,10 +35,22 @@ def progress_bar(iterable=None, **kwargs):
             kwargs.setdefault("delay", 5.0)  # a loop done in seconds leaves no line at all
             return LineTqdm(iterable, **kwargs)
         kwargs.setdefault("mininterval", float(os.environ.get(INTERVAL_VARIABLE, "10")))
+        return ThrottledTqdm(iterable, **kwargs)
     return _bar_class(mode)(iterable, **kwargs)
 
 
-class LineTqdm(text_tqdm):
+class ThrottledTqdm(text_tqdm):
+    """A text bar whose postfix waits for the next timed refresh: tqdm's ``set_postfix`` redraws at once by default,
+    which, called every step, would bypass ``mininterval`` and print a line per step."""
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s="", refresh=True):
+        super().set_postfix_str(s, refresh=False)
+
+
+class LineTqdm(ThrottledTqdm):
     """A bar for a log: each refresh is a line of its own instead of a carriage return over the last one."""
 
     def __init__(self, iterable=None, **kwargs):

@@ -74,3 +74,18 @@ def test_progress_is_off_when_quiet_and_text_to_the_terminal_headless(monkeypatc
     bar.close()
     lines = log.getvalue().splitlines()
     assert lines and "\r" not in log.getvalue() and lines[-1].startswith("extract features: 100%")
+
+
+def test_a_postfix_set_every_step_does_not_print_a_line_every_step(monkeypatch):
+    # The training loop sets loss / lr on the bar each step; tqdm's set_postfix redraws at once unless told not to,
+    # which printed one log line per step whatever mininterval said.
+    monkeypatch.setenv(MODE_VARIABLE, "terminal")
+    log = io.StringIO()
+    bar = progress_bar(total=50, file=log, desc="dino epoch 1/1", delay=0)
+    for step in range(50):
+        bar.update(1)
+        bar.set_postfix(loss=f"{1.0 / (step + 1):.4f}")
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert 1 <= len(lines) <= 3, lines  # the first draw and the closing one, not 50
+    assert "100%" in lines[-1] and "loss=0.0200" in lines[-1]
