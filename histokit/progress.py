@@ -5,7 +5,10 @@ Under ``histokit reproduce`` the stage notebooks run headless in a kernel that t
 (default 10; 30 and a line per update when that is a log file, not a terminal), straight to the terminal the command runs in (the kernel's original stderr, not the notebook: an
 executed notebook keeps its outputs, not thousands of bar refreshes); ``off`` (``--quiet``) disables them. In
 JupyterLab a bar is a widget when ipywidgets is installed and text otherwise, so tqdm never warns "IProgress not
-found".
+found". A text bar inside a kernel (no ipywidgets; ``papermill`` or ``nbconvert --execute`` run directly) is a
+:class:`BoundedTqdm`: its stream becomes the saved notebook's outputs, so it draws a bounded number of times by design
+(every 5 % of the total, and after 1, 2, 4, ... minutes), not at a rate: an executed notebook stays small however
+long the stage runs.
 
 Use :func:`progress_bar` wherever the kit would call ``tqdm(...)``; it takes the same arguments.
 """
@@ -50,6 +53,41 @@ class ThrottledTqdm(text_tqdm):
         super().set_postfix_str(s, refresh=False)
 
 
+class BoundedTqdm(ThrottledTqdm):
+    """A text bar for a kernel's stream, which a notebook saves: besides its first and last draw it redraws only when
+    the count passes another ``1 / MILESTONES`` of the total (a count 1, 2, 4, ... without a total) or the elapsed
+    time passes 1, 2, 4, ... minutes. At most about MILESTONES + log2(duration / 1 min) draws per bar, whatever the
+    speed of the loop; tqdm's own timing only decides how often a draw is considered."""
+
+    MILESTONES = 20
+    FIRST_TIME_MARK_S = 60.0
+
+    def __init__(self, iterable=None, **kwargs):
+        self._mark, self._time_mark = -1, self.FIRST_TIME_MARK_S  # set before tqdm's first draw in __init__
+        super().__init__(iterable, **kwargs)
+
+    def _due(self) -> bool:
+        if self.total:
+            mark = int(self.n * self.MILESTONES // self.total)
+        else:
+            mark = int(self.n).bit_length()  # a new mark at n = 1, 2, 4, 8, ...
+        if mark > self._mark:
+            self._mark = mark
+            return True
+        elapsed = self._time() - self.start_t
+        if elapsed >= self._time_mark:
+            while self._time_mark <= elapsed:
+                self._time_mark *= 2
+            return True
+        return False
+
+    def display(self, msg=None, pos=None):
+        # an explicit message (close clearing the line) and the closing draw always go through
+        if msg is None and not self.disable and not self._due():
+            return False
+        return super().display(msg, pos)
+
+
 class LineTqdm(ThrottledTqdm):
     """A bar for a log: each refresh is a line of its own instead of a carriage return over the last one."""
 
@@ -88,8 +126,10 @@ def _is_tty(stream) -> bool:
 
 
 def _bar_class(mode: str):
-    if mode in ("terminal", "off") or not _in_notebook() or not _widgets_available():
+    if mode in ("terminal", "off") or not _in_notebook():
         return text_tqdm
+    if not _widgets_available():
+        return BoundedTqdm
     from tqdm.notebook import tqdm as widget_tqdm
 
     return widget_tqdm
