@@ -43,7 +43,10 @@ def run_latency_section(cfg, device: torch.device, flat_index, gallery: np.ndarr
         encoder = create_encoder(name, img_size=size).eval()
         index = flat_index
         if encoder.embed_dim != flat_index.d:  # e.g. Swin-T's 768-d: a gallery of the same size in its dimension
-            index = build_index(make_retrieval_data(int(flat_index.ntotal), 1, dim=encoder.embed_dim)[0])
+            index = build_index(make_retrieval_data(int(flat_index.ntotal), 1, dim=encoder.embed_dim)[0],
+                                device=str(device))
+        elif device.type == "cuda":  # the kit searches on the run's device (GPU FAISS, else the torch search)
+            index = build_index(gallery, device=str(device))
         out = retrieval_latency_ms(encoder, index, size, device=device, repeats=cfg.latency_repeats, k=cfg.k,
                                    warmup=3, precision=cfg.precision)
         common = dict(batch_size=1, precision=cfg.precision, image_size=size, n=int(index.ntotal))
@@ -54,8 +57,10 @@ def run_latency_section(cfg, device: torch.device, flat_index, gallery: np.ndarr
                      "no decoding", key=f"latency/total/{name}", **common),
             Row("latency", f"{name}: of which feature extraction", out["extraction_ms"], "ms",
                 key=f"latency/extract/{name}", **common),
-            Row("latency", f"{name}: of which FAISS exact search (CPU)", out["search_ms"], "ms",
-                note=f"{index.d}-d gallery; faiss-cpu: one query scans the gallery on one thread",
+            Row("latency", f"{name}: of which exact search ({out['search_backend']} on {out['search_device']})",
+                out["search_ms"], "ms",
+                note=f"{index.d}-d gallery" + ("; faiss-cpu: one query scans the gallery on one thread"
+                                               if out["search_backend"] == "faiss-cpu" else ""),
                 key=f"latency/search/{name}", **common),
         ]
         if device.type == "cuda" and "H100" in torch.cuda.get_device_name(device) and \

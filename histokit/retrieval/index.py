@@ -17,8 +17,10 @@ import faiss
 import numpy as np
 
 from ..io import atomic_path, atomic_write_json, sha256_file
+from .torch_search import TorchFlatIndex, describe_search  # noqa: F401  (describe_search: re-exported)
 
 KINDS = ("flat", "ivf", "hnsw")
+BACKENDS = ("auto", "faiss", "torch")
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
@@ -115,12 +117,23 @@ def to_gpu(index: faiss.Index, device: str = "cuda") -> faiss.Index:
     else:
         gpu_index = faiss.index_cpu_to_all_gpus(index)  # replicas (shard=False): the same hits as one GPU
     gpu_index._histokit_on_gpu = True
+    gpu_index._histokit_device = f"cuda:{ids[0]}" if len(ids) == 1 else "cuda"  # for timing rows (describe_search)
     return gpu_index
 
 
 def is_gpu_index(index: faiss.Index) -> bool:
     """Whether ``index`` lives on a GPU (a GpuIndex, or replicas / shards built by :func:`to_gpu`)."""
     return "Gpu" in type(index).__name__ or bool(getattr(index, "_histokit_on_gpu", False))
+
+
+def _torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _torch_index(x: np.ndarray, metric: str, device: str) -> TorchFlatIndex:
+    return TorchFlatIndex(x, metric=metric, device=device)
 
 
 def build_index(
@@ -132,6 +145,7 @@ def build_index(
     nprobe: int = 8,
     hnsw_m: int = 32,
     device: str = "cpu",
+    backend: str = "auto",
 ) -> faiss.Index:
     """Index ``features`` (N, D) with FAISS; row ``i`` gets id ``i``.
 
@@ -142,6 +156,12 @@ def build_index(
     (the ``gpu`` extra, docs/scaling.md); otherwise (faiss-cpu, the default install) it warns and stays on the
     CPU. The index is built on the CPU and copied, so its contents are the same either way. HNSW has no FAISS GPU
     implementation and always stays on the CPU.
+
+    backend ``auto`` (default): on a CUDA device without GPU FAISS, a flat index becomes a
+    :class:`~histokit.retrieval.torch_search.TorchFlatIndex` on that device (exact matmul + sort; the same scores
+    and, but for exact ties, the same ids as FAISS). ``faiss``: never the torch search. ``torch``: always it (flat
+    only; on ``device="cpu"`` too, which is how the CPU tests compare it with FAISS). :func:`describe_search` says
+    which backend and device an index searches on.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got kind={kind!r}")
@@ -149,7 +169,13 @@ def build_index(
         raise ValueError(f"metric must be one of {tuple(METRICS)}, got metric={metric!r}")
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got device={device!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got backend={backend!r}")
+    if backend == "torch" and kind != "flat":
+        raise ValueError(f"backend='torch' is an exact search: kind must be 'flat', got kind={kind!r}")
     x = _as_float32_matrix(features, "features")
+    if backend == "torch":
+        return _torch_index(x, metric, str(device))
     n, d = x.shape
     mt = METRICS[metric]
 
@@ -172,11 +198,14 @@ def build_index(
     if str(device).startswith("cuda"):
         if kind == "hnsw":
             warnings.warn("FAISS has no GPU HNSW index; the HNSW index stays on the CPU", stacklevel=2)
-        elif not _gpu_available():
-            warnings.warn(f"device={device!r} requested but {no_gpu_reason()}; the index stays on the CPU (GPU "
-                          f"FAISS: the gpu extra, docs/scaling.md)", stacklevel=2)
-        else:
+        elif _gpu_available():
             index = to_gpu(index, str(device))
+        elif kind == "flat" and backend == "auto" and _torch_cuda_available():
+            index = _torch_index(x, metric, str(device))  # exact search on the GPU without faiss-gpu
+        else:
+            why = ("" if kind != "flat" or backend != "auto" else "torch sees no CUDA device either; ")
+            warnings.warn(f"device={device!r} requested but {no_gpu_reason()}; the index stays on the CPU ({why}GPU "
+                          f"FAISS: the gpu extra, docs/scaling.md)", stacklevel=2)
     return index
 
 
@@ -265,6 +294,8 @@ def save_index(index: faiss.Index, path: str | os.PathLike) -> dict[str, Any]:
     """Write ``index`` atomically (GPU indexes are copied to the CPU first) plus ``<path>.json`` with its sha256,
     dim, ntotal, kind, metric and FAISS version; return that metadata."""
     path = Path(path)
+    if isinstance(index, TorchFlatIndex):
+        index = index.to_faiss()
     cpu_index = faiss.index_gpu_to_cpu(index) if _gpu_available() and is_gpu_index(index) else index
     with atomic_path(path) as tmp:
         faiss.write_index(cpu_index, str(tmp))

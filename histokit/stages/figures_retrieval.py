@@ -22,7 +22,7 @@ def fig_gradcam(ctx: StageContext, fig_id: str, params: dict) -> Path:
     parts = feature_parts(ctx, params["model"], params["dataset"])
     train, test = parts["train"], parts["test"]
     query = int(params.get("query", 0))
-    index = build_index(train.features, kind="flat", metric="l2")
+    index = build_index(train.features, kind="flat", metric="l2", device=ctx.device)
     _, ids = search(index, test.features[query:query + 1], k=int(params.get("k", 2)))
     dataset = load_recipe_dataset(ctx, params["dataset"])
     transform = eval_transform(ctx.recipe.image_size, model.spec.mean, model.spec.std)

@@ -15,7 +15,7 @@ import pandas as pd
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
-from ..retrieval.index import build_index, save_index
+from ..retrieval.index import build_index, describe_search, save_index
 from ..retrieval.metrics import retrieval_latency_ms
 from .common import load_model, load_recipe_dataset, slug, split_indices
 from .context import StageContext
@@ -183,7 +183,10 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     amortized = measure_latency(model.encoder, ctx.recipe.image_size, device=ctx.device, batch_size=batch, **repeats)
     latency = retrieval_latency_ms(model.encoder, index, ctx.recipe.image_size, device=ctx.device, **repeats)
     end_to_end = json.loads(feature_path(ctx, model_name, dataset_key).with_suffix(".json").read_text())["timing"]
-    timing = {**record, "device": ctx.device, "precision": "fp32",
+    # device: the run's; where each timed part ran is recorded apart (the search may stay on the CPU under CUDA).
+    timing = {**record, "device": ctx.device, "extraction_device": latency["extraction_device"],
+              "search_device": latency["search_device"], "search_backend": latency["search_backend"],
+              "precision": "fp32",
               "feature_extraction_ms": amortized["ms_per_image"], "extraction_batch_size": batch,
               "extraction_decode_included": False,
               "end_to_end_ms_per_image": end_to_end.get("ms_per_image"), "end_to_end_decode_included": True,

@@ -18,7 +18,8 @@ def fig_retrieval_gallery(ctx: StageContext, fig_id: str, params: dict) -> Path:
 
     gallery, queries = gallery_and_queries(ctx, params["model"], params["dataset"])
     k = params.get("k", 5)
-    result = evaluate_retrieval(gallery.features, gallery.labels, queries.features, queries.labels, k=k)
+    result = evaluate_retrieval(gallery.features, gallery.labels, queries.features, queries.labels, k=k,
+                                device=ctx.device)
     dataset = load_recipe_dataset(ctx, params["dataset"])
     paths = dataset.paths
     path = ctx.results_dir / f"{fig_id}.png"
