@@ -34,7 +34,7 @@ def _retrieval_records(ctx: StageContext, spec: EvalSpec, model: str, dataset: s
                 for col in RETRIEVAL_COLUMNS]
     gallery, queries = parts
     result = evaluate_retrieval(gallery.features, gallery.labels, queries.features, queries.labels, k=k,
-                                ap_normalization=p.get("ap_normalization", "min_k_R"))
+                                ap_normalization=p.get("ap_normalization", "min_k_R"), device=ctx.device)
     records = []
     for column, per_query_key in RETRIEVAL_COLUMNS.items():
         values = result.per_query[per_query_key.format(k=k)] * 100.0
