@@ -14,6 +14,7 @@ teacher for DINO / EsViT / iBOT, the student otherwise).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Optional, Sequence
 
@@ -45,6 +46,18 @@ class SSLMethod(nn.Module):
     def batch_to_inputs(self, batch) -> tuple:
         """Turn one loader batch into the positional arguments of ``forward`` (here: ``(views,)``)."""
         return (views_from_batch(batch),)
+
+
+@contextlib.contextmanager
+def full_precision():
+    """Autocast off (CUDA and CPU) inside: for the prototype layer, the temperatures, softmaxes and losses, which a bf16
+    forward would otherwise compute in bf16 (8-bit mantissa: at a teacher temperature of 0.04 a logit's rounding step
+    of ~2^-8 becomes ~0.1 in the exponent). Callers cast their inputs ``.float()``; also usable as a decorator."""
+    with contextlib.ExitStack() as stack:
+        for device_type in ("cuda", "cpu"):
+            if torch.is_autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
 
 
 def views_from_batch(batch) -> list[torch.Tensor]:

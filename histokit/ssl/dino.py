@@ -22,7 +22,8 @@ from torch.nn.utils.parametrizations import weight_norm
 from histokit.models.base import Encoder
 from histokit.train.schedules import teacher_momentum, teacher_temperature
 
-from .base import SSLMethod, batch_mean_all_ranks, check_views, ema_update, forward_views, make_teacher
+from .base import (SSLMethod, batch_mean_all_ranks, check_views, ema_update, forward_views, full_precision,
+                   make_teacher)
 
 
 class DINOHead(nn.Module):
@@ -62,8 +63,9 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = self.mlp(x.reshape(-1, shape[-1]))  # tokens (B, N, D) go through as rows (iBOT / EsViT dense head)
-        x = F.normalize(x, dim=-1, p=2)
-        return self.last_layer(x).reshape(*shape[:-1], -1)
+        with full_precision():  # the MLP follows autocast; the prototype logits are fp32
+            x = F.normalize(x.float(), dim=-1, p=2)
+            return self.last_layer(x).reshape(*shape[:-1], -1)
 
 
 def cross_entropy_soft(teacher_probs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -92,6 +94,7 @@ class DINOLoss(nn.Module):
         self.n_global_views = n_global_views
         self.register_buffer("center", torch.zeros(1, out_dim))
 
+    @full_precision()
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         if teacher_out.shape[0] % self.n_global_views:
             raise ValueError(f"teacher_out has {teacher_out.shape[0]} rows, not a multiple of "

@@ -22,14 +22,15 @@ from torch import nn
 
 from histokit.models.base import Encoder
 
-from .base import batch_mean_all_ranks, check_views, ema_update, forward_views, make_teacher
+from .base import batch_mean_all_ranks, check_views, ema_update, forward_views, full_precision, make_teacher
 from .dino import DINO, DINOHead
 
 
 def match_regions(student_feats: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
     """Index (B, T_s) of the teacher region whose backbone feature is most cosine-similar to each student region
     (``region_sim_matrix.max(dim=2)[1]`` in main_esvit.py). Inputs are (B, T_s, D) and (B, T_t, D)."""
-    sim = F.normalize(student_feats, dim=-1) @ F.normalize(teacher_feats, dim=-1).transpose(1, 2)
+    # fp32: a bf16 similarity would round near-ties and change which region is matched
+    sim = F.normalize(student_feats.float(), dim=-1) @ F.normalize(teacher_feats.float(), dim=-1).transpose(1, 2)
     return sim.argmax(dim=2)
 
 
@@ -69,6 +70,7 @@ class EsViTLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("center_grid", torch.zeros(1, out_dim))
 
+    @full_precision()
     def forward(self, s_view: Sequence[torch.Tensor], s_region: Sequence[torch.Tensor],
                 s_feat: Sequence[torch.Tensor], t_view: Sequence[torch.Tensor], t_region: Sequence[torch.Tensor],
                 t_feat: Sequence[torch.Tensor], teacher_temp: float) -> tuple[torch.Tensor, dict]:

@@ -24,7 +24,7 @@ from torch import nn
 from histokit.models.base import Encoder
 from histokit.train.schedules import teacher_temperature
 
-from .base import batch_mean_all_ranks, check_views, forward_views
+from .base import batch_mean_all_ranks, check_views, forward_views, full_precision
 from .dino import DINO, cross_entropy_soft
 
 
@@ -118,6 +118,7 @@ class iBOTLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("center2", torch.zeros(1, 1, patch_out_dim))
 
+    @full_precision()
     def forward(self, s_cls: Sequence[torch.Tensor], s_patch: Sequence[torch.Tensor], t_cls: Sequence[torch.Tensor],
                 t_patch: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], teacher_temp: float,
                 teacher_patch_temp: float) -> tuple[torch.Tensor, dict]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from histokit.models.base import Encoder
 
-from .base import SSLMethod, check_views
+from .base import SSLMethod, check_views, full_precision
 
 
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -46,6 +46,7 @@ def random_masking(n_tokens: int, batch: int, mask_ratio: float, device=None,
     return ids_shuffle[:, :len_keep], mask, ids_restore
 
 
+@full_precision()
 def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix_loss: bool = True) -> torch.Tensor:
     """Mean squared error per patch, averaged over masked patches only (``models_mae.forward_loss``)."""
     target = target.float()

@@ -21,7 +21,7 @@ from torch import nn
 from histokit.models.base import Encoder
 from histokit.train.schedules import teacher_momentum
 
-from .base import SSLMethod, check_views, ema_update, make_teacher
+from .base import SSLMethod, check_views, ema_update, full_precision, make_teacher
 
 
 def build_mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int, last_bn: bool = True) -> nn.Sequential:
@@ -47,6 +47,7 @@ def _gather_keys(k: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts), k.shape[0] * dist.get_rank()
 
 
+@full_precision()  # else autocast turns the .float() matmul below back into bf16
 def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
     """ctr(q, k) = CE(normalize(q) normalize(k)^T / T, positives on the diagonal) * 2T (MoCo v3 builder.py)."""
     q = F.normalize(q.float(), dim=1)

@@ -19,9 +19,10 @@ from torch import nn
 
 from histokit.models.base import Encoder
 
-from .base import SSLMethod, check_views
+from .base import SSLMethod, check_views, full_precision
 
 
+@full_precision()  # else autocast turns the .float() matmul below back into bf16
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent over the 2N projections of one batch (paper Eq. 1): cross-entropy of each row's cosine similarities
     over the 2N - 1 others, the positive being the other view of the same image."""
