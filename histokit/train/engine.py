@@ -81,9 +81,9 @@ def _mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
     return (t / dist.get_world_size()).tolist()
 
 
-def _gather_rng(generator) -> list[dict]:
+def _gather_rng(generator, device=None) -> list[dict]:
     """Every rank's RNG state (rank order), so a resumed torchrun job continues each rank's own random stream."""
-    state = capture_rng(generator)
+    state = capture_rng(generator, device)
     if not _distributed():
         return [state]
     states: list = [None] * dist.get_world_size()
@@ -91,12 +91,12 @@ def _gather_rng(generator) -> list[dict]:
     return states
 
 
-def _restore_rank_rng(ckpt: dict, generator) -> None:
+def _restore_rank_rng(ckpt: dict, generator, device=None) -> None:
     states = ckpt.get("rng_per_rank")
     if states is not None and len(states) == world_size():
-        restore_rng(states[rank()], generator)
+        restore_rng(states[rank()], generator, device)
     else:  # written by one process, or by another world size: every rank continues rank 0's stream
-        restore_rng(ckpt["rng"], generator)
+        restore_rng(ckpt["rng"], generator, device)
 
 
 def param_groups(module: nn.Module) -> list[dict[str, Any]]:
@@ -253,7 +253,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         scaler.load_state_dict(ckpt["scaler"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
-        _restore_rank_rng(ckpt, generator)
+        _restore_rank_rng(ckpt, generator, device)
     if ckpt_file is not None and _is_main():
         atomic_write_json(ckpt_file.parent / TRAIN_CONFIG_NAME, run_config)
 
@@ -319,7 +319,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         if epoch_end is not None:
             history[-1].update(epoch_end(epoch) or {})
         assert_replicas_equal(method, what=type(method).__name__)  # no-op in a single process
-        rng_states = _gather_rng(generator) if ckpt_file is not None else None  # a collective: every rank
+        rng_states = _gather_rng(generator, device) if ckpt_file is not None else None  # a collective: every rank
         if ckpt_file is not None and _is_main():
             save_checkpoint(ckpt_file, {
                 "model": method.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
