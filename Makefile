@@ -5,20 +5,31 @@ BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 PROFILE ?= smoke
 PAPERS ?= all
+# CUDA=12: PyTorch's CUDA 12.6 build of the same torch / torchvision, for NVIDIA drivers older than CUDA 13's (r580;
+# `histokit doctor` says which the driver supports). Pass it to every make command (or export it).
+CUDA ?= 13
+TORCH_CUDA12_INDEX ?= https://download.pytorch.org/whl/cu126
+LOCK   := $(if $(filter 12,$(CUDA)),requirements-cu12.lock,requirements.lock)
+STAMP  := $(VENV)/.installed$(if $(filter 12,$(CUDA)),-cu12,)
 
-.PHONY: install reproduce test test-random bench lock clean-venv
+.PHONY: install reproduce test test-random bench lock lock-cu12 clean-venv
 
 # The stamp is rebuilt when the pins change, so `make` reuses a ready environment and installs nothing twice.
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.8
 	@# uv reads no pip.conf, so the machine's local CPU-only torch wheel cannot slip in beside PyPI's torchvision.
-	$(UV) pip install --python $(BIN)/python -r requirements.lock
+	@# CUDA=12: torch + torchvision (and the CUDA 12 wheels they pin) from PyTorch's index only; the lock from PyPI
+	@# then keeps them (an installed torch==X+cu126 satisfies its pin without asking an index).
+	$(if $(filter 12,$(CUDA)),$(UV) pip install --python $(BIN)/python --index-url $(TORCH_CUDA12_INDEX) $$(grep -E '^torch(vision)?==' $(LOCK)))
+	@# Back from CUDA=12: a plain ==X pin also matches the installed X+cu126 (PEP 440), so reinstall the pair.
+	$(UV) pip install --python $(BIN)/python -r $(LOCK) $(if $(filter 12,$(CUDA)),,$$(test -f $(VENV)/.installed-cu12 && echo --reinstall-package torch --reinstall-package torchvision))
+	@rm -f $(VENV)/.installed $(VENV)/.installed-cu12
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
 	$(BIN)/python -c "import torch, torchvision, timm, faiss; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| timm', timm.__version__, '| faiss', faiss.__version__)"
 	@touch $@
 
-install: $(VENV)/.installed
+install: $(STAMP)
 
 reproduce: install
 	$(BIN)/histokit reproduce $(PAPERS) --profile $(PROFILE)
@@ -47,6 +58,11 @@ bench: install
 # Regenerate the full lock from pyproject's pins (needs network to PyPI).
 lock:
 	$(UV) pip compile --python-version 3.11 --extra dev pyproject.toml -o requirements.lock
+	$(BIN)/python tools/derive_cu12_lock.py
+
+# requirements-cu12.lock from requirements.lock (no network: PyTorch's index is out of this project's reach).
+lock-cu12:
+	$(BIN)/python tools/derive_cu12_lock.py
 
 clean-venv:
 	rm -rf $(VENV)

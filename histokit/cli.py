@@ -1,4 +1,5 @@
-"""The ``histokit`` command: ``reproduce``, ``data``, ``list``, ``report``, ``benchmark``, ``audit``, ``bench``."""
+"""The ``histokit`` command: ``reproduce``, ``data``, ``list``, ``report``, ``benchmark``, ``audit``, ``bench``,
+``doctor``, ``gpucheck``."""
 from __future__ import annotations
 
 import argparse
@@ -226,6 +227,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    text, status = run_doctor()
+    print(text)
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="histokit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help=f"report folder (default {RESULTS_DIR / 'benchmarks'})")
     bench.add_argument("--quick", action="store_true", help="every section at smoke sizes (about a minute)")
     bench.set_defaults(func=cmd_bench)
+
+    doctor = sub.add_parser("doctor", help="driver, CUDA runtime, torch / torchvision / faiss builds and GPUs; "
+                                           "warns (exit 1) where they do not fit together")
+    doctor.set_defaults(func=cmd_doctor)
 
     from .data.cli import add_data_subcommands
 
