@@ -29,6 +29,17 @@ class SSLMethod(nn.Module):
     """Base class: defaults for the hooks the engine calls (all no-ops) and ``eval_encoder() = student_encoder``."""
 
     student_encoder: Encoder
+    # DDP searches every step's graph for unused parameters only when a method says it leaves some: the kit's methods
+    # reach every trainable parameter each step (the [MASK] embedding they don't use is frozen, below).
+    find_unused_parameters = False
+    uses_mask_token = False  # iBOT trains the encoder's [MASK] embedding
+
+    def _train_mask_token_only_if_used(self) -> None:
+        """ViT and CypherViT carry iBOT's [MASK] embedding for every method; outside iBOT it gets no gradient, so it
+        stays out of DDP's reducer and the optimizer (it is still in the state dict, unchanged, as before)."""
+        token = getattr(self.student_encoder, "mask_token", None)
+        if isinstance(token, nn.Parameter):
+            token.requires_grad_(self.uses_mask_token)
 
     def eval_encoder(self) -> Encoder:
         return self.student_encoder

@@ -136,6 +136,7 @@ class DINO(SSLMethod):
                  n_global_views: int = 2):
         super().__init__()
         self.student_encoder = encoder
+        self._train_mask_token_only_if_used()
         self.student_head = DINOHead(encoder.embed_dim, out_dim, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim,
                                      use_bn=use_bn_in_head, norm_last_layer=norm_last_layer)
         self.teacher_encoder = make_teacher(encoder)

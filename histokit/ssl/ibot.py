@@ -157,6 +157,8 @@ class iBOT(DINO):
     ViT-S/B runs); the teacher is its EMA; ``eval_encoder()`` returns the teacher backbone.
     """
 
+    uses_mask_token = True
+
     def __init__(self, encoder: Encoder, *, out_dim: int = 8192, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  use_bn_in_head: bool = False, norm_last_layer: bool = False, student_temp: float = 0.1,
                  warmup_teacher_temp: float = 0.04, teacher_temp: float = 0.07,

@@ -84,6 +84,7 @@ class MAE(SSLMethod):
         if decoder_embed_dim % 4:
             raise ValueError(f"decoder_embed_dim must be divisible by 4 (2-D sin-cos), got {decoder_embed_dim}")
         self.student_encoder = encoder
+        self._train_mask_token_only_if_used()
         self.patch_size = model.patch_embed.patch_size[0]
         self.in_chans = model.patch_embed.proj.in_channels
         self.mask_ratio = mask_ratio

@@ -70,6 +70,7 @@ class MoCoV3(SSLMethod):
         if projector_layers is None:  # transformers (they have a patch_size) get 3 layers, CNNs 2
             projector_layers = 3 if encoder.patch_size is not None else 2
         self.student_encoder = encoder
+        self._train_mask_token_only_if_used()
         self.projector = build_mlp(projector_layers, encoder.embed_dim, mlp_dim, dim)
         self.predictor = build_mlp(2, dim, mlp_dim, dim, last_bn=False)
         self.momentum_encoder = make_teacher(encoder)

@@ -57,6 +57,7 @@ class SimCLR(SSLMethod):
         if temperature <= 0:
             raise ValueError(f"SimCLR temperature must be > 0, got temperature={temperature}")
         self.student_encoder = encoder
+        self._train_mask_token_only_if_used()
         self.projection_head = ProjectionHead(encoder.embed_dim, proj_hidden_dim, proj_out_dim)
         self.temperature = temperature
 

@@ -221,9 +221,11 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     if _distributed():
         if device.type == "cuda":  # as DINO for BN networks; SyncBatchNorm has no CPU kernel (gloo: per-rank BN)
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        # unused parameters exist by design (e.g. the ViT [MASK] token outside iBOT)
+        # a static graph needs no per-step search for unused parameters: SSL methods say whether theirs is static;
+        # any other module (e.g. a classifier around an encoder with a [MASK] token) keeps the search
         model = nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            method, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=getattr(method, "find_unused_parameters", True))
     groups = param_groups(method)
     opt = build_optimizer(optimizer, groups, momentum=momentum)
     params = [p for g in groups for p in g["params"]]
