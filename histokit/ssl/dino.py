@@ -182,4 +182,4 @@ class DINO(SSLMethod):
         s_pooled = torch.cat([o.pooled for o in forward_views(self.student_encoder, views)])
         student_out = self.student_head(s_pooled)
         loss = self.loss_fn(student_out, teacher_out, self.teacher_temp)
-        return loss, {"loss": loss.item(), "teacher_temp": self.teacher_temp, "momentum": self.momentum}
+        return loss, {"loss": loss.detach(), "teacher_temp": self.teacher_temp, "momentum": self.momentum}

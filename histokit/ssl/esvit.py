@@ -92,7 +92,7 @@ class EsViTLoss(nn.Module):
                 region_total = region_total + region_term.mean().detach()
                 n_terms += 1
         self.update_centers(torch.cat(list(t_view)), torch.cat([t.flatten(0, 1) for t in t_region]))
-        logs = {"view_loss": float(view_total / n_terms), "region_loss": float(region_total / n_terms)}
+        logs = {"view_loss": view_total / n_terms, "region_loss": region_total / n_terms}  # detached; the engine syncs
         return total / n_terms, logs
 
     @torch.no_grad()
@@ -155,4 +155,4 @@ class EsViT(DINO):
         s_view, s_region, s_feat = self._outputs(self.student_encoder, self.student_head, self.student_dense_head,
                                                  views)
         loss, logs = self.loss_fn(s_view, s_region, s_feat, t_view, t_region, t_feat, self.teacher_temp)
-        return loss, {"loss": loss.item(), **logs, "teacher_temp": self.teacher_temp, "momentum": self.momentum}
+        return loss, {"loss": loss.detach(), **logs, "teacher_temp": self.teacher_temp, "momentum": self.momentum}

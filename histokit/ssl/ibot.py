@@ -24,7 +24,7 @@ from torch import nn
 from histokit.models.base import Encoder
 from histokit.train.schedules import teacher_temperature
 
-from .base import batch_mean_all_ranks, check_views, forward_views, full_precision
+from .base import batch_mean_all_ranks, check_views, forward_views, full_precision, views_from_batch
 from .dino import DINO, cross_entropy_soft
 
 
@@ -101,6 +101,26 @@ def sample_masks(batch: int, grid: tuple[int, int], *, shape: str = "block",
     return torch.stack(masks)
 
 
+class MaskedViews:
+    """``image -> {"views": transform(image), "masks": [(H*W,) bool per global view]}``: iBOT's masks made with the
+    views, in the DataLoader workers, as the reference's ``ImageFolderMask`` does, instead of ~B x 2 block masks per
+    step in the training process. Each image's mask is :func:`sample_masks` of one image, the distribution
+    :meth:`iBOT.make_masks` gives it, from the global RNG (which ``PerSampleSeed`` seeds per item). A module-level
+    class, so a spawned worker can unpickle it."""
+
+    def __init__(self, transform, patch_size: int, *, n_global_views: int = 2, shape: str = "block",
+                 ratio_choices: Sequence[tuple[float, float]] = ((0.0, 0.0), (0.1, 0.5))):
+        self.transform, self.patch_size, self.n_global_views = transform, int(patch_size), int(n_global_views)
+        self.shape, self.ratio_choices = shape, tuple(tuple(r) for r in ratio_choices)
+
+    def __call__(self, image) -> dict:
+        views = self.transform(image)
+        p = self.patch_size
+        masks = [sample_masks(1, (v.shape[-2] // p, v.shape[-1] // p), shape=self.shape,
+                              ratio_choices=self.ratio_choices)[0] for v in views[: self.n_global_views]]
+        return {"views": views, "masks": masks}
+
+
 class iBOTLoss(nn.Module):
     """[CLS] self-distillation + masked-patch self-distillation with separate centers (iBOTLoss in main_ibot.py).
 
@@ -138,8 +158,7 @@ class iBOTLoss(nn.Module):
         loss_cls = cls_total / n_cls * self.lambda1
         loss_mim = mim_total / n_mim * self.lambda2
         self.update_centers(torch.cat(list(t_cls)), torch.cat(list(t_patch)))
-        return loss_cls + loss_mim, {"cls_loss": float(loss_cls.detach()),
-                                         "mim_loss": float(loss_mim.detach())}
+        return loss_cls + loss_mim, {"cls_loss": loss_cls.detach(), "mim_loss": loss_mim.detach()}
 
     @torch.no_grad()
     def update_centers(self, teacher_cls: torch.Tensor, teacher_patch: torch.Tensor) -> None:
@@ -189,8 +208,22 @@ class iBOT(DINO):
         self.teacher_patch_temp = teacher_temperature(epoch, self.warmup_teacher_temp_epochs,
                                                       self.warmup_teacher_patch_temp, self.final_teacher_patch_temp)
 
+    def views_with_masks(self, transform) -> MaskedViews:
+        """``transform`` followed by this method's masks: the dataset transform that makes the masks in the loader's
+        workers (:meth:`batch_to_inputs` passes them to ``forward``)."""
+        return MaskedViews(transform, self.student_encoder.patch_size, n_global_views=self.n_global_views,
+                           shape=self.mask_shape, ratio_choices=self.mask_ratio_choices)
+
+    def batch_to_inputs(self, batch) -> tuple:
+        """``(views, masks)`` when the loader made the masks (:class:`MaskedViews`); ``(views,)`` otherwise, and
+        ``forward`` draws them."""
+        item = batch[0] if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], dict) else batch
+        if isinstance(item, dict) and "masks" in item:
+            return views_from_batch(item["views"]), list(item["masks"])
+        return (views_from_batch(batch),)
+
     def make_masks(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """One (B, N) mask per global view, on the view's patch grid."""
+        """One (B, N) mask per global view, on the view's patch grid (when the loader brought none)."""
         p = self.student_encoder.patch_size
         out = []
         for v in views[: self.n_global_views]:
@@ -213,5 +246,5 @@ class iBOT(DINO):
         s_cls = [self.student_head(o.pooled) for o in s_global + s_local]
         s_patch = [self.student_head(o.patch_tokens) for o in s_global]
         loss, logs = self.loss_fn(s_cls, s_patch, t_cls, t_patch, masks, self.teacher_temp, self.teacher_patch_temp)
-        return loss, {"loss": loss.item(), **logs, "mask_ratio": float(torch.cat(masks).float().mean()),
+        return loss, {"loss": loss.detach(), **logs, "mask_ratio": torch.cat(masks).float().mean(),
                       "teacher_temp": self.teacher_temp, "momentum": self.momentum}

@@ -170,4 +170,4 @@ class MAE(SSLMethod):
         latent, mask, ids_restore = self.forward_encoder(imgs)
         pred = self.forward_decoder(latent, ids_restore, grid)
         loss = mae_loss(pred, patchify(imgs, self.patch_size), mask, self.norm_pix_loss)
-        return loss, {"loss": loss.item(), "mask_ratio": float(mask.mean())}
+        return loss, {"loss": loss.detach(), "mask_ratio": mask.detach().mean()}

@@ -97,4 +97,4 @@ class MoCoV3(SSLMethod):
             k1 = self.momentum_projector(self.momentum_encoder(x1))
             k2 = self.momentum_projector(self.momentum_encoder(x2))
         loss = contrastive_loss(q1, k2, self.temperature) + contrastive_loss(q2, k1, self.temperature)
-        return loss, {"loss": loss.item(), "momentum": self.momentum}
+        return loss, {"loss": loss.detach(), "momentum": self.momentum}

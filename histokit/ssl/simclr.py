@@ -66,4 +66,4 @@ class SimCLR(SSLMethod):
         z = self.projection_head(self.student_encoder(torch.cat([views[0], views[1]])))
         z1, z2 = z.chunk(2)
         loss = nt_xent_loss(z1, z2, self.temperature)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}

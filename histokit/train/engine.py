@@ -71,14 +71,36 @@ def batch_and_lr(batch_per_rank: Optional[int], world: int, lr: float, scale_lr:
             "lr": peak, "lr_scaling": rule}
 
 
-def _mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    """Per-step logs averaged over ranks (equal per-rank batches: the global-batch mean); also makes every rank see
-    the same loss, so a non-finite loss stops all ranks together instead of leaving the others in a collective."""
-    if not _distributed():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
+class _LogWindow:
+    """The logs of the steps since the last history entry, kept as detached device tensors: a step adds them
+    without waiting for the GPU, and :meth:`sync` brings the window's means to the host in one transfer (one
+    all-reduce under torchrun) every ``log_every`` steps and at each epoch end. Python numbers (schedules) are
+    summed on the host."""
+
+    def __init__(self, device: torch.device):
+        # float64 as the host sums of floats were (MPS has no float64)
+        self.device, self.dtype = device, torch.float32 if device.type == "mps" else torch.float64
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, logs: dict) -> None:
+        for k, v in logs.items():
+            v = v.detach().reshape(()).to(self.dtype) if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def sync(self) -> dict[str, float]:
+        """The window's means, averaged over ranks (equal per-rank batches: the global-batch mean), which also makes
+        every rank see the same loss, so a non-finite loss stops all ranks together instead of leaving the others
+        in a collective."""
+        keys = sorted(self.sums)
+        t = torch.stack([torch.as_tensor(self.sums[k], dtype=self.dtype).to(self.device) for k in keys])
+        t = t / torch.tensor([self.counts[k] for k in keys], dtype=self.dtype, device=self.device)
+        if _distributed():
+            dist.all_reduce(t)
+            t = t / dist.get_world_size()
+        self.sums, self.counts = {}, {}
+        return dict(zip(keys, t.tolist()))  # the one host sync of the window
 
 
 def _gather_rng(generator, device=None) -> list[dict]:
@@ -269,7 +291,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             break
         _set_epoch(loader, epoch)
         method.train()
-        window: dict[str, list[float]] = {}
+        window = _LogWindow(device)
         bar = progress_bar(total=steps_per_epoch, desc=f"{label + ' ' if label else ''}epoch {epoch + 1}/{epochs}",
                            disable=not (progress and _is_main()), leave=False)
         for i, batch in enumerate(loader):
@@ -287,13 +309,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             inputs = to_inputs(move_to_device(batch, device))
             with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
                 loss, logs = model(*inputs)
-            log_keys = sorted(logs)
-            loss_value, *log_values = _mean_over_ranks([float(loss.detach())] + [float(logs[k]) for k in log_keys],
-                                                       device)
-            logs = dict(zip(log_keys, log_values))
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at epoch {epoch + 1}, step {step}: training stopped "
-                                         f"(the last epoch checkpoint is kept)")
+            window.add({**logs, "loss": loss})
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if grad_clip is not None:
@@ -304,17 +320,21 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             scaler.update()
             after_step()
 
-            for k, v in {**logs, "loss": loss_value}.items():
-                window.setdefault(k, []).append(float(v))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}")
             last_of_epoch = i == steps_per_epoch - 1 or step + 1 >= stop_at
             if (step + 1) % log_every == 0 or last_of_epoch:
-                entry = {k: sum(v) / len(v) for k, v in window.items()}
+                first = step + 1 - window.counts["loss"]
+                entry = window.sync()
+                # checked here, not per step (a per-step check is a host sync): a non-finite loss stops the run at
+                # most log_every - 1 steps late, before any checkpoint holds its weights
+                if not math.isfinite(entry["loss"]):
+                    raise FloatingPointError(
+                        f"loss is {entry['loss']} at epoch {epoch + 1}, steps {first}-{step} (checked every "
+                        f"log_every={log_every} steps): training stopped (the last epoch checkpoint is kept)")
                 entry.update(epoch=epoch + 1, step=step + 1, lr=lr_now, wd=wd_now,
                              seconds=seconds_before + time.perf_counter() - t0)
                 history.append(entry)
-                window = {}
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr_now:.2e}")  # the last synced loss
             if step + 1 >= stop_at:
                 break
         bar.close()

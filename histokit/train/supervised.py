@@ -73,7 +73,7 @@ class _ClassificationObjective(nn.Module):
         logits = self.model(x)
         loss = F.cross_entropy(logits.float(), y.long(), label_smoothing=self.label_smoothing)
         acc = (logits.argmax(1) == y).float().mean()
-        return loss, {"train_acc": float(acc)}
+        return loss, {"train_acc": acc.detach()}
 
 
 @dataclass
