@@ -29,6 +29,8 @@ TINY = BenchConfig(
     hnsw_efs=(16,), hnsw_m=8,
     eval_queries=100, loop_sample=10, latency_backbones=("vit_test",), latency_image_size=32, latency_repeats=2,
     growth_sizes=(600, 1_200), growth_queries=4, growth_hnsw_max=1_200,
+    train_methods=(("dino", "vit_test"), ("ibot", "vit_test"), ("simclr", "resnet_test")), train_batch_size=2,
+    train_batches=1,
 )
 TARGET_IDS = ["extract", "e2e_cache", "search", "eval", "latency", "paper_extract"]
 
@@ -82,7 +84,8 @@ def test_numbers_are_finite_ratios_positive_and_rows_carry_conditions(bench_run)
                    "decode/pil/png", "search/overhead/16 queries batched", "search/overhead/batch-1 query",
                    "search/wrapper/batch-1 query",
                    "ann/ivf/4", "ann/hnsw/16", "metrics/speedup/end_to_end", "metrics/agreement",
-                   "latency/total/vit_test", "growth/exact/1200", "growth/ivf/600", "growth/hnsw/1200"):
+                   "latency/total/vit_test", "growth/exact/1200", "growth/ivf/600", "growth/hnsw/1200",
+                   "training/ratio/dino", "training/ratio/ibot", "training/step/simclr"):
         assert needed in keys, needed
     for r in rows:
         assert math.isfinite(r.value), r.measurement
@@ -199,3 +202,13 @@ def test_device_slug_and_cli_wiring(tmp_path, monkeypatch):
         raise ValueError("device='cuda' was asked for, but torch sees no CUDA GPU")
     monkeypatch.setattr("histokit.bench.run_bench", fake_run_bench)
     assert cmd_bench(args) == 1 and seen == {"out": str(tmp_path), "device": "cpu", "quick": True}
+
+
+def test_training_input_rows_compare_the_loader_with_the_step_per_method(bench_run):
+    _, result = bench_run
+    training = result["sections"]["training"]
+    for name in ("dino", "ibot", "simclr"):
+        loader, step = training.find(f"training/ratio/{name}"), training.find(f"training/step/{name}")
+        assert loader.unit == step.unit == "img/s" and loader.ratio == pytest.approx(loader.value / step.value)
+        assert ("waits for data" in loader.note) == (loader.ratio < 1)
+        assert "(0 workers)" in loader.measurement  # the CPU policy: no workers for a training loader

@@ -147,7 +147,7 @@ class _DieMidEpoch:
 
 def _train_with_rank1_killed_in_epoch2(ctx):
     real = stage_train.training_loader  # patched in this forked child only
-    stage_train.training_loader = lambda c, s: _DieMidEpoch(real(c, s), 2) if rank() == 1 else real(c, s)
+    stage_train.training_loader = lambda c, s, *m: _DieMidEpoch(real(c, s, *m), 2) if rank() == 1 else real(c, s, *m)
     run_rank(ctx, "dino_tiny")
 
 

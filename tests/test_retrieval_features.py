@@ -158,11 +158,13 @@ def test_uint8_batches_are_normalized_on_the_device_or_refused(encoder):
 
 
 def test_num_workers_auto_and_bad_values(encoder, tiles, monkeypatch):
+    from histokit.data import loading
     from histokit.retrieval import features as F
 
-    monkeypatch.setattr(F, "usable_cpus", lambda: 16)
-    assert F.auto_num_workers("cpu") == 4 and F.auto_num_workers("cuda") == 8
-    monkeypatch.setattr(F, "usable_cpus", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(loading, "usable_cpus", lambda: 16)
+    assert F.auto_num_workers("cpu") == 4 and F.auto_num_workers("cuda") == 15
+    monkeypatch.setattr(loading, "usable_cpus", lambda: 2)
     assert F.auto_num_workers("cpu") == 0 and F.auto_num_workers("cuda") == 1
     assert extract_features(encoder, tiles, num_workers="auto", progress=False).timing["num_workers"] == 0
     with pytest.raises(ValueError, match="num_workers"):

@@ -1,10 +1,11 @@
 """``histokit bench``: how fast the kit is, measured against the bare libraries it calls, on this machine.
 
-Six sections, each a module: model-only vs the kit's extraction (``model``), end-to-end from image files and from
+Seven sections, each a module: model-only vs the kit's extraction (``model``), end-to-end from image files and from
 the decoded-tile cache plus decode throughput (``extraction``), the kit's search vs bare FAISS and exact vs
 approximate recall/speed (``search``), vectorized metric evaluation vs a per-query loop (``metrics``), batch-1 query
-latency (``latency``), and search time vs gallery size (``growth``). :func:`run_bench` runs them in one process
-(every ratio is taken within one run), checks the issue's targets (``targets``) and writes
+latency (``latency``), search time vs gallery size (``growth``), and per SSL method the training loader's throughput
+against the training step's (``training``: a ratio below 1 is a starved GPU). :func:`run_bench` runs them in one
+process (every ratio is taken within one run), checks the issue's targets (``targets``) and writes
 ``results/benchmarks/<device-slug>.md`` + ``.csv`` (``report``).
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .report import write_report
 from .search import run_search_section
 from .synthetic import make_retrieval_data
 from .targets import evaluate_targets
+from .training import run_training_section
 
 __all__ = ["BenchConfig", "run_bench"]
 
@@ -65,9 +67,9 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
     sections = {}
     try:
         log(f"{device} ({env['device_name']}), {cfg.mode} mode -> {out_dir / slug}.md")
-        log("1/6 model-only vs kit extraction")
+        log("1/7 model-only vs kit extraction")
         sections["model"] = run_model_section(cfg, dev, log)
-        log("2/6 end-to-end extraction and decoding")
+        log("2/7 end-to-end extraction and decoding")
         with tempfile.TemporaryDirectory(prefix="histokit-bench-") as work:
             sections["extraction"] = run_extraction_section(cfg, dev, Path(work), log)
         n_pool = max(cfg.gallery, *cfg.growth_sizes)
@@ -76,15 +78,17 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
         pool, pool_labels, queries, q_labels = make_retrieval_data(n_pool, n_queries, dim=cfg.dim,
                                                                    n_classes=cfg.n_classes)
         gallery, g_labels = pool[:cfg.gallery], pool_labels[:cfg.gallery]
-        log("3/6 search")
+        log("3/7 search")
         sections["search"], built = run_search_section(cfg, gallery, queries, log)
-        log("4/6 metric evaluation")
+        log("4/7 metric evaluation")
         sections["metrics"] = run_metrics_section(cfg, gallery, g_labels, queries, q_labels, built["flat"], log)
-        log("5/6 batch-1 latency")
+        log("5/7 batch-1 latency")
         sections["latency"] = run_latency_section(cfg, dev, built["flat"], gallery, log)
-        log("6/6 gallery growth")
+        log("6/7 gallery growth")
         prebuilt = {(kind, cfg.gallery): index for kind, index in built.items()}
         sections["growth"] = run_growth_section(cfg, pool, queries, prebuilt, log)
+        log("7/7 training input: loader vs training step per method")
+        sections["training"] = run_training_section(cfg, dev, log)
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.set_num_threads(torch_threads)

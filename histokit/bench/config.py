@@ -10,6 +10,10 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 BACKBONES = ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "resnet50", "densenet121", "convnextv2_atto")
+# each SSL method with the backbone its papers train (section 7: training loader vs training step)
+TRAIN_METHODS = (("dino", "vit_small_patch16_224"), ("esvit", "swin_tiny_patch4_window7_224"),
+                 ("ibot", "vit_small_patch16_224"), ("moco", "vit_small_patch16_224"), ("simclr", "resnet50"),
+                 ("mae", "vit_small_patch16_224"))
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class BenchConfig:
     growth_queries: int = 32
     growth_hnsw_max: int = 100_000
     growth_nprobe: int = 16
+    train_methods: tuple = TRAIN_METHODS
+    train_batch_size: int = 8
+    train_batches: int = 2           # timed loader batches and training steps (after one untimed each)
+    train_n_local: int = 2           # local crops of the multi-crop methods (the papers: 8 on a GPU run)
 
     @property
     def at_target_size(self) -> bool:
@@ -64,13 +72,15 @@ class BenchConfig:
                 ivf_nprobes=(1, 8), hnsw_efs=(16, 64), eval_queries=500, loop_sample=50,
                 latency_backbones=("vit_small_patch16_224",), latency_image_size=64, latency_repeats=5,
                 growth_sizes=(1_000, 10_000), growth_queries=16, growth_hnsw_max=10_000,
+                train_methods=(("dino", "vit_small_patch16_224"), ("ibot", "vit_small_patch16_224")),
+                train_batch_size=4, train_batches=1,
                 precision="bf16" if device_type == "cuda" else "fp32",
             )
         if device_type == "cuda":
             return cls(
                 mode="full", image_size=224, batch_size=256, n_batches=8, warmup=3, repeats=10, precision="bf16",
                 compile_backbone="vit_small_patch16_224", e2e_images=8192, e2e_batch_size=256, hnsw_m=32,
-                latency_repeats=50,
+                latency_repeats=50, train_batch_size=64, train_batches=8, train_n_local=8,
             )
         return cls(mode="full")
 

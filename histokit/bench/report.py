@@ -19,6 +19,7 @@ SECTION_TITLES = {
     "metrics": "4. Metric evaluation (mAP@10, P@10, nDCG@10)",
     "latency": "5. Batch-1 query latency (feature + search)",
     "growth": "6. Search time vs gallery size",
+    "training": "7. Training input: the loader vs the training step, per SSL method",
 }
 GROUP_TITLES = {
     "extraction": "Throughput and ratio to model-only", "decode": "Decode throughput",

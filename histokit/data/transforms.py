@@ -124,3 +124,14 @@ class TwoViewTransform:
 
     def __call__(self, img: Image.Image) -> list[torch.Tensor]:
         return [self.view1(img), self.view2(img)]
+
+
+class OneView:
+    """``image -> [transform(image)]``: the one-view list of a single-view method (MAE), a module-level class so
+    that a spawned DataLoader worker can unpickle it (a lambda cannot be)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image) -> list:
+        return [self.transform(image)]

@@ -108,7 +108,7 @@ def finished_shard(npz: Path, done: Path, *, indices: np.ndarray, fingerprint: d
 
 def extract_shard(encoder: nn.Module, dataset: Dataset, out_dir: str | Path, *, rank: int, world: int,
                   fingerprint: Optional[dict] = None, keys: Optional[Sequence[str]] = None, batch_size: int = 64,
-                  device: str | torch.device = "cpu", precision: str = "fp32", num_workers: int = 0,
+                  device: str | torch.device = "cpu", precision: str = "fp32", num_workers: int | str = 0,
                   progress: bool = True) -> ShardResult:
     """Embed shard ``rank`` of ``world`` of ``dataset`` (items yield ``(image, label, index)``) unless already done.
 
@@ -327,7 +327,7 @@ def run_stage_extraction(ctx, model_name: str, dataset_key: str, *,
         fingerprint = {**record, "file": path.name, "weights_sha256": weights, "image_size": ctx.recipe.image_size,
                        "n_items": len(dataset), "batch_size": extraction_batch(ctx)}
         extract_shard(model.encoder, dataset, shard_dir, rank=env.rank, world=env.world_size, fingerprint=fingerprint,
-                      batch_size=extraction_batch(ctx), device=env.device,
+                      batch_size=extraction_batch(ctx), device=env.device, num_workers="auto",
                       progress=ctx.progress and env.is_main)
         jobs.append((path, shard_dir, len(dataset)))
     barrier()

@@ -73,16 +73,21 @@ class PerSampleSeed(Dataset):
 
     torchvision transforms draw from torch's global RNG and histokit's ``RandomRotate90`` from ``random``; seeding
     both makes the views of an image identical whichever rank or worker loads it. The engine calls
-    :meth:`set_epoch` before each epoch (do not use ``persistent_workers``: they would keep the old epoch).
+    :meth:`set_epoch` before each epoch; the epoch lives in shared memory, so persistent DataLoader workers (which
+    keep the dataset they were given, forked or spawned) see it change.
     """
 
     def __init__(self, dataset: Dataset, seed: int = 0):
         self.dataset = dataset
         self.seed = int(seed)
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
         return len(self.dataset)

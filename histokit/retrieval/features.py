@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..progress import progress_bar
+from ..data.loading import loader_kwargs, usable_cpus, worker_count  # noqa: F401  (usable_cpus: kept importable)
 
 from ..io import atomic_path, sha256_file
 
@@ -121,22 +122,10 @@ def _split_batch(batch, batch_index: int):
     return batch
 
 
-def usable_cpus() -> int:
-    """CPU cores this process may run on (the affinity mask, which containers and ``taskset`` narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        return os.cpu_count() or 1
-
-
 def auto_num_workers(device: str | torch.device) -> int:
-    """DataLoader workers sized to the machine. On a GPU the CPU only decodes: one worker per spare core (the main
-    process feeds the GPU), at most 8. On a CPU device the forward pass already uses every core through intra-op
-    threads, so decoding workers would only compete with it: a quarter of the cores (0 on a small machine)."""
-    cpus = usable_cpus()
-    if torch.device(device).type == "cuda":
-        return max(1, min(8, cpus - 1))
-    return min(8, cpus // 4)
+    """DataLoader workers of an extraction: the kit's one loader policy (:func:`histokit.data.loading.worker_count`
+    for an evaluation loader): on a GPU the rank's share of the cores less one; on a CPU a quarter of them."""
+    return worker_count(device, train=False)
 
 
 def is_convnet(module: nn.Module) -> bool:
@@ -239,10 +228,9 @@ def extract_features(
         batches = _tensor_batches(dataset, batch_size)
         num_workers = 0
     else:
-        batches = DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=int(num_workers),
-            pin_memory=on_cuda,  # pinned host memory makes the non_blocking copy below truly asynchronous
-        )
+        # pinned host memory (on CUDA) makes the non_blocking copy below truly asynchronous
+        batches = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                             **loader_kwargs(device, train=False, num_workers=int(num_workers)))
     was_training = encoder.training
     encoder.eval().to(device)
     channels_last = is_convnet(encoder) if channels_last is None else bool(channels_last)

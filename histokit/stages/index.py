@@ -167,7 +167,7 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     else:
         model, record, targets = extraction_targets(ctx, model_name, dataset_key)
         for path, dataset in targets:
-            fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device,
+            fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device, num_workers="auto",
                                   progress=ctx.progress)
             sha = save_features(path, fs)
             atomic_write_json(path.with_suffix(".json"), {"sha256": sha, **record, "timing": fs.timing})

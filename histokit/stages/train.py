@@ -32,7 +32,7 @@ class TrainOutcome:
 
 def views_transform(spec: TrainSpec, mean, std):
     """The views the method needs (its ViewSpec), at the recipe's sizes."""
-    from ..data.transforms import MultiCropTransform, TwoViewTransform
+    from ..data.transforms import MultiCropTransform, OneView, TwoViewTransform
     from ..ssl.registry import views_for
 
     if views_for(spec.method).n_local > 0:  # a multi-crop method, even when a run asks for 0 local views (Table 4)
@@ -50,7 +50,7 @@ def views_transform(spec: TrainSpec, mean, std):
     single = T.Compose([T.RandomResizedCrop(spec.image_size, scale=views.global_scale,
                                             interpolation=T.InterpolationMode.BICUBIC),
                         T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-    return lambda image: [single(image)]
+    return OneView(single)
 
 
 def per_rank_batch(global_batch: int, world: int) -> int:
@@ -65,28 +65,32 @@ def per_rank_batch(global_batch: int, world: int) -> int:
     return global_batch // world
 
 
-def training_dataset(ctx: StageContext, spec: TrainSpec):
+def training_dataset(ctx: StageContext, spec: TrainSpec, method=None):
     """The run's images: the train split of its recipe dataset (a rehearsal's ``max_train_images`` of it), with the
-    method's views drawn per image from an RNG seeded by (seed, epoch, index), so the views do not depend on which
-    process loads the image."""
+    method's views (and iBOT's masks, ``method.views_with_masks``) drawn per image from an RNG seeded by
+    (seed, epoch, index), so they do not depend on which process or loader worker makes them."""
     from ..distributed.sampler import PerSampleSeed
 
     dataset = load_recipe_dataset(ctx, spec.dataset)
     dataset = dataset.subset(training_rows(ctx, split_indices(ctx, spec.dataset)["train"]))
     dataset.transform = views_transform(spec, spec.mean, spec.std)
+    if hasattr(method, "views_with_masks"):  # made in the loader's workers, not in the training step
+        dataset.transform = method.views_with_masks(dataset.transform)
     return PerSampleSeed(dataset, seed=ctx.seed)
 
 
-def training_loader(ctx: StageContext, spec: TrainSpec) -> DataLoader:
+def training_loader(ctx: StageContext, spec: TrainSpec, method=None) -> DataLoader:
     """This process's loader: one seeded permutation per epoch (``DistributedSampler``, this rank's share of it;
-    all of it in one process), full batches of ``per_rank_batch(min(batch_size, images), world)``."""
+    all of it in one process), full batches of ``per_rank_batch(min(batch_size, images), world)``; workers, pinned
+    memory and prefetching by the kit's loader policy (:mod:`histokit.data.loading`)."""
+    from ..data.loading import loader_kwargs
     from ..distributed.launch import world_size
     from ..distributed.sampler import rank_sampler
 
-    dataset = training_dataset(ctx, spec)
+    dataset = training_dataset(ctx, spec, method)
     batch = per_rank_batch(min(spec.batch_size, len(dataset)), world_size())
     sampler = rank_sampler(dataset, shuffle=True, seed=ctx.seed, drop_last=True)
-    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=0)
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, **loader_kwargs(ctx.device))
 
 
 def initial_encoder(ctx: StageContext, spec: TrainSpec, scope: str):
@@ -105,8 +109,8 @@ def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
     from ..ssl.registry import create_method
     from ..train.engine import train
 
-    loader = training_loader(ctx, spec)
     method = create_method(spec.method, encoder, **spec.method_cfg)
+    loader = training_loader(ctx, spec, method)  # draws no random numbers: the method's initialisation is unchanged
     history = train(method, loader, epochs=spec.epochs, optimizer=spec.optimizer, lr=spec.lr,
                     weight_decay=spec.weight_decay, warmup_epochs=spec.warmup_epochs, min_lr=spec.min_lr,
                     device=ctx.device, checkpoint_dir=checkpoint_dir, resume=True, seed=ctx.seed,

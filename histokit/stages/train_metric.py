@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
+from ..data.loading import loader_kwargs
 from ..models.lgffem_train import make_optimizer, make_subcenter_arcface, train_lgffem
 from ..papers.recipe import TrainSpec
 from .common import load_recipe_dataset, split_indices, training_rows
@@ -19,7 +20,7 @@ def train_subcenter_arcface(ctx: StageContext, spec: TrainSpec, encoder, checkpo
     rows = training_rows(ctx, split_indices(ctx, spec.dataset)["train"])
     train = dataset.subset(rows).with_transform(finetune_transform(spec.image_size, spec.mean, spec.std))
     loader = DataLoader(train, batch_size=min(spec.batch_size, len(train)), shuffle=True, drop_last=True,
-                        num_workers=0, generator=torch.Generator().manual_seed(ctx.seed))
+                        generator=torch.Generator().manual_seed(ctx.seed), **loader_kwargs(ctx.device))
     loss = make_subcenter_arcface(len(dataset.classes), encoder.embed_dim, variant=cfg.get("variant", "paper"),
                                   sub_centers=cfg.get("sub_centers", 3))
     optimizer, scheduler = make_optimizer(encoder, loss, spec.epochs, lr=spec.lr, min_lr=spec.min_lr,

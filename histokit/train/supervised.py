@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from ..data.loading import loader_kwargs
 from ..progress import progress_bar
 
 from histokit.models.base import Encoder
@@ -99,13 +100,15 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: nn.Module, ds, *, batch_size: int = 64, device: Optional[str | torch.device] = None,
-            num_workers: int = 0, progress: bool = True) -> Predictions:
-    """Logits of ``model`` on every item of ``ds`` in order (eval mode, no gradient)."""
+            num_workers: int | str = "auto", progress: bool = True) -> Predictions:
+    """Logits of ``model`` on every item of ``ds`` in order (eval mode, no gradient); ``num_workers="auto"``: the
+    kit's loader policy for an evaluation loader (:mod:`histokit.data.loading`)."""
     if len(ds) == 0:
         raise ValueError("predict: the dataset is empty")
     device = _resolve_device(device)
     model.to(device).eval()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
+                        **loader_kwargs(device, train=False, num_workers=num_workers))
     logits, labels = [], []
     for batch in progress_bar(loader, desc="predict", disable=not progress, leave=False):
         x, y = image_and_label(move_to_device(batch, device))
@@ -120,11 +123,13 @@ def finetune_classifier(encoder: Encoder, train_ds, val_ds, num_classes: int, *,
                         label_smoothing: float = 0.0, grad_clip: Optional[float] = None, amp: bool = True,
                         device: Optional[str | torch.device] = None,
                         checkpoint_dir: Optional[str | os.PathLike] = None, resume: bool = True,
-                        num_workers: int = 0, seed: int = 0, progress: bool = True,
+                        num_workers: int | str = "auto", seed: int = 0, progress: bool = True,
                         log_every: int = 10, max_steps: Optional[int] = None) -> tuple[Classifier, list[dict]]:
     """Fine-tune ``encoder`` + a new linear head on ``train_ds``; evaluate on ``val_ds`` (may be None) each epoch.
 
-    ``freeze_backbone=False`` trains every encoder parameter (they are unfrozen first: an EMA teacher arrives frozen);
+    ``num_workers="auto"``: the kit's loader policy (:mod:`histokit.data.loading`; none on a CPU, so a CPU run is
+    bit-reproducible). ``freeze_backbone=False`` trains every encoder parameter (they are unfrozen first: an EMA
+    teacher arrives frozen);
     True trains the head only. ``max_steps`` caps the optimizer steps (a rehearsal), schedules kept at full length.
     History entries of each epoch end carry ``val_loss`` and ``val_acc``.
     Returns the trained :class:`Classifier` (on ``device``, eval mode) and the history.
@@ -141,9 +146,10 @@ def finetune_classifier(encoder: Encoder, train_ds, val_ds, num_classes: int, *,
     bs = min(batch_size, len(train_ds))
     # a last batch of one image breaks BatchNorm in train mode; drop it only then
     drop_last = len(train_ds) > bs and len(train_ds) % bs == 1
-    loader = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=drop_last, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(seed))
     resolved = _resolve_device(device)
+    loader = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=drop_last,
+                        generator=torch.Generator().manual_seed(seed),
+                        **loader_kwargs(resolved, num_workers=num_workers))
 
     def validate(epoch: int) -> dict:
         if val_ds is None or len(val_ds) == 0:
