@@ -235,6 +235,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_gpucheck(args: argparse.Namespace) -> int:
+    from .gpucheck import run_gpucheck
+
+    try:
+        out = run_gpucheck(args.out, device=args.device)
+    except ValueError as exc:
+        print(f"histokit: {exc}", file=sys.stderr)
+        return 1
+    print(f"[histokit] gpucheck: {out['path']} ({out['seconds']:.0f} s)")
+    return out["status"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="histokit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="driver, CUDA runtime, torch / torchvision / faiss builds and GPUs; "
                                            "warns (exit 1) where they do not fit together")
     doctor.set_defaults(func=cmd_doctor)
+
+    gpucheck = sub.add_parser("gpucheck", help="the GPU path in minutes: full-size DINO / EsViT steps, bf16 vs fp32, "
+                                               "resume on fewer GPUs, batch-1 latency, GPU vs CPU search -> "
+                                               "results/benchmarks/gpucheck-<gpu>.md (reduced on a CPU)")
+    gpucheck.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    gpucheck.add_argument("--out", default=None, help=f"report folder (default {RESULTS_DIR / 'benchmarks'})")
+    gpucheck.set_defaults(func=cmd_gpucheck)
 
     from .data.cli import add_data_subcommands
 
