@@ -123,3 +123,8 @@ def test_masks_made_with_the_views_keep_ibot_s_distribution():
     ratios = masks.float().mean(1)
     assert 0.4 < (ratios == 0).float().mean() < 0.6
     assert ratios.max() <= 0.5 and (ratios[ratios > 0] >= 0.05).all()
+
+
+def test_stage_runs_log_every_step_when_short_and_about_500_times_when_long():
+    assert stage_train.log_interval(40) == 1 and stage_train.log_interval(10**6, max_steps=4) == 1
+    assert stage_train.log_interval(250_000) == 500  # 500 entries (+ epoch ends) over the run

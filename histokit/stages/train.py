@@ -103,6 +103,16 @@ def initial_encoder(ctx: StageContext, spec: TrainSpec, scope: str):
                            encoder_kwargs=spec.encoder_kwargs)
 
 
+HISTORY_POINTS = 500  # loss-curve points of a long run between epoch ends; also how often it waits for the GPU
+
+
+def log_interval(total_steps: int, max_steps=None) -> int:
+    """Steps per history entry: every step for a short run (a rehearsal, a test), else about HISTORY_POINTS
+    entries over the run, so the loop waits for the device to read its logs that often, not every step."""
+    steps = min(total_steps, max_steps) if max_steps else total_steps
+    return max(1, steps // HISTORY_POINTS)
+
+
 def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
     """The SSL / supervised run through the engine: ``(history, the encoder to evaluate)``. Under a process group
     the engine wraps the method in DDP; ``ctx.max_steps`` (a rehearsal) caps the optimisation steps."""
@@ -114,7 +124,8 @@ def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
     history = train(method, loader, epochs=spec.epochs, optimizer=spec.optimizer, lr=spec.lr,
                     weight_decay=spec.weight_decay, warmup_epochs=spec.warmup_epochs, min_lr=spec.min_lr,
                     device=ctx.device, checkpoint_dir=checkpoint_dir, resume=True, seed=ctx.seed,
-                    progress=ctx.progress, max_steps=ctx.max_steps, label=spec.name)
+                    progress=ctx.progress, max_steps=ctx.max_steps, label=spec.name,
+                    log_every=log_interval(spec.epochs * len(loader), ctx.max_steps))
     return history, method.eval_encoder()
 
 

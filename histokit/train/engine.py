@@ -210,6 +210,8 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     max_steps: stop after this many optimizer steps (a rehearsal of a full recipe); the schedules keep the length of
     the whole run, so each step taken has the learning rate, weight decay and temperatures the full run would give it.
     label: the run's name, shown on its progress bar.
+    log_every: steps per history entry. The logs stay on the device in between: the loop waits for the device only
+    to read them (once per entry, and at each epoch end), and checks the loss is finite then.
 
     Returns the history: one dict per ``log_every`` steps and per epoch end, with ``epoch`` (1-based), ``step``
     (optimizer steps done), ``loss`` (mean since the previous entry), ``lr``, ``wd``, ``seconds`` (training time so
