@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 import histokit.stages.train as stage_train
 from histokit.data import loading
 from histokit.data.loading import MAX_WORKERS, PREFETCH_FACTOR, loader_kwargs, worker_count
-from histokit.distributed.sampler import PerSampleSeed
 from histokit.models.backbones import create_encoder
 from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe, TrainSpec
 from histokit.ssl import create_method
