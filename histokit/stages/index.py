@@ -15,7 +15,7 @@ import pandas as pd
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
-from ..retrieval.index import build_index, describe_search, save_index
+from ..retrieval.index import build_index, save_index
 from ..retrieval.metrics import retrieval_latency_ms
 from .common import load_model, load_recipe_dataset, slug, split_indices
 from .context import StageContext
