@@ -98,3 +98,45 @@ def test_esvit_on_swin_has_dense_heads_and_evaluates_teacher():
         method.student_dense_head.mlp[0].weight.add_(1.0)
     method.after_step()
     assert not torch.equal(before, method.teacher_dense_head.mlp[0].weight)
+
+
+def _loss_per_pair(loss_fn, s_view, s_region, s_feat, t_view, t_region, t_feat, teacher_temp):
+    """EsViTLoss before each student view's log-softmax was shared (037b74d): per teacher-student pair an fp32 copy,
+    a log-softmax and a gather of the matched teacher rows (benchmarks/bench_esvit_region_loss.py measures both)."""
+    import torch.nn.functional as F
+
+    from histokit.ssl.dino import cross_entropy_soft
+
+    total, n = 0.0, 0
+    for iq in range(len(t_view)):
+        q_view = F.softmax((t_view[iq] - loss_fn.center) / teacher_temp, dim=-1)
+        q_region = F.softmax((t_region[iq] - loss_fn.center_grid) / teacher_temp, dim=-1)
+        for v in range(len(s_view)):
+            if v == iq:
+                continue
+            idx = match_regions(s_feat[v], t_feat[iq])
+            matched = torch.gather(q_region, 1, idx.unsqueeze(-1).expand(-1, -1, q_region.shape[-1]))
+            view_term = cross_entropy_soft(q_view, s_view[v].float() / loss_fn.student_temp)
+            region_term = cross_entropy_soft(matched, s_region[v].float() / loss_fn.student_temp).mean(-1)
+            total, n = total + (0.5 * view_term + 0.5 * region_term).mean(), n + 1
+    return total / n
+
+
+def test_shared_log_softmax_gives_the_per_pair_loss_and_gradients():
+    g = torch.Generator().manual_seed(3)
+    B, K, D, regions = 3, 50, 8, [4, 4, 2, 2]  # 2 global views of 4 regions, 2 local of 2
+    s_view = [torch.randn(B, K, generator=g).requires_grad_() for _ in regions]
+    s_region = [torch.randn(B, t, K, generator=g).requires_grad_() for t in regions]
+    s_feat = [torch.randn(B, t, D, generator=g) for t in regions]
+    t_view = [torch.randn(B, K, generator=g) for _ in range(2)]
+    t_region = [torch.randn(B, 4, K, generator=g) for _ in range(2)]
+    t_feat = [torch.randn(B, 4, D, generator=g) for _ in range(2)]
+    loss_fn = EsViTLoss(K)
+    loss_fn.center.normal_(generator=g), loss_fn.center_grid.normal_(generator=g)
+    want = _loss_per_pair(loss_fn, s_view, s_region, s_feat, t_view, t_region, t_feat, 0.04)
+    want_grads = torch.autograd.grad(want, s_view + s_region)
+    got = loss_fn(s_view, s_region, s_feat, t_view, t_region, t_feat, 0.04)[0]
+    got_grads = torch.autograd.grad(got, s_view + s_region)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)  # float32 summation order only
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
