@@ -47,7 +47,11 @@ def device_info(device: str) -> dict:
         if torch.cuda.is_available():
             info["cuda_device"] = torch.cuda.get_device_name(0)
             info["cuda_version"] = torch.version.cuda
-    except ImportError:  # provenance must never fail a run
+        from .device import backend_settings, resolve_device
+
+        # what every stage's open_stage set (configure_backends); resolved here, as the stages resolved it
+        info["backends"] = backend_settings(resolve_device(device))
+    except (ImportError, ValueError):  # provenance must never fail a run
         pass
     return info
 

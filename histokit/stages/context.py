@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..device import resolve_device
+from ..device import configure_backends, resolve_device
 from ..io import atomic_write_json
 from ..papers import get_recipe
 from ..papers.recipe import Recipe
@@ -29,6 +29,7 @@ class StageContext:
     progress: bool = True
     rehearse: dict = field(default_factory=dict)      # {} or caps: max_steps, max_images_per_split
     distributed: dict = field(default_factory=dict)   # {} or torchrun flags: nproc_per_node, nnodes, ...
+    backends: dict = field(default_factory=dict)      # cuDNN / TF32 / matmul flags set by open_stage
 
     @property
     def rehearsal(self) -> bool:
@@ -112,6 +113,7 @@ def open_stage(paper: str = "esvit", profile: str = "smoke", data_root: str = ""
                        rehearse=dict(rehearse or {}), distributed=dict(distributed or {}))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(ctx.seed)
+    ctx.backends = configure_backends(ctx.device)  # each stage (and torchrun worker) is its own process
     for note in recipe.notes:
         ctx.add_note("all", note)
     if ctx.rehearsal:  # one rehearsal note, describing the caps of the code that runs now
