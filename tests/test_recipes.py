@@ -41,15 +41,16 @@ def test_smoke_profiles_read_only_the_bundled_tiles(paper):
     assert any("not a reproduction" in n for n in recipe.notes)
 
 
-def test_cyphervit_table4_grid_reaches_the_training_runs():
-    recipe = get_recipe("cyphervit", "smoke")
+@pytest.mark.parametrize("profile, cypher", [("smoke", "cyphervit_smoke"), ("full", "cyphervit_small")])
+def test_cyphervit_table4_grid_reaches_the_training_runs(profile, cypher):
+    recipe = get_recipe("cyphervit", profile)
     grid = recipe.ablations[0]
     rows = grid.params["rows"]
     seen = set()
     for model in grid.models:
         spec = recipe.model(model)
         run = recipe.train_spec(spec.weights.split(":", 1)[1])
-        assert run.method == "dino" and run.encoder == "cyphervit_small"
+        assert run.method == "dino" and run.encoder == cypher
         assert run.encoder_kwargs["num_final_cls"] == spec.encoder_kwargs["num_final_cls"] == int(rows[model]["num_cls"])
         assert run.n_local == int(rows[model]["num_local_views"])
         seen.add((rows[model]["num_cls"], rows[model]["num_local_views"]))
@@ -88,3 +89,22 @@ def test_lgffem_strategies_chain_and_ma_ms_loss_is_marked_not_reproducible():
     assert row["eta_p"] == NOT_REPRODUCIBLE and row["eta_p (paper)"] == 97.89
     protocols = {s.params["protocol"] for s in full.evaluations}
     assert protocols == {"standard", "public_code"}
+
+
+@pytest.mark.parametrize("paper, full_size, smoke_variant", [
+    ("esvit", "swin_tiny_patch4_window7_224", "swin_smoke"), ("esvit", "resnet50", "resnet26"),
+    ("cyphervit", "vit_small_patch16_224", "vit_smoke"), ("cyphervit", "cyphervit_small", "cyphervit_smoke")])
+def test_smoke_trains_a_named_smaller_variant_of_the_full_profiles_model(paper, full_size, smoke_variant):
+    # issue 17: the smoke profile may shrink width and depth through registered variants of the same family, and
+    # its tables must say which; the full profile keeps the paper's model.
+    from histokit.models.backbones import create_encoder
+
+    smoke, full = get_recipe(paper, "smoke"), get_recipe(paper, "full")
+    assert full_size in {t.encoder for t in full.pretrain + full.finetune}
+    assert smoke_variant not in {t.encoder for t in full.pretrain + full.finetune}
+    assert smoke_variant in {t.encoder for t in smoke.pretrain + smoke.finetune}
+    assert full_size not in {t.encoder for t in smoke.pretrain + smoke.finetune}
+    assert any(smoke_variant in note for note in smoke.notes)
+    small, big = create_encoder(smoke_variant, img_size=64), create_encoder(full_size, img_size=64)
+    assert type(small.model if hasattr(small, "model") else small) is type(big.model if hasattr(big, "model") else big)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())

@@ -97,11 +97,17 @@ def test_unknown_checkpoint_name_and_missing_file_are_refused(tmp_path):
 @pytest.mark.bad_input
 def test_cli_refuses_bad_checkpoint_before_any_stage(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(paths, "RUNS_DIR", tmp_path / "runs")
-    name = sorted(checkpoint_names(get_recipe("esvit", "smoke")))[0]
-    code = main(["reproduce", "esvit", "--checkpoint", f"{name}=/nonexistent.pth", "--only", "03", "--force"])
+    name = sorted(checkpoint_names(get_recipe("chen2022", "smoke")))[0]
+    code = main(["reproduce", "chen2022", "--checkpoint", f"{name}=/nonexistent.pth", "--only", "03", "--force"])
     assert code == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing ran
+    # esvit's smoke profile trains smaller variants that official Swin-T weights do not fit: the name is refused
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    code = main(["reproduce", "esvit", "--checkpoint", f"esvit_swin_tiny={weights}", "--only", "03", "--force"])
+    assert code == 1 and "esvit_swin_tiny" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
     code = main(["reproduce", "esvit", "--checkpoint", f"mymodel={tmp_path}"])
     assert code == 1 and "mymodel" in capsys.readouterr().err
 

@@ -2,7 +2,8 @@
 
 Names follow timm's (``vit_small_patch16_224``, ``swin_tiny_patch4_window7_224``, ``resnet50``, ``densenet121``,
 ``convnextv2_base``); the kit adds tiny registered test variants (``*_test``) with the same code path and fewer
-layers, so CI stays cheap (the timm convention). ``create_encoder(name, pooling=...)`` returns an Encoder; CypherViT
+layers, so CI stays cheap (the timm convention), and smoke-profile variants (``vit_smoke``, ``swin_smoke``) that
+the smoke recipes train. ``create_encoder(name, pooling=...)`` returns an Encoder; CypherViT
 registers itself here too (``histokit.models.cyphervit``).
 """
 from __future__ import annotations
@@ -24,6 +25,13 @@ TEST_VARIANTS: dict[str, tuple[str, dict]] = {
     "densenet_test": ("densenet121", dict(growth_rate=8, block_config=(1, 1, 1, 1))),
 }
 
+# Smoke-profile variants (timm style: the paper model's code path at a smaller width and depth), so the smoke
+# profile trains in minutes on a laptop CPU; every smoke table footnote names the variant it used.
+SMOKE_VARIANTS: dict[str, tuple[str, dict]] = {
+    "vit_smoke": ("vit_small_patch16_224", dict(depth=6, embed_dim=192, num_heads=3)),
+    "swin_smoke": ("swin_tiny_patch4_window7_224", dict(depths=(2, 2, 2, 2), embed_dim=48, num_heads=(2, 4, 8, 16))),
+}
+
 _CUSTOM: dict[str, Callable[..., Encoder]] = {}
 
 
@@ -38,7 +46,7 @@ def register_encoder(name: str):
 
 
 def list_encoders() -> list[str]:
-    return sorted(set(_CUSTOM) | set(TEST_VARIANTS))
+    return sorted(set(_CUSTOM) | set(TEST_VARIANTS) | set(SMOKE_VARIANTS))
 
 
 class ViTEncoder(Encoder):
@@ -150,7 +158,9 @@ def create_encoder(name: str, *, pretrained: bool = False, img_size: int = 224, 
         if pretrained:  # never hand back an untrained model when weights were asked for
             raise ValueError(f"encoder {name!r} has no hub weights; train it with the kit or load a checkpoint")
         return build(img_size=img_size, **kwargs)
-    timm_name, extra = TEST_VARIANTS.get(name, (name, {}))
+    timm_name, extra = {**TEST_VARIANTS, **SMOKE_VARIANTS}.get(name, (name, {}))
+    if pretrained and (name in TEST_VARIANTS or name in SMOKE_VARIANTS):
+        raise ValueError(f"encoder {name!r} is a smaller variant of {timm_name}: it has no hub weights")
     if timm_name not in timm.list_models() and timm_name.split(".")[0] not in timm.list_models():
         raise ValueError(f"unknown encoder {name!r}; known: kit {list_encoders()} or any timm model name")
     family = timm_name.split("_")[0]

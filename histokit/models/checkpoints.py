@@ -536,6 +536,16 @@ def _describe(name: str) -> str:
     return f"{name} ({entry.encoder}; {entry.source.split(' (')[0]})" if entry else f"{name} (not in the registry)"
 
 
+def _loaded_elsewhere(name: str) -> str:
+    """Where a known checkpoint name is used, e.g. "(esvit/full loads it)": the smoke profiles of some papers train
+    smaller variants that official weights do not fit."""
+    from ..papers import get_recipe, list_papers
+
+    users = [f"{paper}/{profile}" for paper in list_papers() for profile in ("smoke", "full")
+             if name in recipe_checkpoint_names(get_recipe(paper, profile))]
+    return f" ({', '.join(users)} loads it: choose that profile with --profile)" if users else ""
+
+
 def validate_checkpoint_args(checkpoints: Mapping[str, str | os.PathLike], recipes: Iterable) -> None:
     """Check ``--checkpoint NAME=PATH`` arguments against the selected recipes before any work starts.
 
@@ -556,8 +566,8 @@ def validate_checkpoint_args(checkpoints: Mapping[str, str | os.PathLike], recip
         if name not in accepted:
             close = [n for n in accepted if name and (name in n or n in name)]
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-            where = (" — it names known official weights, but no selected recipe loads them"
-                     if name in OFFICIAL_WEIGHTS else "")
+            where = (" — it names known official weights, but no selected recipe loads them" +
+                     _loaded_elsewhere(name) if name in OFFICIAL_WEIGHTS else "")
             problems.append(f"--checkpoint {name}={path}: unknown checkpoint name {name!r}{hint}{where}")
             continue
         if name not in OFFICIAL_WEIGHTS:

@@ -237,6 +237,15 @@ def cyphervit_small(img_size: int = 224, num_final_cls: int = 4, **kwargs) -> Cy
     return CypherViT(img_size=img_size, **(cfg | kwargs))
 
 
+@register_encoder("cyphervit_smoke")
+def cyphervit_smoke(img_size: int = 64, num_final_cls: int = 4, **kwargs) -> CypherViT:
+    """Smoke-profile variant: the same two clustering stages at 192-d, 3 heads, 3 blocks each, and 16 stage-0
+    [cls] tokens, one per patch of a 64 px image (the paper's 64 tokens suit 196 patches at 224 px; at 64 px they
+    would outnumber the patches four to one and make the smoke run attention-bound)."""
+    cfg = dict(patch_size=16, embed_dim=192, depths=(3, 3), num_heads=3, num_cls=(16, num_final_cls))
+    return CypherViT(img_size=img_size, **(cfg | kwargs))
+
+
 @register_encoder("cyphervit_test")
 def cyphervit_test(img_size: int = 224, num_final_cls: int = 4, **kwargs) -> CypherViT:
     """Tiny variant for CI: same code path, 32-d, 2 heads, 2 stages x 1 block, 16 -> ``num_final_cls`` tokens."""

@@ -24,6 +24,9 @@ CITATION = ("K. Ye, S. Kalra, M. S. Miri, \"Cluster-based histopathology phenoty
             "self-supervised multi-class-token hierarchical ViT\", Scientific Reports 14, 3202 (2024).")
 VIT = "vit_small_patch16_224"
 CYPHER = "cyphervit_small"
+# The smoke profile trains the same two families at a smaller width and depth (registered variants, same code path):
+# a 192-d, 6-block ViT/16 and a 192-d CypherViT with 2 x 3 blocks and 16 stage-0 [cls] tokens.
+SMOKE_VIT, SMOKE_CYPHER = "vit_smoke", "cyphervit_smoke"
 FRACTIONS = {"0.01": "1%", "0.05": "5%", "0.1": "10%", "0.2": "20%", "0.5": "50%", "1.0": "100%"}
 GRID = [(4, 0), (4, 2), (4, 4), (4, 8), (8, 0), (8, 2), (8, 4), (8, 8)]
 BEST = (4, 2)   # "4 [cls] tokens at final stage plus 2 local views ... the most optimal" (Sec. Ablations)
@@ -60,6 +63,7 @@ def build(profile: str) -> Recipe:
     size, local = (64, 32) if smoke else (224, 96)
     epochs, warmup, batch = (2, 1, 16) if smoke else (100, 10, 256)
     datasets = _datasets(smoke)
+    vit, cypher = (SMOKE_VIT, SMOKE_CYPHER) if smoke else (VIT, CYPHER)
     pretrain_on = "CRC-NONORM" if smoke else "VGH"
     eval_sets = tuple(d.key for d in datasets if d.key != "VGH")
     head = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
@@ -73,21 +77,21 @@ def build(profile: str) -> Recipe:
                          n_local=n_local, method_cfg=cfg,
                          encoder_kwargs={"num_final_cls": n_cls} if n_cls else {})
 
-    pretrain = [ssl(f"{m}_vit", m, VIT) for m in ("dino", "ibot", "moco", "simclr", "mae")]
-    pretrain += [ssl(f"{m}_cyphervit", m, CYPHER, n_cls=BEST[0]) for m in ("moco", "simclr")]
-    pretrain += [ssl(_cypher_run(c, v), "dino", CYPHER, n_local=v, n_cls=c) for c, v in GRID]
+    pretrain = [ssl(f"{m}_vit", m, vit) for m in ("dino", "ibot", "moco", "simclr", "mae")]
+    pretrain += [ssl(f"{m}_cyphervit", m, cypher, n_cls=BEST[0]) for m in ("moco", "simclr")]
+    pretrain += [ssl(_cypher_run(c, v), "dino", cypher, n_local=v, n_cls=c) for c, v in GRID]
 
     def cypher_model(name, run, n_cls):
-        return ModelSpec(name, CYPHER, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls})
+        return ModelSpec(name, cypher, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls})
 
     models = [
-        ModelSpec("Pretrained on ImageNet", VIT, "timm"),
-        ModelSpec("Fully-supervised", VIT, "random", note="ViT-S/16 from scratch, labels only"),
-        ModelSpec("SimCLR", VIT, "train:simclr_vit"),
-        ModelSpec("MoCo", VIT, "train:moco_vit"),
-        ModelSpec("iBOT", VIT, "train:ibot_vit"),
-        ModelSpec("DINO", VIT, "train:dino_vit"),
-        ModelSpec("MAE", VIT, "train:mae_vit"),
+        ModelSpec("Pretrained on ImageNet", VIT, "timm"),  # hub weights exist for ViT-S/16 only: full size here
+        ModelSpec("Fully-supervised", vit, "random", note=f"{vit} from scratch, labels only"),
+        ModelSpec("SimCLR", vit, "train:simclr_vit"),
+        ModelSpec("MoCo", vit, "train:moco_vit"),
+        ModelSpec("iBOT", vit, "train:ibot_vit"),
+        ModelSpec("DINO", vit, "train:dino_vit"),
+        ModelSpec("MAE", vit, "train:mae_vit"),
         cypher_model("DINO-CypherViT", _cypher_run(*BEST), BEST[0]),
         cypher_model("SimCLR-CypherViT", "simclr_cyphervit", BEST[0]),
         cypher_model("MoCo-CypherViT", "moco_cyphervit", BEST[0]),
@@ -155,8 +159,11 @@ def build(profile: str) -> Recipe:
                   "ye2024_cyphervit_table1.csv", keys=("method",),
                   metrics=("crc_nonorm_knn", "crc_nonorm_linear", "crc_norm_knn", "crc_norm_linear", "pannuke_knn",
                            "breastpathq_mse", "breastpathq_tau"),
-                  footnotes=probes + ("All rows ViT-S/16 except DINO-CypherViT; DINO-CypherViT uses 4 final [cls] "
-                                      "tokens and 2 local views (the paper's best setting, Table 4).",)),
+                  footnotes=probes + ((f"All rows {vit} except DINO-CypherViT ({cypher}) and 'Pretrained on "
+                                       f"ImageNet' ({VIT}); " if smoke else
+                                       "All rows ViT-S/16 except DINO-CypherViT; ") +
+                                      "DINO-CypherViT uses 4 final [cls] tokens and 2 local views (the paper's best "
+                                      "setting, Table 4).",)),
         TableSpec("table2", "Table 2 — fine-tuning with 1-100 % of the CRC (w/ norm) labels",
                   "ye2024_cyphervit_table2.csv", keys=("method",), metrics=tuple(FRACTIONS.values()),
                   footnotes=("End-to-end fine-tuning of encoder + linear head (AdamW, cosine schedule) on a "
@@ -189,7 +196,10 @@ def build(profile: str) -> Recipe:
         notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
                  "(raw = w/o norm, Macenko-normalized by the kit = w/ norm) and, in place of VGH/NKI, for the "
                  "pretraining data (training split only); 64 px images (32 px local crops), 2 epochs, batch 16, "
-                 "CPU; DINO / iBOT heads with 4,096 prototypes; random 80/10/10 split instead of CRC-VAL-HE-7K. "
+                 "CPU; DINO / iBOT heads with 4,096 prototypes; random 80/10/10 split instead of CRC-VAL-HE-7K; the trained "
+                 "and fine-tuned encoders are the registered smoke variants vit_smoke (ViT/16, 192-d, 6 blocks, 3 "
+                 "heads) and cyphervit_smoke (192-d, 2 stages x 3 blocks, 16 -> 4 or 8 [cls] tokens), not ViT-S/16 "
+                 "and CypherViT-S; 'Pretrained on ImageNet' is timm's ViT-S/16. "
                  "PanNuke and BreastPathQ are not in the smoke profile.",)
     return Recipe(paper="cyphervit", title=TITLE, citation=CITATION, profile=profile, image_size=size,
                   datasets=datasets, models=tuple(models), pretrain=tuple(pretrain), evaluations=evaluations,

@@ -22,6 +22,10 @@ TITLE = "Habijan et al. 2025 — EsViT features + FAISS k-NN retrieval"
 CITATION = ("M. Habijan et al., \"Efficient Self-Supervised Vision Transformers for Histopathology Image Retrieval\", "
             "EUSIPCO 2025.")
 SWIN = "swin_tiny_patch4_window7_224"
+# The smoke profile trains registered smaller variants of the same families (same code path): Swin at 48-d with
+# 2 blocks per stage, and timm's ResNet-26 (ResNet-50's bottleneck blocks, 2 per stage) for SimCLR. The official
+# checkpoints fit the full-size models only, so they are a full-profile option.
+SMOKE_SWIN, SMOKE_SIMCLR = "swin_smoke", "resnet26"
 METRICS = ("mAP@10", "Precision@10", "nDCG@10")
 
 
@@ -42,6 +46,9 @@ def build(profile: str) -> Recipe:
     n_local = 2 if smoke else 8
     datasets = _datasets(profile)
     first = datasets[0].key
+    swin, simclr_net = (SMOKE_SWIN, SMOKE_SIMCLR) if smoke else (SWIN, "resnet50")
+    esvit_init = "train:esvit_pretrain" if smoke else "checkpoint:esvit_swin_tiny|train:esvit_pretrain"
+    simclr_init = "timm" if smoke else "checkpoint:simclr_v1_resnet50_1x_imagenet|timm"
 
     # Smoke keeps EsViT's loss, heads and schedules but shrinks the prototype count (65,536 -> 4,096) and the
     # teacher-temperature warm-up to the run's length: a two-epoch run could not move a 65k-way head.
@@ -56,20 +63,20 @@ def build(profile: str) -> Recipe:
     # Stage 02: the "ImageNet self-supervised" EsViT. An official checkpoint (--checkpoint esvit_swin_tiny=PATH)
     # replaces it; without one the kit's own EsViT stage provides it (full: on an ImageNet folder; smoke: the stand-in
     # tiles).
-    pretrain = (ssl("esvit_pretrain", "esvit", SWIN, first, "random"),)
+    pretrain = (ssl("esvit_pretrain", "esvit", swin, first, "random"),)
     finetune = []
     for d in datasets:
         finetune += [
-            ssl(f"esvit_finetune_{d.key}", "esvit", SWIN, d.key, "checkpoint:esvit_swin_tiny|train:esvit_pretrain"),
-            ssl(f"esvit_scratch_{d.key}", "esvit", SWIN, d.key, "random"),
-            ssl(f"simclr_{d.key}", "simclr", "resnet50", d.key, "checkpoint:simclr_v1_resnet50_1x_imagenet|timm"),
+            ssl(f"esvit_finetune_{d.key}", "esvit", swin, d.key, esvit_init),
+            ssl(f"esvit_scratch_{d.key}", "esvit", swin, d.key, "random"),
+            ssl(f"simclr_{d.key}", "simclr", simclr_net, d.key, simclr_init),
         ]
     models = (
         ModelSpec("ResNet50 + k-NN", "resnet50", "timm"),
         ModelSpec("DenseNet121 + k-NN", "densenet121", "timm"),
-        ModelSpec("SimCLR + k-NN", "resnet50", "train:simclr_{dataset}"),
-        ModelSpec("EsViT + k-NN", SWIN, "train:esvit_finetune_{dataset}"),
-        ModelSpec("EsViT (No Pretraining)", SWIN, "train:esvit_scratch_{dataset}"),
+        ModelSpec("SimCLR + k-NN", simclr_net, "train:simclr_{dataset}"),
+        ModelSpec("EsViT + k-NN", swin, "train:esvit_finetune_{dataset}"),
+        ModelSpec("EsViT (No Pretraining)", swin, "train:esvit_scratch_{dataset}"),
     )
     keys = tuple(d.key for d in datasets)
     table1_models = ("ResNet50 + k-NN", "DenseNet121 + k-NN", "SimCLR + k-NN", "EsViT + k-NN")
@@ -108,7 +115,9 @@ def build(profile: str) -> Recipe:
     if smoke:
         notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC; "
                  "BracS and BATCH need registration and are not run; 64 px images, 2 epochs, CPU; EsViT heads with 4,096 "
-                 "prototypes instead of 65,536.",)
+                 "prototypes instead of 65,536; the trained encoders are the registered smoke variants swin_smoke "
+                 "(Swin, 48-d, 2 blocks per stage) for EsViT and timm's resnet26 (ResNet-50's bottleneck blocks, 2 per stage) for SimCLR (ResNet50 and "
+                 "DenseNet121 rows: the full-size timm models); official checkpoints are a full-profile option.",)
     return Recipe(paper="esvit", title=TITLE, citation=CITATION, profile=profile, image_size=size,
                   datasets=datasets, models=models, pretrain=pretrain, finetune=tuple(finetune),
                   evaluations=evaluations, ablations=ablations, tables=tables, figures=figures, notes=notes,
