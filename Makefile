@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	@# uv reads no pip.conf, so the machine's local CPU-only torch wheel cannot slip in beside PyPI's torchvision.
 	@# CUDA=12: torch + torchvision (and the CUDA 12 wheels they pin) from PyTorch's index only; the lock from PyPI
 	@# then keeps them (an installed torch==X+cu126 satisfies its pin without asking an index).
-	$(if $(filter 12,$(CUDA)),$(UV) pip install --python $(BIN)/python --index-url $(TORCH_CUDA12_INDEX) $$(grep -E '^torch(vision)?==' $(LOCK)))
+	$(if $(filter 12,$(CUDA)),$(UV) pip install --python $(BIN)/python --compile-bytecode --index-url $(TORCH_CUDA12_INDEX) $$(grep -E '^torch(vision)?==' $(LOCK)))
+	@# --compile-bytecode: every package's .pyc made once here, so no later process recompiles torch, timm and the
+	@# rest on import (13 s per process on two cores, every time, where PYTHONDONTWRITEBYTECODE is set).
 	@# Back from CUDA=12: a plain ==X pin also matches the installed X+cu126 (PEP 440), so reinstall the pair.
-	$(UV) pip install --python $(BIN)/python -r $(LOCK) $(if $(filter 12,$(CUDA)),,$$(test -f $(VENV)/.installed-cu12 && echo --reinstall-package torch --reinstall-package torchvision))
+	$(UV) pip install --python $(BIN)/python --compile-bytecode -r $(LOCK) $(if $(filter 12,$(CUDA)),,$$(test -f $(VENV)/.installed-cu12 && echo --reinstall-package torch --reinstall-package torchvision))
 	@rm -f $(VENV)/.installed $(VENV)/.installed-cu12
 	$(UV) pip install --python $(BIN)/python --no-deps -e .
 	$(BIN)/python -c "import torch, torchvision, timm, faiss; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| timm', timm.__version__, '| faiss', faiss.__version__)"

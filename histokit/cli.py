@@ -162,8 +162,9 @@ def _audit(profile: str, data_root: Optional[str]) -> None:
 
 def _report(results_dir, profile: Optional[str] = None) -> None:
     from .report import write_report
+    from .report.embed import default_cache_dir
 
-    md_path, html_path = write_report(results_dir, profile)
+    md_path, html_path = write_report(results_dir, profile, figure_cache_dir=default_cache_dir())
     print(f"[histokit] report: {md_path} and {html_path}")
 
 

@@ -257,3 +257,26 @@ def test_smoke_and_rehearsal_deltas_are_never_graded():
     assert row_grade(table, row, "mAP@10", False) == "none"
     for profile in ("smoke", "rehearsal"):
         assert PaperRun(paper="esvit", profile=profile, title="", citation="", folder="", ran=True).smoke
+
+
+def test_a_large_figure_is_reencoded_once_and_then_read_from_the_cache(tmp_path):
+    # The report re-encodes large figures (the slow part of writing it); the cache keeps them by content.
+    import numpy as np
+    from PIL import Image
+
+    from histokit.report.embed import data_uri, figure_cache
+
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 1200, 3), dtype=np.uint8)).save(big)
+    cache = tmp_path / "cache"
+    with figure_cache(cache):
+        first = data_uri(big)
+    assert first.startswith("data:image/jpeg;base64,")  # noise does not fit as PNG: JPEG at <= MAX_SIDE
+    (entry,) = cache.iterdir()
+    entry.write_text("data:image/png;base64,CACHED")
+    assert data_uri(big, cache_dir=cache) == "data:image/png;base64,CACHED"  # served from the cache
+    assert data_uri(big) == first  # no cache outside the block: encoded again, same bytes
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30), "white").save(small)
+    data_uri(small, cache_dir=cache)
+    assert len(list(cache.iterdir())) == 1  # a figure embedded byte for byte is not cached

@@ -17,6 +17,7 @@ from ..io import atomic_write_text
 from ..runner import PROFILES
 from .collect import ReportData, collect
 from .html import render_html
+from .embed import figure_cache
 from .markdown import render_markdown
 
 MARKDOWN_NAME = "REPORT.md"
@@ -39,9 +40,12 @@ def build_report(results_dir: Path = paths.RESULTS_DIR, profile: Optional[str] =
     return render_markdown(data), render_html(data)
 
 
-def write_report(results_dir: Path = paths.RESULTS_DIR, profile: Optional[str] = None) -> tuple[Path, Path]:
-    """Write ``<results_dir>/REPORT.md`` and ``<results_dir>/report.html`` atomically; return their paths."""
-    markdown, html = build_report(results_dir, profile)
+def write_report(results_dir: Path = paths.RESULTS_DIR, profile: Optional[str] = None,
+                 figure_cache_dir: Optional[Path] = None) -> tuple[Path, Path]:
+    """Write ``<results_dir>/REPORT.md`` and ``<results_dir>/report.html`` atomically; return their paths.
+    ``figure_cache_dir`` keeps the downscaled figures between reports (the CLI: ``runs/cache/report_figures``)."""
+    with figure_cache(figure_cache_dir):
+        markdown, html = build_report(results_dir, profile)
     results_dir = Path(results_dir)
     return _write_shared(results_dir / MARKDOWN_NAME, markdown), _write_shared(results_dir / HTML_NAME, html)
 
