@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,12 @@ RESET_CODE = ("get_ipython().run_line_magic('reset', '-f')\n"
               "import gc as _gc, sys as _sys\n"
               "if 'matplotlib.pyplot' in _sys.modules: _sys.modules['matplotlib.pyplot'].close('all')\n"
               "_gc.collect(); del _gc, _sys")
+
+
+# What every stage imports first; run once when the kernel starts (see WarmKernel.prewarm).
+PREWARM_CODE = ("import torch, timm, faiss, matplotlib.pyplot, pandas, papermill\n"
+                "import histokit.stages, histokit.stages.common, histokit.models, histokit.ssl.registry, "
+                "histokit.retrieval, histokit.evaluation")
 
 
 class KernelError(RuntimeError):
@@ -50,6 +57,8 @@ class WarmKernel:
         self._folder: Optional[Path] = None
         self.notebooks_run = 0
         self.starts = 0
+        self._prewarm = None          # (client, msg_id, started) of imports still running in the kernel
+        self.prewarm_seconds: Optional[float] = None
 
     def __enter__(self) -> "WarmKernel":
         return self
@@ -61,11 +70,46 @@ class WarmKernel:
         """The ``execute_notebook`` arguments that run the next notebook in this kernel (started or reset first)."""
         return {"engine_name": ENGINE_NAME, "km": self._ready()}
 
+    def prewarm(self, code: str = PREWARM_CODE) -> None:
+        """Start the kernel and let it import the kit's heavy modules in the background, while this process does
+        its own checks; the first notebook waits for them (:meth:`wait_prewarmed`). Their time (5-10 s on two
+        cores) is then the kernel's start-up, not the first stage's."""
+        if self._km is None:
+            self._start()
+        client = self._km.client()
+        client.start_channels()
+        self._prewarm = (client, client.execute(code, silent=True, store_history=False), time.perf_counter())
+        self.notebooks_run = max(self.notebooks_run, 1)  # the first notebook then starts from a cleared namespace
+
+    def wait_prewarmed(self, timeout: float = 300.0) -> Optional[float]:
+        """Block until :meth:`prewarm`'s imports are done; their seconds (None when there was nothing to wait for).
+        A failed import is not an error here: the notebook that needs the module reports it in its own cell."""
+        if self._prewarm is None:
+            return None
+        client, msg_id, started = self._prewarm
+        self._prewarm = None
+        try:
+            while True:
+                reply = client.get_shell_msg(timeout=timeout)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+        except Exception as exc:  # queue.Empty on a timeout, or the kernel died: start clean
+            self.shutdown()
+            raise KernelError(f"the Jupyter kernel did not finish importing the kit within {timeout:.0f} s "
+                              f"({type(exc).__name__})") from None
+        finally:
+            client.stop_channels()
+        self.prewarm_seconds = time.perf_counter() - started
+        return self.prewarm_seconds
+
     def discard(self) -> None:
         """Shut the kernel down (after a failure); the next notebook gets a new one."""
         self.shutdown()
 
     def shutdown(self) -> None:
+        if self._prewarm is not None:
+            self._prewarm[0].stop_channels()
+            self._prewarm = None
         if self._km is not None:
             try:
                 if self._km.has_kernel:
@@ -78,6 +122,7 @@ class WarmKernel:
             self._folder = None
 
     def _ready(self):
+        self.wait_prewarmed()
         if self._km is not None and not self._km.is_alive():  # died (out of memory, a segfault): start again
             self.shutdown()
         if self._km is None:

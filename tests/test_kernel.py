@@ -71,3 +71,21 @@ def test_the_kernel_uses_ipc_not_tcp_and_cleans_up(tmp_path):
         km, folder = kernel._km, kernel._folder
         assert km.transport == "ipc" and folder.is_dir()
     assert not folder.exists() and kernel._km is None
+
+
+def test_prewarmed_imports_stay_loaded_but_leave_no_name_and_are_not_the_first_notebooks_time(tmp_path):
+    with WarmKernel(cwd=tmp_path) as kernel:
+        kernel.prewarm("import torch\nsecret = 'from the prewarm'")
+        seconds = kernel.wait_prewarmed()
+        assert seconds is not None and seconds > 0 and kernel.wait_prewarmed() is None  # waited once
+        first = _run(kernel, tmp_path, "first", REPORT)
+        assert kernel.starts == 1
+    assert first["torch_loaded"] is True and first["leftover"] is False
+
+
+def test_the_first_notebook_waits_for_a_prewarm_still_running(tmp_path):
+    with WarmKernel(cwd=tmp_path) as kernel:
+        kernel.prewarm("import time, torch\ntime.sleep(1)\nsecret = 1")
+        first = _run(kernel, tmp_path, "first", REPORT)  # papermill_args() waits for the imports first
+        assert kernel.prewarm_seconds is not None and kernel.prewarm_seconds >= 1.0
+    assert first["torch_loaded"] is True and first["leftover"] is False

@@ -116,7 +116,8 @@ def load_manifest(name: str, manifest_dir: Optional[Path] = None) -> Manifest:
         known = ", ".join(list_manifests(manifest_dir)) or "none"
         raise ManifestError(f"no manifest named {name!r} ({path} does not exist); known datasets: {known}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's C loader where PyYAML has it: the bundled manifest lists 100 files, 0.2 s a read in pure Python
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise ManifestError(f"manifest {path} is not valid YAML: {exc}") from exc
     validate_manifest_dict(data, path)

@@ -31,6 +31,7 @@ class IndexSummary:
 IMAGE_KINDS = {"label_fraction"}
 
 
+SMOKE_TIMING_REPEATS = 5
 REHEARSAL_TIMING_REPEATS = 2  # a rehearsal's timings prove the measurement runs; on a CPU they mean nothing
 # A CPU rehearsal extracts at this batch at most: an eval-mode forward gives the same features at any batch, and a
 # full-size ConvNeXt V2-B at the recipe's 256 x 224 px runs at half the speed per image (memory-bound) on a CPU.
@@ -180,6 +181,8 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     if ctx.rehearsal:  # a CPU rehearsal times a few passes at a batch no larger than its capped gallery
         repeats = dict(repeats=REHEARSAL_TIMING_REPEATS, warmup=1)
         batch = min(batch, int(index.ntotal))
+    elif ctx.profile == "smoke":  # smoke timings compare nothing (tiny images, CPU): a few passes show the column
+        repeats = dict(repeats=SMOKE_TIMING_REPEATS, warmup=1)
     amortized = measure_latency(model.encoder, ctx.recipe.image_size, device=ctx.device, batch_size=batch, **repeats)
     latency = retrieval_latency_ms(model.encoder, index, ctx.recipe.image_size, device=ctx.device, **repeats)
     end_to_end = json.loads(feature_path(ctx, model_name, dataset_key).with_suffix(".json").read_text())["timing"]
