@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from typing import Optional, Sequence
@@ -48,6 +47,27 @@ def _rehearsal_caps(args: argparse.Namespace):
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import paths
+    from .kernel import WarmKernel
+    from .runner import kernel_env
+
+    if args.rehearse and args.profile != "full":
+        print("histokit: --rehearse rehearses the full profile: add --profile full", file=sys.stderr)
+        return 2
+    # One kernel for every stage of every paper: torch, timm and the kit are imported once, not 28 times, and
+    # while this process reads the recipes and runs its checks.
+    kernel = None
+    if not (args.check or args.fresh_kernels):
+        kernel = WarmKernel(cwd=paths.NOTEBOOK_DIR, env=kernel_env(args.quiet))
+        kernel.prewarm()
+    try:
+        return _reproduce(args, kernel)
+    finally:
+        if kernel is not None:
+            kernel.shutdown()
+
+
+def _reproduce(args: argparse.Namespace, kernel) -> int:
     from .papers import get_recipe, list_papers
     from .preflight import PreflightError, check_run, format_missing, validate_checkpoints
     from .runner import RunnerError, reproduce
@@ -55,9 +75,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     papers = list_papers() if args.paper == "all" else [args.paper]
     extra = _parse_pairs(args.param, "--param")
     checkpoints = _parse_pairs(args.checkpoint, "--checkpoint")
-    if args.rehearse and args.profile != "full":
-        print("histokit: --rehearse rehearses the full profile: add --profile full", file=sys.stderr)
-        return 2
     try:
         recipes = [get_recipe(p, args.profile) for p in papers]
         # Every --checkpoint is checked against every selected recipe before any stage of any paper runs.
@@ -73,37 +90,33 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                   "(every dataset and weight file is in place)")
             status = status or (1 if missing else 0)
         return status
-    from . import paths
-    from .kernel import KernelError, WarmKernel
+    from .kernel import KernelError
     from .preflight import checkpoint_names
     from .run_log import estimate_seconds
-    from .runner import kernel_env, result_label, select_stages
+    from .runner import result_label, select_stages
 
     label = result_label(args.profile, bool(args.rehearse))
     stages = select_stages(args.only, args.start)
     estimates = [estimate_seconds(p, label, stages) for p in papers]
     started, published = time.monotonic(), []
-    # One kernel for every stage of every paper: torch, timm and the kit are imported once, not 28 times.
-    with contextlib.ExitStack() as stack:
-        kernel = None if args.fresh_kernels else stack.enter_context(
-            WarmKernel(cwd=paths.NOTEBOOK_DIR, env=kernel_env(args.quiet)))
-        if kernel is not None:
-            kernel.prewarm()  # imports in the kernel while the first paper's preflight runs here
-        for i, (paper, recipe) in enumerate(zip(papers, recipes)):
-            own = {k: v for k, v in checkpoints.items() if k in checkpoint_names(recipe)}
-            later = estimates[i + 1:]
-            try:
-                result = reproduce(paper, args.profile, data_root=args.data_root,
-                          run_dir=args.run_dir if len(papers) == 1 else None,
-                          device=args.device, seed=args.seed, only=args.only, start=args.start, force=args.force,
-                          extra={**extra, **({"checkpoints": own} if own else {})}, log_output=args.verbose,
-                          rehearse=_rehearsal_caps(args), distributed=_distributed_flags(args),
-                          kernel=kernel, fresh_kernels=args.fresh_kernels, quiet=args.quiet,
-                          later_s=None if None in later else sum(later))
-            except (RunnerError, KernelError, ValueError) as exc:
-                print(f"histokit: {exc}", file=sys.stderr)
-                return 1
-            published.append((paper, result.results_dir))
+    for i, (paper, recipe) in enumerate(zip(papers, recipes)):
+        own = {k: v for k, v in checkpoints.items() if k in checkpoint_names(recipe)}
+        later = estimates[i + 1:]
+        try:
+            result = reproduce(paper, args.profile, data_root=args.data_root,
+                               run_dir=args.run_dir if len(papers) == 1 else None,
+                               device=args.device, seed=args.seed, only=args.only, start=args.start,
+                               force=args.force, extra={**extra, **({"checkpoints": own} if own else {})},
+                               log_output=args.verbose, rehearse=_rehearsal_caps(args),
+                               distributed=_distributed_flags(args), kernel=kernel,
+                               fresh_kernels=args.fresh_kernels, quiet=args.quiet,
+                               later_s=None if None in later else sum(later))
+        except (RunnerError, KernelError, ValueError) as exc:
+            print(f"histokit: {exc}", file=sys.stderr)
+            return 1
+        published.append((paper, result.results_dir))
+    if kernel is not None:
+        kernel.shutdown()  # the benchmark, audit and report below run here, not in the kernel
     status = _after_reproduce(args)
     _print_summary(published, time.monotonic() - started)
     return status

@@ -216,7 +216,7 @@ def test_cli_commands_and_the_steps_after_reproduce_all(monkeypatch, tmp_path, c
     monkeypatch.setattr(crosspaper, "run_benchmark", failing_benchmark)
     monkeypatch.setattr(crosspaper, "run_leakage_audit", lambda profile, data_root=None: called.append("audit") or
                         {"md": "l.md", "csv": "l.csv", "figures": []})
-    monkeypatch.setattr(report, "write_report", lambda results_dir, profile=None: called.append("report") or
+    monkeypatch.setattr(report, "write_report", lambda results_dir, profile=None, figure_cache_dir=None: called.append("report") or
                         ("R.md", "r.html"))
     assert cli.main(["reproduce", "all"]) == 1
     assert called == ["chen2022", "cyphervit", "esvit", "lgffem", "audit", "report"]

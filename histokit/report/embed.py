@@ -62,7 +62,7 @@ def data_uri(path: Path, *, max_side: int = MAX_SIDE, max_bytes: int = MAX_BYTES
                 cached = Path(cache_dir) / f"{key}.uri"
                 if cached.is_file():
                     return cached.read_text(encoding="ascii")
-            uri = _reencoded(im, max_side, max_bytes)
+            uri = _reencoded(im, max_side, max_bytes, len(raw))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"figure {path} is not a readable image: {err}") from err
     if cached is not None:
@@ -72,15 +72,19 @@ def data_uri(path: Path, *, max_side: int = MAX_SIDE, max_bytes: int = MAX_BYTES
     return uri
 
 
-def _reencoded(im, max_side: int, max_bytes: int) -> str:
+def _reencoded(im, max_side: int, max_bytes: int, raw_bytes: int) -> str:
     from PIL import Image
 
+    pixels = im.size[0] * im.size[1]
     im = im.convert("RGB")
     im.thumbnail((max_side, max_side), Image.LANCZOS)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)  # zlib's fastest level: this trial decides PNG or JPEG
-    if buf.tell() <= max_bytes:
-        return _uri("image/png", buf.getvalue())
+    # A PNG shrinks about with its pixel count: one far over the limit after downscaling (a photographic tile
+    # grid) goes straight to JPEG; otherwise a trial PNG at zlib's fastest level decides.
+    if raw_bytes * (im.size[0] * im.size[1]) / pixels <= 2 * max_bytes:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", compress_level=1)
+        if buf.tell() <= max_bytes:
+            return _uri("image/png", buf.getvalue())
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
     return _uri("image/jpeg", buf.getvalue())
