@@ -63,6 +63,11 @@ def test_report_has_every_section_and_target(bench_run):
     for title in ["## Targets", *(f"## {t}" for t in SECTION_TITLES.values()), "## Profiles of missed targets"]:
         assert title in md, title
     assert [t.id for t in result["targets"]] == TARGET_IDS
+    # the stages' backend policy (histokit.device), set and recorded by the bench too
+    from histokit.device import backend_settings
+
+    assert {k: result["env"]["backends"][k] for k in backend_settings("cpu")} == backend_settings("cpu")
+    assert "Backend flags (histokit.device" in md and "float32_matmul_precision highest" in md
     for t in result["targets"]:
         assert f"| {t.target} |" in md
     by_id = {t.id: t for t in result["targets"]}

@@ -1,8 +1,11 @@
 """A finished training run is reused only when what it started from is unchanged: a different checkpoint file
 under the same ``--checkpoint`` name retrains it (and the runner re-runs every later stage)."""
+from dataclasses import replace
+
 import pytest
 
 from histokit.models.official_layouts import write_official_mock
+from histokit.papers import get_recipe
 from histokit.stages import open_stage
 from histokit.stages import train as train_stage
 
@@ -26,7 +29,10 @@ def test_new_checkpoint_file_retrains_the_run_it_initialises(tmp_path, counted_t
     first = write_official_mock("esvit_swin_tiny", weights / "a.MOCK.pth", seed=0, compact=True)
     ctx = open_stage("esvit", "smoke", run_dir=str(tmp_path / "run"), device="cpu",
                      checkpoints={"esvit_swin_tiny": str(first)})
-    spec = ctx.recipe.train_spec("esvit_finetune_CRC")
+    # The full profile's fine-tuning run (Swin-T from the official weights, else the kit's own pretraining) on the
+    # smoke profile's tiles: smoke itself trains a smaller Swin that the official weights do not fit.
+    full = get_recipe("esvit", "full").train_spec("esvit_finetune_BracS")
+    spec = replace(ctx.recipe.train_spec("esvit_finetune_CRC"), encoder=full.encoder, init=full.init)
     assert spec.init.startswith("checkpoint:esvit_swin_tiny")
 
     outcome = train_stage.train_one(ctx, spec, scope="all")

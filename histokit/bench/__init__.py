@@ -62,8 +62,11 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR / "benchmarks"
     slug = env["slug"] if cfg.mode == "full" else f"{env['slug']}-{cfg.mode}"
     start = time.perf_counter()
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = dev.type == "cuda"  # fixed input sizes: let cuDNN pick its fastest kernels
+    from ..device import configure_backends, current_backends
+
+    saved_backends = current_backends()
+    # the same cuDNN / TF32 / matmul-precision policy the stages set (histokit.device), recorded with the results
+    env["backends"] = configure_backends(dev)
     sections = {}
     try:
         log(f"{device} ({env['device_name']}), {cfg.mode} mode -> {out_dir / slug}.md")
@@ -90,7 +93,7 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
         log("7/7 training input: loader vs training step per method")
         sections["training"] = run_training_section(cfg, dev, log)
     finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+        _restore_backends(saved_backends)
         torch.set_num_threads(torch_threads)
         faiss.omp_set_num_threads(faiss_threads)
     targets = evaluate_targets(sections, env, cfg)
@@ -98,3 +101,11 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
     paths = write_report(out_dir, slug, env, cfg, sections, targets, time.perf_counter() - start)
     log(f"wrote {paths['md']} and {paths['csv']} in {time.perf_counter() - start:.0f} s")
     return {**paths, "targets": targets, "sections": sections, "env": env}
+
+
+def _restore_backends(flags: dict) -> None:
+    """Put back the flags :func:`histokit.device.current_backends` read before the bench changed them."""
+    torch.backends.cudnn.benchmark = flags["cudnn_benchmark"]
+    torch.set_float32_matmul_precision(flags["float32_matmul_precision"])
+    torch.backends.cuda.matmul.allow_tf32 = flags["tf32_matmul"]
+    torch.backends.cudnn.allow_tf32 = flags["tf32_cudnn"]

@@ -83,7 +83,8 @@ def render_markdown(env: dict, cfg, sections: dict, targets: list, wall_s: float
         f"Versions: torch {env['torch']}, torchvision {env['torchvision']}, timm {env['timm']}, faiss {env['faiss']}"
         f"{gpus}, numpy {env['numpy']}, Pillow {env['pillow']}, Python {env['python']}. Threads: torch "
         f"{env['torch_threads']}, FAISS OpenMP {env['faiss_threads']} "
-        f"({env.get('threads_reason', 'library defaults')}). Timing: warm-up, then repeats interleaved "
+        f"({env.get('threads_reason', 'library defaults')}). Backend flags (histokit.device, as the stages set "
+        f"them): {_backends_text(env.get('backends'))}. Timing: warm-up, then repeats interleaved "
         f"across the paths being compared, median ({cfg.repeats} repeats for models). Backbones are randomly "
         "initialized timm models (speed does not depend on the weights). Device, threads, versions, batch size and "
         f"precision are on every row here and in `{env['slug']}{'' if cfg.mode == 'full' else '-' + cfg.mode}.csv`.",
@@ -139,3 +140,9 @@ def write_report(out_dir: Path, slug: str, env: dict, cfg, sections: dict, targe
     atomic_write_text(csv_path, csv_frame(env, cfg, sections, targets).to_csv(index=False))
     atomic_write_text(md_path, render_markdown(env, cfg, sections, targets, wall_s))
     return {"md": md_path, "csv": csv_path}
+
+
+def _backends_text(flags) -> str:
+    if not flags:
+        return "not recorded"
+    return ", ".join(f"{k} {v}" for k, v in flags.items())
