@@ -41,3 +41,16 @@ def test_mask_token_follows_the_method_not_the_encoders_history():
     create_method("ibot", encoder, **HEAD)  # the same encoder object handed to iBOT afterwards
     assert encoder.mask_token.requires_grad
     assert "mask_token" in encoder.state_dict()  # checkpoints keep their layout
+
+
+@pytest.mark.parametrize("encoder", ["vit_test", "cyphervit_test", "resnet_test"])
+def test_fine_tuning_reaches_every_trainable_parameter_without_the_unused_search(encoder):
+    from histokit.train.supervised import Classifier, _ClassificationObjective
+
+    torch.manual_seed(0)
+    size = ENCODERS.get(encoder, 32)
+    objective = _ClassificationObjective(Classifier(create_encoder(encoder, img_size=size), 3), freeze_backbone=False)
+    assert objective.find_unused_parameters is False
+    loss, _ = objective(torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert [n for n, p in objective.named_parameters() if p.requires_grad and p.grad is None] == []

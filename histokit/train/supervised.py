@@ -55,8 +55,15 @@ def image_and_label(batch) -> tuple[torch.Tensor, torch.Tensor]:
 class _ClassificationObjective(nn.Module):
     """Adapter that gives a :class:`Classifier` the engine's method interface (batch -> (loss, logs))."""
 
+    # A static graph once iBOT's [MASK] embedding (a ViT carries it for every method) is frozen: DDP need not
+    # search each step for unused parameters.
+    find_unused_parameters = False
+
     def __init__(self, model: Classifier, freeze_backbone: bool, label_smoothing: float = 0.0):
         super().__init__()
+        token = getattr(model.encoder, "mask_token", None)
+        if isinstance(token, nn.Parameter):
+            token.requires_grad_(False)  # fine-tuning never masks; the value stays in the state dict
         self.model = model
         self.freeze_backbone = freeze_backbone
         self.label_smoothing = label_smoothing
