@@ -109,7 +109,7 @@ def write_table(spec: TableSpec, table: pd.DataFrame, out_dir: Path, *, profile:
                   "optimisation steps and the images per class capped, on the data named in the notes (mock data "
                   "unless stated otherwise). It shows every cell can be computed; the numbers measure nothing.", ""]
     parts += [to_markdown(table), ""]
-    foot = list(spec.footnotes) + [n for n in notes if n not in spec.footnotes]
+    foot = list(spec.all_footnotes) + [n for n in notes if n not in spec.all_footnotes]
     foot += [f"'{NOT_REPRODUCIBLE}' ({label}): {why}" for label, why in spec.not_reproducible]
     if NOT_RUN in table.astype(str).values:
         foot.append(f"'{NOT_RUN}': this profile did not measure that row; the paper's value is shown beside it, "

@@ -35,6 +35,22 @@ def test_markdown_has_smoke_banner_and_footnotes(tmp_path):
     assert "not a reproduction" in text and "a run note" in text and "| ResNet50 + k-NN |" in text
 
 
+def test_protocol_card_is_written_as_numbered_footnotes_after_the_tables_own(tmp_path):
+    import dataclasses
+
+    from histokit.papers.recipe import ProtocolPoint
+
+    card = (ProtocolPoint("split", "80/10/10 random", "80/10/10 random"),
+            ProtocolPoint("epochs", "not stated", "100", same=False, variant="--param epochs=N"))
+    spec = dataclasses.replace(_spec(), protocol=card)
+    table = build_table(spec, pd.DataFrame(columns=["table", "model", "dataset", "metric", "value"]))
+    lines = write_table(spec, table, tmp_path, profile="full")[1].read_text().splitlines()
+    n = len(spec.footnotes)
+    assert lines[lines.index(f"{n}. {spec.footnotes[-1]}") + 1] == \
+        f"{n + 1}. Protocol — split (as the paper): paper: 80/10/10 random; kit: 80/10/10 random."
+    assert f"{n + 2}. Protocol — epochs (differs): paper: not stated; kit: 100; variant: --param epochs=N." in lines
+
+
 def test_every_recipe_builds_for_every_profile():
     for paper in list_papers():
         for profile in ("smoke", "full"):

@@ -91,6 +91,24 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class ProtocolPoint:
+    """One line of a table's protocol card: what the paper (or its reference code) states, what the kit does.
+
+    ``same`` is False where the two differ; ``variant`` names the kit's other implemented choice, if any (a
+    reviewer sees both the deviation and how to run the alternative)."""
+    aspect: str
+    paper: str
+    kit: str
+    same: bool = True
+    variant: str = ""
+
+    def footnote(self) -> str:
+        verdict = "as the paper" if self.same else "differs"
+        text = f"Protocol — {self.aspect} ({verdict}): paper: {self.paper}; kit: {self.kit}"
+        return text + (f"; variant: {self.variant}" if self.variant else "") + "."
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """A table in the paper's layout: key columns, metric columns, and the paper's CSV for its numbers."""
     id: str
@@ -100,6 +118,12 @@ class TableSpec:
     metrics: tuple                         # paper CSV metric columns, in order
     footnotes: tuple = ()
     not_reproducible: tuple = ()           # (row label, why): rows the kit cannot run (e.g. no public code)
+    protocol: tuple = ()                   # ProtocolPoint: the table's protocol card, written as footnotes
+
+    @property
+    def all_footnotes(self) -> tuple:
+        """The footnotes, then the protocol card (paper vs kit, point by point)."""
+        return tuple(self.footnotes) + tuple(p.footnote() for p in self.protocol)
 
 
 @dataclass(frozen=True)

@@ -265,14 +265,14 @@ def collect_paper(root: Path, paper: str, profile: str) -> PaperRun:
                    notes=list(recipe.notes) if recipe else [], recipe_error=error)
     specs = list(recipe.tables) if recipe else []
     if not run.ran:
-        run.tables = [Table(s.id, s.title, None, footnotes=list(s.footnotes)) for s in specs]
+        run.tables = [Table(s.id, s.title, None, footnotes=list(s.all_footnotes)) for s in specs]
         return run
 
     tables, seen = [], set()
     for spec in specs:
         csv_path = folder / f"{spec.id}.csv"
         tables.append(read_table(csv_path, root, spec.id, spec.title) if csv_path.is_file()
-                      else Table(spec.id, spec.title, None, footnotes=list(spec.footnotes)))
+                      else Table(spec.id, spec.title, None, footnotes=list(spec.all_footnotes)))
         seen.add(spec.id)
     for csv_path in sorted(folder.glob("*.csv")):  # tables of a paper whose recipe is not (or no longer) known
         if csv_path.stem in seen or csv_path.name in RUN_FILES:
