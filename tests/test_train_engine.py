@@ -1,6 +1,7 @@
 """The training engine: an interrupted + resumed run ends bit-identical to an uninterrupted one (CPU), checkpoints
 load with weights_only=True, schedules reach the optimizer, and bad input fails with a clear message."""
 import copy
+import math
 
 import pytest
 import torch
@@ -175,3 +176,56 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         train(Regression(), _tensor_loader(), **args)
+
+
+def test_per_param_clipping_is_dino_clip_gradients_not_one_global_norm():
+    """DINO / iBOT ``utils.clip_gradients`` clip each tensor's gradient to the bound on its own: a tensor under the
+    bound keeps its gradient, whatever the others' norms (one global norm would shrink it too)."""
+    from histokit.train.engine import clip_gradients
+
+    def params():
+        big, small = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(3))
+        big.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])   # norm 5
+        small.grad = torch.tensor([0.1, 0.0, 0.0])      # norm 0.1
+        return big, small
+
+    big, small = params()
+    clip_gradients([big, small], 3.0, "per_param")
+    assert big.grad.norm().item() == pytest.approx(3.0, rel=1e-5)
+    torch.testing.assert_close(small.grad, torch.tensor([0.1, 0.0, 0.0]))
+    big, small = params()
+    clip_gradients([big, small], 3.0, "global")
+    assert small.grad.norm().item() == pytest.approx(0.1 * 3.0 / (5.0 ** 2 + 0.1 ** 2) ** 0.5, rel=1e-4)
+
+
+class PerParamNorms(Regression):
+    def before_optimizer_step(self):
+        self.grad_norms.append(max(p.grad.norm().item() for p in self.parameters()))
+
+
+def test_engine_clips_per_parameter_when_asked():
+    torch.manual_seed(0)
+    model = PerParamNorms()
+    train(model, _tensor_loader(), epochs=1, lr=1e-2, grad_clip=0.5, grad_clip_mode="per_param", progress=False)
+    assert model.grad_norms and max(model.grad_norms) <= 0.5 + 1e-5
+    with pytest.raises(ValueError, match="grad_clip_mode"):
+        train(Regression(), _tensor_loader(), epochs=1, lr=1e-2, grad_clip=0.5, grad_clip_mode="norm",
+              progress=False)
+
+
+def test_lars_and_adam_betas_reach_the_optimizer():
+    from timm.optim import Lars
+
+    from histokit.train.engine import build_optimizer
+
+    lars = build_optimizer("lars", param_groups(Regression()), momentum=0.9)
+    assert isinstance(lars, Lars) and all(g["momentum"] == 0.9 for g in lars.param_groups)
+    adamw = build_optimizer("adamw", param_groups(Regression()), betas=(0.9, 0.95))
+    assert all(g["betas"] == (0.9, 0.95) for g in adamw.param_groups)
+    assert build_optimizer("adamw", param_groups(Regression())).param_groups[0]["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match="betas"):
+        build_optimizer("sgd", param_groups(Regression()), betas=(0.9, 0.95))
+    model = Regression()
+    before = model.lin.weight.detach().clone()
+    history = train(model, _tensor_loader(), epochs=1, lr=1e-1, weight_decay=1e-6, optimizer="lars", progress=False)
+    assert not torch.equal(before, model.lin.weight) and all(math.isfinite(h["loss"]) for h in history)

@@ -34,7 +34,8 @@ from histokit.io import atomic_write_json
 from .checkpoint import CheckpointError, capture_rng, checkpoint_path, load_checkpoint, restore_rng, save_checkpoint
 from .schedules import cosine_with_warmup
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd", "lars")
+GRAD_CLIP_MODES = ("global", "per_param")
 LR_REFERENCE_BATCH = 256  # the linear scaling rule's reference batch (Goyal et al. 2017; DINO main_dino.py)
 TRAIN_CONFIG_NAME = "train_config.json"
 
@@ -134,16 +135,42 @@ def param_groups(module: nn.Module) -> list[dict[str, Any]]:
     return [{"params": regularized, "regularized": True}, {"params": not_regularized, "regularized": False}]
 
 
-def build_optimizer(name: str, groups: list[dict], *, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """AdamW (ViTs, DINO / EsViT / iBOT / MoCo v3 / MAE), Adam, or SGD with momentum; lr and wd are set per step."""
+def build_optimizer(name: str, groups: list[dict], *, momentum: float = 0.9,
+                    betas: Optional[tuple[float, float]] = None) -> torch.optim.Optimizer:
+    """AdamW (ViTs, DINO / EsViT / iBOT / MoCo v3 / MAE), Adam, SGD with momentum, or LARS (SimCLR's and MoCo v3's
+    ResNet optimizer: ``timm.optim.Lars``, trust coefficient 0.001, no adaptation of the groups without weight
+    decay, i.e. biases and norms, as google-research/simclr excludes them); lr and wd are set per step.
+    ``betas``: Adam(W)'s (beta1, beta2), torch's (0.9, 0.999) when None (MAE main_pretrain.py: (0.9, 0.95))."""
     key = name.lower()
+    adam = {} if betas is None else {"betas": tuple(float(b) for b in betas)}
+    if betas is not None and key not in ("adamw", "adam"):
+        raise ValueError(f"betas={betas!r} is an Adam / AdamW setting; optimizer={name!r} has none")
     if key == "adamw":
-        return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0)
+        return torch.optim.AdamW(groups, lr=0.0, weight_decay=0.0, **adam)
     if key == "adam":
-        return torch.optim.Adam(groups, lr=0.0, weight_decay=0.0)
+        return torch.optim.Adam(groups, lr=0.0, weight_decay=0.0, **adam)
     if key == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=momentum, weight_decay=0.0)
+    if key == "lars":
+        from timm.optim import Lars
+
+        return Lars(groups, lr=0.0, momentum=momentum, weight_decay=0.0)
     raise ValueError(f"unknown optimizer={name!r}; choose one of {OPTIMIZERS}")
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float, mode: str = "global") -> None:
+    """``global``: one norm over all gradients (``torch.nn.utils.clip_grad_norm_``); ``per_param``: each parameter
+    tensor's gradient clipped to ``max_norm`` on its own, as facebookresearch/dino (and iBOT) ``utils.clip_gradients``
+    does (``clip / (norm + 1e-6)`` when below 1)."""
+    if mode == "global":
+        nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([g.detach().norm(2) for g in grads])
+    coefs = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # a factor of 1 where the norm is below max_norm
+    torch._foreach_mul_(grads, list(coefs.unbind()))
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -173,7 +200,7 @@ def _resolve_device(device) -> torch.device:
 
 
 def _check_args(epochs: int, lr: float, warmup_epochs: int, log_every: int, grad_clip: Optional[float],
-                steps_per_epoch: int) -> None:
+                steps_per_epoch: int, grad_clip_mode: str = "global") -> None:
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got epochs={epochs}")
     if not lr > 0:
@@ -184,6 +211,8 @@ def _check_args(epochs: int, lr: float, warmup_epochs: int, log_every: int, grad
         raise ValueError(f"log_every must be >= 1, got log_every={log_every}")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be > 0 or None, got grad_clip={grad_clip}")
+    if grad_clip_mode not in GRAD_CLIP_MODES:
+        raise ValueError(f"grad_clip_mode must be one of {GRAD_CLIP_MODES}, got grad_clip_mode={grad_clip_mode!r}")
     if steps_per_epoch < 1:
         raise ValueError("loader yields no batches (len(loader) == 0): dataset smaller than the batch with drop_last?")
 
@@ -196,8 +225,8 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
           weight_decay: float = 0.04, weight_decay_end: Optional[float] = None, warmup_epochs: int = 0,
           min_lr: float = 1e-6, momentum: float = 0.9, amp: bool = True, amp_dtype: str = "bfloat16",
           device: Optional[str | torch.device] = None, checkpoint_dir: Optional[str | os.PathLike] = None,
-          resume: bool = True, grad_clip: Optional[float] = None, seed: int = 0, progress: bool = True,
-          log_every: int = 1, epoch_end: Optional[Callable[[int], dict]] = None,
+          resume: bool = True, grad_clip: Optional[float] = None, grad_clip_mode: str = "global",
+          betas: Optional[tuple[float, float]] = None, seed: int = 0, progress: bool = True, log_every: int = 1, epoch_end: Optional[Callable[[int], dict]] = None,
           scale_lr: bool = False, max_steps: Optional[int] = None, label: str = "") -> list[dict]:
     """Train ``method`` (``forward(*method.batch_to_inputs(batch)) -> (loss, logs)``) for ``epochs`` epochs.
 
@@ -205,7 +234,9 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     scale_lr: ``True`` makes ``lr`` a base rate scaled to ``lr x global_batch / 256`` (global batch = the loader's
     batch size x world size), DINO's rule; default off, ``lr`` used as given. weight_decay: constant, or cosine to
     ``weight_decay_end`` (DINO: 0.04 -> 0.4); never applied to biases and norm weights. amp: bf16 autocast on CUDA
-    (``amp_dtype="float16"`` adds a GradScaler); ignored on CPU. grad_clip: max global gradient norm.
+    (``amp_dtype="float16"`` adds a GradScaler); ignored on CPU. grad_clip: max gradient norm, of all gradients
+    together (``grad_clip_mode="global"``) or of each parameter tensor (``"per_param"``, DINO's / iBOT's
+    ``clip_gradients``). betas: Adam(W)'s betas (None: torch's). optimizer "lars": timm's LARS (SimCLR).
     epoch_end(epoch) -> dict: called after each epoch (e.g. validation); its values join that epoch's last entry.
     max_steps: stop after this many optimizer steps (a rehearsal of a full recipe); the schedules keep the length of
     the whole run, so each step taken has the learning rate, weight decay and temperatures the full run would give it.
@@ -227,7 +258,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         steps_per_epoch = len(loader)
     except TypeError as err:
         raise ValueError("loader must have a length (a DataLoader over a map-style dataset)") from err
-    _check_args(epochs, lr, warmup_epochs, log_every, grad_clip, steps_per_epoch)
+    _check_args(epochs, lr, warmup_epochs, log_every, grad_clip, steps_per_epoch, grad_clip_mode)
     if amp_dtype not in ("bfloat16", "float16"):
         raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got amp_dtype={amp_dtype!r}")
     device = _resolve_device(device)
@@ -251,7 +282,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             method, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=getattr(method, "find_unused_parameters", True))
     groups = param_groups(method)
-    opt = build_optimizer(optimizer, groups, momentum=momentum)
+    opt = build_optimizer(optimizer, groups, momentum=momentum, betas=betas)
     params = [p for g in groups for p in g["params"]]
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and dtype == torch.float16)
     generator = getattr(loader, "generator", None)
@@ -260,7 +291,9 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     sampler = getattr(loader, "sampler", None)
     run_config = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "optimizer": optimizer.lower(), **scaling,
                   "min_lr": min_lr, "weight_decay": weight_decay, "weight_decay_end": weight_decay_end,
-                  "warmup_epochs": warmup_epochs, "seed": seed, "max_steps": max_steps,
+                  "warmup_epochs": warmup_epochs, "grad_clip": grad_clip,
+                  "grad_clip_mode": grad_clip_mode if grad_clip is not None else None,
+                  "betas": list(betas) if betas is not None else None, "seed": seed, "max_steps": max_steps,
                   "sampler": type(sampler).__name__ if sampler is not None else None}
 
     history: list[dict] = []
@@ -316,7 +349,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             scaler.scale(loss).backward()
             if grad_clip is not None:
                 scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(params, grad_clip)
+                clip_gradients(params, grad_clip, grad_clip_mode)
             before_opt()
             scaler.step(opt)
             scaler.update()
