@@ -38,3 +38,39 @@ def test_bad_names_and_pretrained_custom_encoders_are_refused():
         create_encoder("nope")
     with pytest.raises(ValueError, match="no hub weights"):
         create_encoder("cyphervit_test", pretrained=True, img_size=64)
+
+
+def test_resnet50_trunc_is_the_reference_truncated_resnet50_with_1024_d_output():
+    # Chen & Krishnan's resnet50_trunc_baseline: torchvision ResNet-50 without layer4 / fc, then global average pool.
+    import torchvision
+
+    encoder = create_encoder("resnet50_trunc").eval()            # random weights: no download in tests
+    reference = torchvision.models.resnet50(weights=None).eval()
+    kept = {k: v for k, v in reference.state_dict().items() if not k.startswith(("layer4.", "fc."))}
+    assert {k: tuple(v.shape) for k, v in encoder.model.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in kept.items()}, "same modules as torchvision's ResNet-50 up to layer3"
+    encoder.model.load_state_dict(kept)                        # what the reference's strict=False load keeps
+    x = torch.randn(1, 3, 32, 32)
+    r = reference
+    with torch.no_grad():
+        expected = r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x))))))).mean((2, 3))
+        out = encoder(x)
+    assert out.shape == (1, 1024) and encoder.embed_dim == 1024
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_resnet50_trunc_asks_timm_for_torchvision_imagenet_weights(monkeypatch):
+    import timm
+
+    from histokit.models import backbones
+
+    asked = {}
+    real = timm.create_model
+
+    def fake_create_model(name, pretrained=False, **kw):
+        asked.update(name=name, pretrained=pretrained)
+        return real("resnet18", pretrained=False, **kw)        # never download in a test; a small stand-in
+
+    monkeypatch.setattr(backbones.timm, "create_model", fake_create_model)
+    assert create_encoder("resnet50_trunc", pretrained=True).embed_dim == 256   # resnet18's layer3
+    assert asked == {"name": "resnet50.tv_in1k", "pretrained": True}

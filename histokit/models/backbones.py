@@ -4,7 +4,8 @@ Names follow timm's (``vit_small_patch16_224``, ``swin_tiny_patch4_window7_224``
 ``convnextv2_base``); the kit adds tiny registered test variants (``*_test``) with the same code path and fewer
 layers, so CI stays cheap (the timm convention), and smoke-profile variants (``vit_smoke``, ``swin_smoke``) that
 the smoke recipes train. ``create_encoder(name, pooling=...)`` returns an Encoder; CypherViT
-registers itself here too (``histokit.models.cyphervit``).
+registers itself here too (``histokit.models.cyphervit``), and so does ``resnet50_trunc``, Chen & Krishnan's ImageNet
+baseline (a ResNet-50 cut after its third stage, 1,024-d).
 """
 from __future__ import annotations
 
@@ -142,6 +143,43 @@ class CNNEncoder(Encoder):
         B, C, h, w = fmap.shape
         patches = fmap.flatten(2).transpose(1, 2)
         return TokenOutput(pooled=patches.mean(1), patch_tokens=patches, cls_tokens=None, grid_size=(h, w))
+
+
+class TruncatedResNetEncoder(CNNEncoder):
+    """A ResNet up to its third stage (``layer3``), global average pooling: Chen & Krishnan's
+    ``resnet50_trunc_baseline`` (``Richarizardd/Self-Supervised-ViT-Path``, ``nn_encoder_arch/resnet_trunc.py``:
+    conv1 - bn1 - relu - maxpool - layer1 - layer2 - layer3 - AdaptiveAvgPool2d(1), no layer4, no fc), 1,024-d for a
+    ResNet-50. ``layer4`` is removed from the timm model, so its weights are neither kept nor expected."""
+
+    def __init__(self, model: nn.Module):
+        model.layer4 = nn.Identity()
+        super().__init__(model)
+        self.embed_dim = model.num_features = next(f["num_chs"] for f in model.feature_info if f["module"] == "layer3")
+
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> TokenOutput:
+        if mask is not None:
+            raise NotImplementedError("CNN encoder does not support token masking")
+        m = self.model
+        fmap = m.maxpool(m.act1(m.bn1(m.conv1(x))))
+        fmap = m.layer3(m.layer2(m.layer1(fmap)))      # (B, 1024, h, w): stride 16
+        B, C, h, w = fmap.shape
+        patches = fmap.flatten(2).transpose(1, 2)
+        return TokenOutput(pooled=patches.mean(1), patch_tokens=patches, cls_tokens=None, grid_size=(h, w))
+
+
+# The reference loads torchvision's ImageNet ResNet-50 (model_zoo URL resnet50-19c8e357.pth, the pre-0.13 name of
+# torchvision's V1 weights) non-strictly into the truncated network; timm's ``resnet50.tv_in1k`` is torchvision's
+# V1 file (resnet50-0676ba61.pth) on the Hugging Face hub, fetched by timm (safetensors) like every hub weight here.
+RESNET50_TRUNC_WEIGHTS = "resnet50.tv_in1k"
+
+
+@register_encoder("resnet50_trunc")
+def resnet50_trunc(img_size: int = 224, pretrained: bool = False, **kwargs) -> Encoder:
+    """Chen & Krishnan's ImageNet baseline: torchvision-layout ResNet-50 truncated after ``layer3`` (1,024-d).
+    ``pretrained`` asks timm for torchvision's ImageNet weights (:data:`RESNET50_TRUNC_WEIGHTS`); ``img_size`` is
+    accepted for the factory's signature (a CNN takes any size)."""
+    model = timm.create_model(RESNET50_TRUNC_WEIGHTS, pretrained=pretrained, num_classes=0, **kwargs)
+    return TruncatedResNetEncoder(model)
 
 
 def create_encoder(name: str, *, pretrained: bool = False, img_size: int = 224, pooling: Optional[str] = None,
