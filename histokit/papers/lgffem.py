@@ -11,7 +11,7 @@ features and "MA + MS-loss". Figures: a query and its retrievals (Fig. 3), Grad-
 Open points, stated in the footnotes: the public code (camilo-nunez/ffnir) passes the margin as the scale
 (m = s = 17.5) and computes eta differently from the Kimia standard (REFERENCE.md); the kit trains with the paper's
 m and s, reports eta in both protocols (one table each), and keeps "MA + MS-loss" as the paper's number only: it
-has no public code, so it is marked not reproduced. Epochs: 60 (A, B) and 300 (C), as the paper gives.
+has no public code, so it is marked not reproduced. Epochs (Sec. 4.1.3): strategy A 60, strategies B and C 300.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ CITATION = ("C. Nuñez-Fernández, H. Farias, M. Solar, \"Content-Based Histopat
             "Sensors 25 (2025).")
 STRATEGIES = (("A", "IN-1K", "ImageNet"), ("B", "IN-1K + PanNuke", "PanNuke"),
               ("C", "IN-1K + PanNuke + Kimia", "Kimia"))
+STRATEGY_EPOCHS = {"A": 60, "B": 300, "C": 300}  # Sec. 4.1.3 (full profile; smoke trains 2)
 
 
 def build(profile: str) -> Recipe:
@@ -44,10 +45,11 @@ def build(profile: str) -> Recipe:
                          method_cfg=dict(variant="paper", sub_centers=3))
 
     # Each strategy continues from the previous one; the frozen backbone is timm's FCMAE ConvNeXt V2 throughout.
+    # Sec. 4.1.3: "Strategy A used a batch size of 64 for 60 epochs, while strategies B and C ... for 300 epochs".
     pretrain, previous = [], "timm"
     for letter, _, dataset in STRATEGIES:
         if dataset in available:
-            pretrain.append(arcface(f"lgffem_{letter}", dataset, previous, 300 if letter == "C" else 60))
+            pretrain.append(arcface(f"lgffem_{letter}", dataset, previous, STRATEGY_EPOCHS[letter]))
             previous = f"train:lgffem_{letter}"
     trained = [t.name for t in pretrain]
     models = [ModelSpec(f"LGFFEM strategy {letter}", encoder, f"train:lgffem_{letter}")
