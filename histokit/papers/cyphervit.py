@@ -31,14 +31,43 @@ FRACTIONS = {"0.01": "1%", "0.05": "5%", "0.1": "10%", "0.2": "20%", "0.5": "50%
 GRID = [(4, 0), (4, 2), (4, 4), (4, 8), (8, 0), (8, 2), (8, 4), (8, 8)]
 BEST = (4, 2)   # "4 [cls] tokens at final stage plus 2 local views ... the most optimal" (Sec. Ablations)
 
-# Each framework's official optimizer and base learning rate (lr = base x batch / 256, as their codebases scale it).
+# Each framework's official optimisation, as its codebase's reference command for a ViT states it (Ye et al. train
+# the baselines "following the default hyper-parameters setting in their official released codebases" and state no
+# epochs of their own). lr = base x batch / 256 ("linear") or base x sqrt(batch) ("sqrt", SimCLR's README rule).
+# The kit's batch is 256 (one GPU) for every framework; the reference batches are in REFERENCE_BATCH.
 FRAMEWORKS = {
-    "dino": dict(optimizer="adamw", base_lr=5e-4, weight_decay=0.04),
-    "ibot": dict(optimizer="adamw", base_lr=5e-4, weight_decay=0.04),
-    "moco": dict(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.1),
-    "simclr": dict(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.1),
-    "mae": dict(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05),
+    # facebookresearch/dino main_dino.py defaults (its README's ViT-S/16 100-epoch run)
+    "dino": dict(optimizer="adamw", base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, weight_decay=0.04,
+                 weight_decay_end=0.4, grad_clip=3.0, grad_clip_mode="per_param", epochs=100, warmup_epochs=10,
+                 n_local=8),
+    # bytedance/ibot main_ibot.py defaults (optimisation as DINO's, 100 epochs), README ViT-S/16 command for the
+    # rest: 10 local crops, teacher temperature 0.07 over 30 warm-up epochs, no last-layer norm (the kit's iBOT defaults)
+    "ibot": dict(optimizer="adamw", base_lr=5e-4, lr_scaling="linear", min_lr=1e-6, weight_decay=0.04,
+                 weight_decay_end=0.4, grad_clip=3.0, grad_clip_mode="per_param", epochs=100, warmup_epochs=10,
+                 n_local=10),
+    # facebookresearch/moco-v3 CONFIG.md, ViT-Small: --optimizer=adamw --lr=1.5e-4 --weight-decay=.1 --epochs=300
+    # --warmup-epochs=40 (cosine to 0), --moco-t=.2 --moco-m-cos (the kit's MoCo v3 defaults)
+    "moco": dict(optimizer="adamw", base_lr=1.5e-4, lr_scaling="linear", min_lr=0.0, weight_decay=0.1,
+                 epochs=300, warmup_epochs=40),
+    # google-research/simclr README, ImageNet pretraining ("the default hyperparameters in our paper"): LARS
+    # (momentum 0.9), --learning_rate=0.075 --learning_rate_scaling=sqrt --weight_decay=1e-4 --temperature=0.1
+    # --train_epochs=100, 10 warm-up epochs, cosine to 0
+    "simclr": dict(optimizer="lars", base_lr=0.075, lr_scaling="sqrt", min_lr=0.0, weight_decay=1e-4,
+                   epochs=100, warmup_epochs=10, method_cfg=dict(temperature=0.1)),
+    # facebookresearch/mae PRETRAIN.md: --epochs 800 --warmup_epochs 40 --blr 1.5e-4 --weight_decay 0.05,
+    # AdamW betas (0.9, 0.95) (main_pretrain.py), min_lr 0, mask ratio 0.75 with norm_pix_loss (the kit's MAE defaults)
+    "mae": dict(optimizer="adamw", base_lr=1.5e-4, lr_scaling="linear", min_lr=0.0, weight_decay=0.05,
+                betas=(0.9, 0.95), epochs=800, warmup_epochs=40),
 }
+# The global batch of each reference command: DINO / iBOT ViT-S/16 on 16 GPUs x 64, MoCo v3 / SimCLR / MAE 4096.
+REFERENCE_BATCH = {"dino": 1024, "ibot": 1024, "moco": 4096, "simclr": 4096, "mae": 4096}
+FULL_BATCH = 256
+
+
+def framework_lr(method: str, batch: int) -> float:
+    """The framework's peak learning rate at ``batch`` by its own scaling rule."""
+    fw = FRAMEWORKS[method]
+    return fw["base_lr"] * (batch ** 0.5 if fw["lr_scaling"] == "sqrt" else batch / 256)
 
 
 def _datasets(smoke: bool) -> tuple:
@@ -61,21 +90,34 @@ def _cypher_run(n_cls: int, n_local: int) -> str:
 def build(profile: str) -> Recipe:
     smoke = profile == "smoke"
     size, local = (64, 32) if smoke else (224, 96)
-    epochs, warmup, batch = (2, 1, 16) if smoke else (100, 10, 256)
+    batch = 16 if smoke else FULL_BATCH
     datasets = _datasets(smoke)
     vit, cypher = (SMOKE_VIT, SMOKE_CYPHER) if smoke else (VIT, CYPHER)
     pretrain_on = "CRC-NONORM" if smoke else "VGH"
     eval_sets = tuple(d.key for d in datasets if d.key != "VGH")
     head = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
 
-    def ssl(name, method, encoder, n_local=BEST[1], n_cls=None):
+    def ssl(name, method, encoder, n_local=None, n_cls=None, stage0_cls=None):
+        """One pretraining run with its framework's optimisation (smoke: 2 epochs, 1 warm-up, the same optimizer,
+        lr rule, weight decay and clipping); ``n_local`` None = the framework's own local crops (smoke: 2)."""
         fw = FRAMEWORKS[method]
         cfg = dict(head) if method in ("dino", "ibot") else {}
+        cfg.update(fw.get("method_cfg", {}))
+        if method not in ("dino", "ibot"):
+            n_local = 0  # two views (MoCo v3, SimCLR) or one (MAE): no local crops
+        elif n_local is None:
+            n_local = BEST[1] if smoke else fw["n_local"]
+        epochs, warmup = (2, 1) if smoke else (fw["epochs"], fw["warmup_epochs"])
+        kwargs = {"num_final_cls": n_cls} if n_cls else {}
+        if stage0_cls:
+            kwargs["num_stage0_cls"] = stage0_cls
         return TrainSpec(name=name, method=method, encoder=encoder, dataset=pretrain_on, init="random",
-                         epochs=epochs, batch_size=batch, optimizer=fw["optimizer"], lr=fw["base_lr"] * batch / 256,
-                         weight_decay=fw["weight_decay"], warmup_epochs=warmup, image_size=size, local_size=local,
-                         n_local=n_local, method_cfg=cfg,
-                         encoder_kwargs={"num_final_cls": n_cls} if n_cls else {})
+                         epochs=epochs, batch_size=batch, optimizer=fw["optimizer"], lr=framework_lr(method, batch),
+                         min_lr=fw["min_lr"], weight_decay=fw["weight_decay"],
+                         weight_decay_end=fw.get("weight_decay_end"), grad_clip=fw.get("grad_clip"),
+                         grad_clip_mode=fw.get("grad_clip_mode", "global"), betas=fw.get("betas"),
+                         warmup_epochs=warmup, image_size=size, local_size=local, n_local=n_local, method_cfg=cfg,
+                         encoder_kwargs=kwargs)
 
     pretrain = [ssl(f"{m}_vit", m, vit) for m in ("dino", "ibot", "moco", "simclr", "mae")]
     pretrain += [ssl(f"{m}_cyphervit", m, cypher, n_cls=BEST[0]) for m in ("moco", "simclr")]

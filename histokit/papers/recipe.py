@@ -34,7 +34,12 @@ class DatasetSpec:
     """One dataset as the paper names it (``key``), read through a manifest (``dataset``)."""
     key: str
     dataset: str
-    split: str = "random"                  # random = stratified 80/10/10 with the run's seed; group; official
+    split: str = "random"                  # random = stratified 80/10/10 with the run's seed; group; official;
+    #                                        none = every image is a training image (no val, no test part)
+    train_splits: tuple = ()               # official: the split names training reads (default: train / all folds
+    #                                        but the last), e.g. ("fold1",) as PathML's PanNukeDataModule(split=1)
+    val_fraction: float = 0.1              # official: share of the training part held out as val when there is
+    #                                        no official val set; 0 = training reads all of it (val is empty)
     test_dataset: Optional[str] = None     # a separate official test set (e.g. CRC-VAL-HE-7K)
     stand_in_for: Optional[str] = None     # smoke: the paper's dataset these tiles stand in for
     merges: tuple = ()                     # protocol class merges, e.g. (("MUS", "STR"),)
@@ -56,6 +61,10 @@ class TrainSpec:
     lr: float = 1e-4
     min_lr: float = 1e-6
     weight_decay: float = 0.0
+    weight_decay_end: Optional[float] = None  # cosine weight-decay schedule to this value (DINO / iBOT: 0.04 -> 0.4)
+    grad_clip: Optional[float] = None      # max gradient norm (DINO / iBOT --clip_grad 3.0)
+    grad_clip_mode: str = "global"         # global (one norm) | per_param (DINO's utils.clip_gradients)
+    betas: Optional[tuple] = None          # Adam(W) betas; None = torch's (0.9, 0.999); MAE: (0.9, 0.95)
     warmup_epochs: int = 5
     image_size: int = 224
     local_size: int = 96

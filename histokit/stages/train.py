@@ -113,6 +113,15 @@ def log_interval(total_steps: int, max_steps=None) -> int:
     return max(1, steps // HISTORY_POINTS)
 
 
+def optimisation_kwargs(spec: TrainSpec) -> dict:
+    """The engine's optimisation arguments of a run, all from its TrainSpec: optimizer (and Adam betas), peak and
+    final lr, weight decay (constant, or cosine to ``weight_decay_end``), warm-up, gradient clipping and its mode."""
+    return dict(epochs=spec.epochs, optimizer=spec.optimizer, lr=spec.lr, min_lr=spec.min_lr,
+                weight_decay=spec.weight_decay, weight_decay_end=spec.weight_decay_end,
+                warmup_epochs=spec.warmup_epochs, grad_clip=spec.grad_clip, grad_clip_mode=spec.grad_clip_mode,
+                betas=tuple(spec.betas) if spec.betas is not None else None)
+
+
 def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
     """The SSL / supervised run through the engine: ``(history, the encoder to evaluate)``. Under a process group
     the engine wraps the method in DDP; ``ctx.max_steps`` (a rehearsal) caps the optimisation steps."""
@@ -121,10 +130,8 @@ def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
 
     method = create_method(spec.method, encoder, **spec.method_cfg)
     loader = training_loader(ctx, spec, method)  # draws no random numbers: the method's initialisation is unchanged
-    history = train(method, loader, epochs=spec.epochs, optimizer=spec.optimizer, lr=spec.lr,
-                    weight_decay=spec.weight_decay, warmup_epochs=spec.warmup_epochs, min_lr=spec.min_lr,
-                    device=ctx.device, checkpoint_dir=checkpoint_dir, resume=True, seed=ctx.seed,
-                    progress=ctx.progress, max_steps=ctx.max_steps, label=spec.name,
+    history = train(method, loader, **optimisation_kwargs(spec), device=ctx.device, checkpoint_dir=checkpoint_dir,
+                    resume=True, seed=ctx.seed, progress=ctx.progress, max_steps=ctx.max_steps, label=spec.name,
                     log_every=log_interval(spec.epochs * len(loader), ctx.max_steps))
     return history, method.eval_encoder()
 
