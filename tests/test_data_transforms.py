@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from histokit.data import load_dataset
-from histokit.data.transforms import (HALF_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD, MultiCropTransform,
+from histokit.data.transforms import (GaussianBlur, HALF_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD, MultiCropTransform,
                                       RandomRotate90, TwoViewTransform, eval_transform)
 
 
@@ -47,9 +47,23 @@ def test_multicrop_shapes_and_dino_parameters(tile):
     jitter = _find(mc.global1, T.ColorJitter)[0]
     assert jitter.brightness == (0.6, 1.4) and jitter.hue == (-0.1, 0.1)
     assert _find(mc.global2, T.RandomSolarize) and not _find(mc.global1, T.RandomSolarize)
-    ps = {name: [a.p for a in _find(getattr(mc, name), T.RandomApply)
-                 if isinstance(a.transforms[0], T.GaussianBlur)] for name in ("global1", "global2", "local")}
+    ps = {name: [b.p for b in _find(getattr(mc, name), GaussianBlur)] for name in ("global1", "global2", "local")}
     assert ps == {"global1": [1.0], "global2": [0.1], "local": [0.5]}
+    assert not _find(mc.global1, T.GaussianBlur)  # DINO blurs with PIL, not a tensor kernel
+
+
+def test_pil_blur_is_dinos_radius_and_probability(tile):
+    import random
+
+    from PIL import ImageFilter
+
+    random.seed(3)
+    out = GaussianBlur(p=1.0)(tile)
+    random.seed(3)
+    random.random()  # DINO draws do_it first, then the radius
+    want = tile.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+    assert np.array_equal(np.asarray(out), np.asarray(want)) and not np.array_equal(np.asarray(out), np.asarray(tile))
+    assert GaussianBlur(p=0.0)(tile) is tile
 
 
 def test_multicrop_views_are_random(tile):
