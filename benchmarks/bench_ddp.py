@@ -259,7 +259,10 @@ def main() -> None:
         f"2 global + {spec.n_local} local crops, fp32, {steps_text} over the recipe's train split of the bundled "
         f"Kather 2016 tiles ({spec.dataset}), global batch {spec.batch_size} (per rank "
         f"{spec.batch_size // 2} with 2 processes), {spec.optimizer} lr {spec.lr:g} after {spec.warmup_epochs} "
-        f"warm-up epoch(s), weight decay {spec.weight_decay:g}, no gradient clipping (the stage's engine call).",
+        f"warm-up epoch(s), weight decay {spec.weight_decay:g}"
+        + (f" -> {spec.weight_decay_end:g} (cosine)" if spec.weight_decay_end is not None else "")
+        + (f", gradient clipping {spec.grad_clip:g} ({spec.grad_clip_mode})" if spec.grad_clip is not None
+           else ", no gradient clipping") + " (the stage's engine call).",
         f"- s_per_step: the engine's own clock (history.json, one entry per step) over steps {a.skip + 1}..end "
         f"without the first step of each later epoch (it also holds the epoch checkpoint write): data loading with "
         f"num_workers = 0, forward, backward, DDP all-reduce, optimizer, EMA; start-up and imports excluded. "

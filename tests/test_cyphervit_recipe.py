@@ -37,3 +37,57 @@ def test_fit_hands_the_runs_own_optimisation_to_the_engine(tmp_path, monkeypatch
             assert seen["grad_clip_mode"] == "per_param"
         else:
             assert seen["betas"] == (0.9, 0.95) and seen["grad_clip"] is None and seen["weight_decay_end"] is None
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_dino_and_ibot_runs_use_the_reference_weight_decay_schedule_and_clipping(profile):
+    recipe = get_recipe("cyphervit", profile)
+    runs = [t for t in recipe.pretrain if t.method in ("dino", "ibot")]
+    assert len(runs) == 2 + 8  # the two baselines and the eight Table 4 DINO-CypherViT runs
+    for t in runs:
+        assert (t.optimizer, t.weight_decay, t.weight_decay_end, t.grad_clip, t.grad_clip_mode) == (
+            "adamw", 0.04, 0.4, 3.0, "per_param"), t.name
+        assert t.lr == pytest.approx(5e-4 * t.batch_size / 256) and t.min_lr == 1e-6
+        if profile == "full":  # the methods' default: the last layer frozen for one epoch (--freeze_last_layer 1)
+            assert "freeze_last_layer_epochs" not in t.method_cfg and (t.epochs, t.warmup_epochs) == (100, 10)
+
+
+def test_baselines_get_their_codebases_local_crops_in_full_and_two_in_smoke():
+    full, smoke = get_recipe("cyphervit", "full"), get_recipe("cyphervit", "smoke")
+    assert full.train_spec("dino_vit").n_local == 8 and full.train_spec("ibot_vit").n_local == 10
+    assert smoke.train_spec("dino_vit").n_local == smoke.train_spec("ibot_vit").n_local == 2
+    assert any("2 local crops, not their codebases' 8 and 10" in n for n in smoke.notes)
+    # DINO-CypherViT (the paper's own model) keeps Table 4's best setting: 2 local views
+    assert full.train_spec("dino_cyphervit_cls4_local2").n_local == 2
+    for name in ("moco_vit", "simclr_vit", "mae_vit"):
+        assert full.train_spec(name).n_local == 0
+
+
+@pytest.mark.parametrize("name, optimizer, lr, min_lr, wd, epochs, warmup, betas", [
+    ("moco_vit", "adamw", 1.5e-4 * 256 / 256, 0.0, 0.1, 300, 40, None),        # moco-v3 CONFIG.md ViT-Small
+    ("simclr_vit", "lars", 0.075 * 256 ** 0.5, 0.0, 1e-4, 100, 10, None),      # simclr README, sqrt scaling
+    ("mae_vit", "adamw", 1.5e-4 * 256 / 256, 0.0, 0.05, 800, 40, (0.9, 0.95)),  # mae PRETRAIN.md
+    ("dino_vit", "adamw", 5e-4 * 256 / 256, 1e-6, 0.04, 100, 10, None),       # dino main_dino.py
+])
+def test_each_framework_trains_with_its_own_reference_optimisation(name, optimizer, lr, min_lr, wd, epochs, warmup,
+                                                                   betas):
+    t = get_recipe("cyphervit", "full").train_spec(name)
+    assert (t.optimizer, t.min_lr, t.weight_decay, t.epochs, t.warmup_epochs, t.betas) == (
+        optimizer, min_lr, wd, epochs, warmup, betas)
+    assert t.lr == pytest.approx(lr) and t.batch_size == 256
+    smoke = get_recipe("cyphervit", "smoke").train_spec(name)  # the same optimisation at 2 epochs, batch 16
+    assert (smoke.optimizer, smoke.weight_decay, smoke.betas, smoke.epochs) == (optimizer, wd, betas, 2)
+    scaled = 16 ** 0.5 / 256 ** 0.5 if optimizer == "lars" else 16 / 256
+    assert smoke.lr == pytest.approx(lr * scaled)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_cyphervit_arm_of_table3_trains_as_its_vanilla_arm(profile):
+    recipe = get_recipe("cyphervit", profile)
+    fields = ("optimizer", "lr", "min_lr", "weight_decay", "weight_decay_end", "grad_clip", "grad_clip_mode",
+              "betas", "epochs", "warmup_epochs", "batch_size", "method_cfg")
+    for method in ("moco", "simclr"):
+        vanilla, cypher = recipe.train_spec(f"{method}_vit"), recipe.train_spec(f"{method}_cyphervit")
+        assert [getattr(vanilla, f) for f in fields] == [getattr(cypher, f) for f in fields]
+    assert recipe.train_spec("simclr_vit").method_cfg["temperature"] == 0.1  # simclr README --temperature=0.1
+    assert set(FRAMEWORKS) == {"dino", "ibot", "moco", "simclr", "mae"}

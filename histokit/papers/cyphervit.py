@@ -237,8 +237,11 @@ def build(profile: str) -> Recipe:
     if smoke:
         notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
                  "(raw = w/o norm, Macenko-normalized by the kit = w/ norm) and, in place of VGH/NKI, for the "
-                 "pretraining data (training split only); 64 px images (32 px local crops), 2 epochs, batch 16, "
-                 "CPU; DINO / iBOT heads with 4,096 prototypes; random 80/10/10 split instead of CRC-VAL-HE-7K; the trained "
+                 "pretraining data (training split only); 64 px images (32 px local crops), 2 epochs (1 warm-up) "
+                 "for every framework, batch 16, CPU, each framework's own optimizer, lr rule, weight decay and "
+                 "clipping otherwise; DINO ViT and iBOT ViT with 2 local crops, not their codebases' 8 and 10 (a "
+                 "scale choice: the full profile trains 8 and 10); DINO / iBOT heads with 4,096 prototypes and no "
+                 "frozen last-layer epoch; random 80/10/10 split instead of CRC-VAL-HE-7K; the trained "
                  "and fine-tuned encoders are the registered smoke variants vit_smoke (ViT/16, 192-d, 6 blocks, 3 "
                  "heads) and cyphervit_smoke (192-d, 2 stages x 3 blocks, 16 -> 4 or 8 [cls] tokens), not ViT-S/16 "
                  "and CypherViT-S; 'Pretrained on ImageNet' is timm's ViT-S/16. "
