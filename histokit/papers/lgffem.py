@@ -34,8 +34,13 @@ def build(profile: str) -> Recipe:
         # The bundled tiles stand in for Kimia Path24C: each tissue class plays the role of a scan.
         datasets = (DatasetSpec("Kimia", "kather2016_tiny", stand_in_for="kimia_path24c"),)
     else:
-        datasets = (DatasetSpec("ImageNet", "imagenet1k"), DatasetSpec("PanNuke", "pannuke", split="official"),
-                    DatasetSpec("Kimia", "kimia_path24c", split="official"))
+        # Training reads the whole training set, no validation hold-out, as the ffnir scripts: ImageNet-1k's train
+        # split (torchvision ImageNet(split="train")), PanNuke fold 1 (PathML PanNukeDataModule(split=1) ->
+        # train_dataloader = fold 1; its validation loader is never used), Kimia Path24C's 22,591 official training
+        # patches (train_kimia.py reads <kimia>/train) - which are also the search gallery of the standard eta.
+        datasets = (DatasetSpec("ImageNet", "imagenet1k", split="none"),
+                    DatasetSpec("PanNuke", "pannuke", split="official", train_splits=("fold1",), val_fraction=0.0),
+                    DatasetSpec("Kimia", "kimia_path24c", split="official", val_fraction=0.0))
     available = {d.key for d in datasets}
 
     def arcface(name, dataset, init, epochs):

@@ -111,14 +111,21 @@ def stain_normalized(ctx: StageContext, key: str, dataset: PatchDataset, method:
 def split_indices(ctx: StageContext, key: str, scheme: Optional[str] = None) -> Optional[dict]:
     """{split: indices} for a dataset, made once per run and reused (``run_dir/data/<key>/split_<scheme>.json``).
 
-    ``random`` = the paper's stratified 80/10/10; ``group`` = group-aware (None when the data has no group ids).
-    A dataset with a separate official test set splits its training data into train/val and keeps the test set whole.
+    ``random`` = the paper's stratified 80/10/10; ``group`` = group-aware (None when the data has no group ids);
+    ``official`` = the dataset's own split (:func:`official_train_val_test`); ``none`` = every image is a training
+    image, val and test are empty (ImageNet-1k for LGFFEM strategy A, as ``torchvision.datasets.ImageNet(split=
+    'train')`` in the ffnir code). A dataset with a separate official test set splits its training data into
+    train/val and keeps the test set whole.
     """
     spec = ctx.recipe.dataset(key)
     scheme = scheme or spec.split
     dataset = load_recipe_dataset(ctx, key)
     if scheme == "official":
-        return official_train_val_test(ctx, key, dataset)
+        return official_train_val_test(ctx, key, dataset, train_splits=spec.train_splits,
+                                       val_fraction=spec.val_fraction)
+    if scheme == "none":
+        empty = np.zeros(0, dtype=np.int64)
+        return {"train": np.arange(len(dataset), dtype=np.int64), "val": empty, "test": empty.copy()}
     groups = None
     if scheme == "group":
         if not any(g is not None for g in dataset.groups):
@@ -132,22 +139,46 @@ def split_indices(ctx: StageContext, key: str, scheme: Optional[str] = None) -> 
     return split
 
 
-def official_train_val_test(ctx: StageContext, key: str, dataset: PatchDataset) -> dict:
+def official_train_val_test(ctx: StageContext, key: str, dataset: PatchDataset, *, train_splits: tuple = (),
+                            val_fraction: float = 0.1) -> dict:
     """train / val / test from a dataset's official split: named train/test as they are; folds (PanNuke) -> the
     last fold is the test set; train + val only (BreastPathQ, test labels withheld) -> the official validation set
-    is the test set (Chen & Krishnan). Without an official val set, 10 % of train (stratified, seeded) is val."""
+    is the test set (Chen & Krishnan). Without an official val set, ``val_fraction`` of train (stratified, seeded)
+    is val; ``val_fraction=0`` keeps all of train for training (val empty: the Kimia Path24C protocol, whose 22,591
+    training patches are both the metric-learning set and the search gallery).
+
+    ``train_splits`` names the official splits that form the training part (PanNuke ``("fold1",)``, as PathML's
+    ``PanNukeDataModule(split=1)``); the test set is then the official ``test`` split, or else the last split not
+    trained on (empty if none is left), and an official ``val`` split not trained on is val."""
     from ..data.splits import make_split, official_split
 
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"dataset {key!r}: val_fraction must lie in [0, 1), got {val_fraction}")
     named = official_split(dataset)
-    if "test" not in named and "val" in named:
+    if train_splits:
+        unknown = [s for s in train_splits if s not in named]
+        if unknown:
+            raise ValueError(f"dataset {key!r}: train_splits {unknown} are not official splits of it "
+                             f"({list(named)})")
+        rest = [s for s in named if s not in train_splits]
+        picked = {"train": np.concatenate([named[s] for s in train_splits])}
+        if "val" in rest:
+            picked["val"] = named["val"]
+        tests = [s for s in rest if s == "test"] or [s for s in rest if s != "val"][-1:]
+        picked["test"] = named[tests[0]] if tests else np.zeros(0, dtype=np.int64)
+        named = picked
+    elif "test" not in named and "val" in named:
         named = {"train": named["train"], "test": named.pop("val")}
     elif "train" not in named or "test" not in named:
         folds = list(named)
         named = {"train": np.concatenate([named[f] for f in folds[:-1]]), "test": named[folds[-1]]}
     if "val" not in named:
         train = np.asarray(named["train"])
-        inner = make_split(dataset.labels[train], None, (0.9, 0.1), ctx.seed)
-        named["train"], named["val"] = train[inner["train"]], train[inner["test"]]
+        if float(val_fraction) == 0.0:
+            named["val"] = np.zeros(0, dtype=np.int64)
+        else:
+            inner = make_split(dataset.labels[train], None, (1.0 - val_fraction, val_fraction), ctx.seed)
+            named["train"], named["val"] = train[inner["train"]], train[inner["test"]]
     return {k: np.sort(np.asarray(named[k], dtype=np.int64)) for k in ("train", "val", "test")}
 
 

@@ -49,7 +49,7 @@ def class_count_table(ctx: StageContext) -> pd.DataFrame:
 def split_size_table(ctx: StageContext) -> pd.DataFrame:
     rows = []
     for spec in ctx.recipe.datasets:
-        for scheme in ("random", "group"):
+        for scheme in dict.fromkeys(("random", "group", spec.split)):  # + the recipe's own (official, none)
             split = split_indices(ctx, spec.key, scheme)
             if split is None:
                 rows.append({"dataset": spec.key, "scheme": scheme, "note": "no group ids in this dataset"})
