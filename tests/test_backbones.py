@@ -74,3 +74,22 @@ def test_resnet50_trunc_asks_timm_for_torchvision_imagenet_weights(monkeypatch):
     monkeypatch.setattr(backbones.timm, "create_model", fake_create_model)
     assert create_encoder("resnet50_trunc", pretrained=True).embed_dim == 256   # resnet18's layer3
     assert asked == {"name": "resnet50.tv_in1k", "pretrained": True}
+
+
+def test_vit_dino_position_interpolation_is_the_reference_one_off_the_native_grid():
+    # Chen & Krishnan's ViT (DINO's interpolate_pos_encoding) at a larger input, e.g. 512 px BreastPathQ tiles on a
+    # 224 px model: bicubic F.interpolate with scale_factor (grid + 0.1) / sqrt(N), not timm's antialiased resample.
+    timm_vit = create_encoder("vit_test", img_size=64).eval()           # 4 x 4 patch grid
+    dino_vit = create_encoder("vit_test", img_size=64, pos_interpolation="dino").eval()
+    dino_vit.load_state_dict(timm_vit.state_dict())
+    pos = timm_vit.model.pos_embed
+    grid = pos[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, scale_factor=(6.1 / 4, 6.1 / 4), mode="bicubic")
+    expected = torch.cat([pos[:, :1], expected.permute(0, 2, 3, 1).reshape(1, 36, -1)], dim=1)
+    assert torch.allclose(dino_vit.dino_position_embedding((6, 6)), expected)
+    small, large = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(dino_vit(small), timm_vit(small), atol=1e-6), "native grid: no interpolation"
+        assert not torch.allclose(dino_vit(large), timm_vit(large), atol=1e-4), "timm resamples differently"
+    with pytest.raises(ValueError, match="pos_interpolation"):
+        create_encoder("vit_test", img_size=64, pos_interpolation="nearest")

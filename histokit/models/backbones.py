@@ -10,6 +10,7 @@ baseline (a ResNet-50 cut after its third stage, 1,024-d).
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Callable, Optional
 
 import timm
@@ -50,15 +51,31 @@ def list_encoders() -> list[str]:
     return sorted(set(_CUSTOM) | set(TEST_VARIANTS) | set(SMOKE_VARIANTS))
 
 
-class ViTEncoder(Encoder):
-    """timm VisionTransformer; pooling ``cls`` (DINO, Chen & Krishnan) or ``avg_patch``. Supports iBOT masking."""
+POS_INTERPOLATIONS = ("timm", "dino")
 
-    def __init__(self, model: nn.Module, pooling: str = "cls"):
+
+class ViTEncoder(Encoder):
+    """timm VisionTransformer; pooling ``cls`` (DINO, Chen & Krishnan) or ``avg_patch``. Supports iBOT masking.
+
+    Inputs of another size than the position embedding's grid get resized position embeddings: ``pos_interpolation``
+    ``"timm"`` (default: timm's ``resample_abs_pos_embed``, bicubic with antialiasing to the exact grid) or ``"dino"``
+    (DINO's ``VisionTransformer.interpolate_pos_encoding``, as in Chen & Krishnan's ``nn_encoder_arch``: bicubic
+    ``F.interpolate`` with ``scale_factor = (grid + 0.1) / sqrt(N)``, no antialiasing — e.g. 512 px BreastPathQ tiles
+    on a 224 px model). At the native grid both are the plain position embedding."""
+
+    def __init__(self, model: nn.Module, pooling: str = "cls", pos_interpolation: str = "timm"):
         super().__init__()
         if pooling not in ("cls", "avg_patch"):
             raise ValueError(f"ViT pooling must be 'cls' or 'avg_patch', got pooling={pooling!r}")
+        if pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got {pos_interpolation!r}")
+        if pos_interpolation == "dino" and (getattr(model, "no_embed_class", False) or model.num_prefix_tokens != 1
+                                            or model.cls_token is None):
+            raise ValueError("pos_interpolation='dino' needs DINO's layout: one [CLS] token with its own position "
+                             "embedding and no register tokens")
         self.model = model
         self.pooling = pooling
+        self.pos_interpolation = pos_interpolation
         self.embed_dim = model.embed_dim
         self.patch_size = model.patch_embed.patch_size[0]
         self.num_prefix_tokens = model.num_prefix_tokens
@@ -76,8 +93,11 @@ class ViTEncoder(Encoder):
             if mask.shape != tokens.shape[:2]:
                 raise ValueError(f"mask must be (B, N)={tuple(tokens.shape[:2])}, got {tuple(mask.shape)}")
             tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype).expand_as(tokens), tokens)
-        tokens = tokens.reshape(x.shape[0], grid[0], grid[1], -1) if m.dynamic_img_size else tokens
-        tokens = m._pos_embed(tokens)
+        if self.pos_interpolation == "dino":
+            tokens = self._dino_pos_embed(tokens, grid)
+        else:
+            tokens = tokens.reshape(x.shape[0], grid[0], grid[1], -1) if m.dynamic_img_size else tokens
+            tokens = m._pos_embed(tokens)
         tokens = m.patch_drop(tokens)
         tokens = m.norm_pre(tokens)
         tokens = m.blocks(tokens)
@@ -86,6 +106,24 @@ class ViTEncoder(Encoder):
         patches = tokens[:, self.num_prefix_tokens:]
         pooled = cls[:, 0] if self.pooling == "cls" else patches.mean(1)
         return TokenOutput(pooled=pooled, patch_tokens=patches, cls_tokens=cls, grid_size=grid)
+
+    def dino_position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1, 1 + h * w, D): DINO's ``interpolate_pos_encoding`` of the position embedding for a ``grid`` of patches."""
+        pos = self.model.pos_embed
+        side = int(math.sqrt(pos.shape[1] - 1))
+        if tuple(grid) == (side, side):
+            return pos
+        patch = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patch = nn.functional.interpolate(patch, scale_factor=((grid[0] + 0.1) / side, (grid[1] + 0.1) / side),
+                                          mode="bicubic")
+        if tuple(patch.shape[-2:]) != tuple(grid):
+            raise ValueError(f"DINO position interpolation gave a {tuple(patch.shape[-2:])} grid, expected {grid}")
+        return torch.cat([pos[:, :1], patch.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])], dim=1)
+
+    def _dino_pos_embed(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        m = self.model
+        tokens = torch.cat([m.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return m.pos_drop(tokens + self.dino_position_embedding(grid).to(tokens.dtype))
 
     def last_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Last block's attention of [CLS] to the patches, per head: (B, heads, h, w) — DINO's attention maps."""
@@ -187,7 +225,8 @@ def create_encoder(name: str, *, pretrained: bool = False, img_size: int = 224, 
     """Build an Encoder by name.
 
     ``pretrained=True`` asks timm for its hub weights (ImageNet / FCMAE); it needs network or a populated cache.
-    ``pooling`` applies to ViTs only ('cls' default, 'avg_patch').
+    ``pooling`` applies to ViTs only ('cls' default, 'avg_patch'), and so does the keyword ``pos_interpolation``
+    ('timm' default, 'dino': see :class:`ViTEncoder`).
     """
     if name in _CUSTOM:
         build = _CUSTOM[name]
@@ -204,9 +243,10 @@ def create_encoder(name: str, *, pretrained: bool = False, img_size: int = 224, 
     family = timm_name.split("_")[0]
     model_kwargs = dict(extra, **kwargs)
     if family in ("vit", "deit"):
+        pos_interpolation = model_kwargs.pop("pos_interpolation", "timm")
         model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, img_size=img_size,
                                   dynamic_img_size=True, **model_kwargs)
-        return ViTEncoder(model, pooling=pooling or "cls")
+        return ViTEncoder(model, pooling=pooling or "cls", pos_interpolation=pos_interpolation)
     if family == "swin":
         # strict_img_size=False: multi-crop feeds local views smaller than img_size through the same Swin.
         model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, img_size=img_size,
