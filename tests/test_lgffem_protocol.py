@@ -1,8 +1,11 @@
 """LGFFEM (Nuñez-Fernández et al. 2025) protocol as the paper / the ffnir public code states it (issue 16)."""
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from histokit.papers import get_recipe
 
@@ -72,3 +75,91 @@ def test_official_split_keeps_the_default_10_percent_val_and_checks_its_argument
         official_train_val_test(ctx, "x", data, val_fraction=1.0)
     with pytest.raises(ValueError, match="fold9"):
         official_train_val_test(ctx, "x", data, train_splits=("fold9",))
+
+
+# --- training augmentation (ffnir train_kimia.py / train_pannuke.py / train_in1k.py) -----------------------------
+
+def test_each_strategy_trains_with_its_ffnir_scripts_augmentation():
+    full = {t.name: t.method_cfg["augmentation"] for t in get_recipe("lgffem", "full").pretrain}
+    assert full == {"lgffem_A": "ffnir_imagenet", "lgffem_B": "ffnir_pannuke", "lgffem_C": "ffnir_kimia"}
+    smoke = {t.name: t.method_cfg["augmentation"] for t in get_recipe("lgffem", "smoke").pretrain}
+    assert smoke == {"lgffem_C": "ffnir_kimia"}
+
+
+def _ops(transform):
+    return {type(t).__name__: t for t in transform.transforms}
+
+
+@pytest.mark.parametrize("name, flip, rot, gauss, median", [("ffnir_kimia", 0.6, 0.6, 0.5, 0.6),
+                                                            ("ffnir_pannuke", 0.5, 0.5, 0.5, 0.5)])
+def test_ffnir_histology_pipelines_have_the_scripts_probabilities(name, flip, rot, gauss, median):
+    from histokit.models.lgffem_train import lgffem_train_transform
+
+    t = lgffem_train_transform(name, 224, (0.5,) * 3, (0.5,) * 3)
+    kinds = [type(op).__name__ for op in t.transforms]
+    assert kinds == ["PILToTensor", "Resize", "RandomVerticalFlip", "RandomHorizontalFlip", "RandomRot90",
+                     "RandomCv2Blur", "RandomCv2Blur", "ConvertImageDtype", "Normalize"]
+    ops = t.transforms
+    assert ops[1].size == (224, 224) and ops[1].antialias is False  # A.Resize: cv2 INTER_LINEAR
+    assert ops[2].p == flip and ops[3].p == flip and ops[4].p == rot
+    assert (ops[5].kind, ops[5].p, ops[5].ksizes) == ("gaussian", gauss, (3, 5, 5, 7, 7))
+    assert (ops[6].kind, ops[6].p, ops[6].ksizes) == ("median", median, (3, 5))
+
+
+def _half_red_image(n=32):
+    arr = np.zeros((n, n, 3), dtype=np.uint8)
+    arr[:, : n // 2, 0] = 255
+    arr[:, n // 2:, 2] = 255
+    return Image.fromarray(arr)
+
+
+def test_ffnir_kimia_keeps_the_whole_tile_where_the_old_random_resized_crop_did_not():
+    # Resize + flips + rotations + blurs keep the field of view: half of every view is red. The kit's former
+    # RandomResizedCrop(0.08-1) often shows a corner of the tile only.
+    from histokit.models.lgffem_train import lgffem_train_transform
+
+    torch.manual_seed(0)
+    img = _half_red_image()
+    new = lgffem_train_transform("ffnir_kimia", 16, (0.0,) * 3, (1.0,) * 3)
+    old = lgffem_train_transform("kit_rrc", 16, (0.0,) * 3, (1.0,) * 3)
+    red_new = [float((new(img)[0] > 0.5).float().mean()) for _ in range(20)]
+    red_old = [float((old(img)[0] > 0.5).float().mean()) for _ in range(20)]
+    assert all(abs(r - 0.5) <= 0.0625 for r in red_new)
+    assert max(abs(r - 0.5) for r in red_old) > 0.25
+
+
+def test_cv2_blurs_are_opencvs_fixed_kernels_by_hand():
+    from histokit.models.lgffem_train import RandomCv2Blur
+
+    impulse = torch.zeros(3, 7, 7, dtype=torch.uint8)
+    impulse[:, 3, 3] = 255
+    out = RandomCv2Blur("gaussian").blur(impulse, 3)[0, 2:5, 2:5]  # sigma 0 -> [1 2 1] / 4 in each direction
+    assert out.tolist() == [[16, 32, 16], [32, 64, 32], [16, 32, 16]]
+    ramp = torch.arange(25, dtype=torch.uint8).reshape(1, 5, 5).repeat(3, 1, 1)
+    med = RandomCv2Blur("median").blur(ramp, 3)[0]
+    assert med[1:4, 1:4].tolist() == [[6, 7, 8], [11, 12, 13], [16, 17, 18]]  # interior: the centre value
+    assert med[0, 0].item() == 1  # border replicated: median of 0, 0, 0, 0, 1, 1, 5, 5, 6
+    with pytest.raises(ValueError, match="odd"):
+        RandomCv2Blur("median", ksizes=(4,))
+
+
+def test_rot90_draws_all_four_turns_and_respects_p():
+    from histokit.models.lgffem_train import RandomRot90
+
+    img = torch.arange(4).reshape(1, 2, 2)
+    torch.manual_seed(0)
+    seen = {tuple(RandomRot90(p=1.0)(img).flatten().tolist()) for _ in range(60)}
+    assert seen == {tuple(torch.rot90(img, k, dims=(-2, -1)).flatten().tolist()) for k in range(4)}
+    assert all(torch.equal(RandomRot90(p=0.0)(img), img) for _ in range(10))
+
+
+def test_unknown_augmentation_and_a_run_without_one_are_errors():
+    from histokit.models.lgffem_train import lgffem_train_transform
+    from histokit.stages.train_metric import train_subcenter_arcface
+
+    with pytest.raises(ValueError, match="ffnir_kimia"):
+        lgffem_train_transform("randaugment", 224, (0.5,) * 3, (0.5,) * 3)
+    spec = get_recipe("lgffem", "smoke").pretrain[0]
+    spec = replace(spec, method_cfg={k: v for k, v in spec.method_cfg.items() if k != "augmentation"})
+    with pytest.raises(ValueError, match="augmentation"):
+        train_subcenter_arcface(None, spec, None, None)

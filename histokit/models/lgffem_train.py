@@ -17,6 +17,110 @@ from ..progress import progress_bar
 
 from ..io import atomic_torch_save
 
+# --- Training augmentation ---------------------------------------------------------------------------------------
+# The ffnir scripts (camilo-nunez/ffnir, albumentations 1.3-1.4 era, Feb-Jun 2024):
+#   train_kimia.py    A.Resize(224, 224), VerticalFlip(p=0.6), HorizontalFlip(p=0.6), RandomRotate90(p=0.6),
+#                     GaussianBlur(p=0.5), MedianBlur(blur_limit=5, p=0.6), Normalize(ImageNet)
+#   train_pannuke.py  VerticalFlip, HorizontalFlip, RandomRotate90, GaussianBlur, MedianBlur(blur_limit=5), all
+#                     p=0.5, Normalize(ImageNet); no resize (PanNuke tiles are 256 px)
+#   train_in1k.py     torchvision v2 RandomResizedCrop(img_shape), RandomHorizontalFlip(p=0.5), Normalize(ImageNet)
+# Albumentations semantics reproduced here: Resize = cv2 INTER_LINEAR (bilinear, no antialiasing); RandomRotate90 =
+# k x 90 degrees with k uniform in {0, 1, 2, 3}; GaussianBlur defaults blur_limit=(3, 7), sigma_limit=0: ksize =
+# randrange(3, 8) with an even draw moved to the next odd size (so 3, 5, 7 with probabilities 1/5, 2/5, 2/5) and
+# cv2.GaussianBlur(ksize, sigmaX=0), i.e. OpenCV's fixed binomial kernels; MedianBlur(blur_limit=5): ksize uniform in
+# {3, 5}, cv2.medianBlur. The blurs call OpenCV itself (opencv-python-headless, installed with grad-cam); resize,
+# flips and the 90-degree rotations are torchvision / torch.
+AUGMENTATIONS = ("ffnir_kimia", "ffnir_pannuke", "ffnir_imagenet", "kit_rrc")
+GAUSSIAN_KSIZES = (3, 5, 5, 7, 7)   # albumentations' randrange(3, 8) draw, even sizes moved up to the next odd
+MEDIAN_KSIZES = (3, 5)              # MedianBlur(blur_limit=5): odd sizes 3..5
+
+
+def _hwc(img: torch.Tensor):
+    return img.permute(1, 2, 0).contiguous().numpy()
+
+
+def _chw(arr) -> torch.Tensor:
+    import numpy as np
+
+    arr = np.asarray(arr)
+    return torch.from_numpy(arr[..., None] if arr.ndim == 2 else arr).permute(2, 0, 1).contiguous()
+
+
+class RandomRot90:
+    """With probability ``p``, rotate a (C, H, W) tensor by k x 90 degrees, k uniform in {0, 1, 2, 3}
+    (albumentations ``RandomRotate90``: k = 0 is one of the four draws)."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return img
+        return torch.rot90(img, int(torch.randint(0, 4, ())), dims=(-2, -1))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p})"
+
+
+class RandomCv2Blur:
+    """With probability ``p``, OpenCV's Gaussian (``kind="gaussian"``: ``cv2.GaussianBlur(k, sigmaX=0)``) or median
+    (``kind="median"``: ``cv2.medianBlur(k)``) blur of a uint8 (C, H, W) tensor, the kernel size drawn uniformly
+    from ``ksizes`` (repeat a size to weight it). ``ksize=`` fixes the size (tests)."""
+
+    def __init__(self, kind: str, p: float = 0.5, ksizes: tuple = (3,)):
+        if kind not in ("gaussian", "median"):
+            raise ValueError(f"kind must be 'gaussian' or 'median', got {kind!r}")
+        if not ksizes or any(k < 3 or k % 2 == 0 for k in ksizes):
+            raise ValueError(f"kernel sizes must be odd and >= 3, got {ksizes}")
+        self.kind, self.p, self.ksizes = kind, p, tuple(ksizes)
+
+    def blur(self, img: torch.Tensor, ksize: int) -> torch.Tensor:
+        import cv2
+
+        if img.dtype != torch.uint8:
+            raise TypeError(f"{type(self).__name__} expects a uint8 image tensor, got {img.dtype}")
+        arr = _hwc(img)
+        out = cv2.GaussianBlur(arr, (ksize, ksize), 0) if self.kind == "gaussian" else cv2.medianBlur(arr, ksize)
+        return _chw(out)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return img
+        return self.blur(img, self.ksizes[int(torch.randint(0, len(self.ksizes), ()))])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.kind!r}, p={self.p}, ksizes={self.ksizes})"
+
+
+def lgffem_train_transform(name: str, size: int, mean, std):
+    """The training augmentation ``name`` (:data:`AUGMENTATIONS`) at ``size`` px, ending in ToTensor + Normalize.
+
+    ``ffnir_kimia`` / ``ffnir_pannuke``: the ffnir Kimia / PanNuke scripts' albumentations pipelines (see above) with
+    the image resized to ``size`` first (the Kimia script resizes to 224; the PanNuke script feeds the 256 px tiles
+    as they are, the paper says all images were resized to 224). ``ffnir_imagenet``: the ImageNet script's
+    RandomResizedCrop (scale 0.08-1, bilinear) + horizontal flip. ``kit_rrc``: the kit's earlier choice, the DINO /
+    DeiT fine-tuning crop (RandomResizedCrop 0.08-1, bicubic) with horizontal and vertical flips.
+    """
+    import torchvision.transforms as T
+
+    tail = [T.Normalize(mean, std)]
+    if name in ("ffnir_kimia", "ffnir_pannuke"):
+        p = dict(ffnir_kimia=(0.6, 0.6, 0.5, 0.6), ffnir_pannuke=(0.5, 0.5, 0.5, 0.5))[name]
+        return T.Compose([T.PILToTensor(),
+                          T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR, antialias=False),
+                          T.RandomVerticalFlip(p[0]), T.RandomHorizontalFlip(p[0]), RandomRot90(p[1]),
+                          RandomCv2Blur("gaussian", p[2], GAUSSIAN_KSIZES),
+                          RandomCv2Blur("median", p[3], MEDIAN_KSIZES),
+                          T.ConvertImageDtype(torch.float32)] + tail)
+    if name == "ffnir_imagenet":
+        return T.Compose([T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BILINEAR),
+                          T.RandomHorizontalFlip(0.5), T.ToTensor()] + tail)
+    if name == "kit_rrc":
+        return T.Compose([T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
+                          T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.ToTensor()] + tail)
+    raise ValueError(f"LGFFEM augmentation must be one of {AUGMENTATIONS}, got {name!r}")
+
+
 PAPER_MARGIN_DEG = 17.2
 PAPER_SCALE = 64.0
 # camilo-nunez/ffnir train_*.py: ``SubCenterArcFaceLoss(..., margin=args.loss_m, scale=args.loss_m, ...)`` with

@@ -6,19 +6,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data.loading import loader_kwargs
-from ..models.lgffem_train import make_optimizer, make_subcenter_arcface, train_lgffem
+from ..models.lgffem_train import lgffem_train_transform, make_optimizer, make_subcenter_arcface, train_lgffem
 from ..papers.recipe import TrainSpec
 from .common import load_recipe_dataset, split_indices, training_rows
 from .context import StageContext
-from .finetune_fractions import finetune_transform
 
 
 def train_subcenter_arcface(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_path) -> list[dict]:
-    """``method_cfg``: ``variant`` paper (m = 17.2°, s = 64) | public_code (m = s = 17.5), ``sub_centers``."""
+    """``method_cfg``: ``variant`` paper (m = 17.2°, s = 64) | public_code (m = s = 17.5), ``sub_centers``,
+    ``augmentation`` (required; :data:`~histokit.models.lgffem_train.AUGMENTATIONS`: ffnir_kimia | ffnir_pannuke |
+    ffnir_imagenet as the ffnir scripts, kit_rrc the kit's earlier crop)."""
     cfg = dict(spec.method_cfg)
+    if "augmentation" not in cfg:
+        raise ValueError(f"training run {spec.name!r}: method_cfg needs 'augmentation' (ffnir_kimia | ffnir_pannuke | "
+                         "ffnir_imagenet | kit_rrc)")
     dataset = load_recipe_dataset(ctx, spec.dataset)
     rows = training_rows(ctx, split_indices(ctx, spec.dataset)["train"])
-    train = dataset.subset(rows).with_transform(finetune_transform(spec.image_size, spec.mean, spec.std))
+    transform = lgffem_train_transform(cfg["augmentation"], spec.image_size, spec.mean, spec.std)
+    train = dataset.subset(rows).with_transform(transform)
     loader = DataLoader(train, batch_size=min(spec.batch_size, len(train)), shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(ctx.seed), **loader_kwargs(ctx.device))
     loss = make_subcenter_arcface(len(dataset.classes), encoder.embed_dim, variant=cfg.get("variant", "paper"),
