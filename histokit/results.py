@@ -64,6 +64,12 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
         for metric in spec.metrics:
             hit = recs[mask & (recs["metric"] == metric)]
             value = float(hit["value"].iloc[0]) if len(hit) else None
+            if metric in spec.extra_metrics:  # a kit-only column: no paper value, no difference to show
+                entry[metric] = value
+                if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
+                    entry[f"{metric} 95% CI"] = (f"[{_fmt(float(hit['ci_low'].iloc[0]))}, "
+                                                  f"{_fmt(float(hit['ci_high'].iloc[0]))}]")
+                continue
             paper_value = float(paper.loc[p_mask, metric].iloc[0]) if p_mask.any() and metric in paper else None
             if paper_value is not None and math.isnan(paper_value):
                 paper_value = None

@@ -91,3 +91,82 @@ def test_cyphervit_arm_of_table3_trains_as_its_vanilla_arm(profile):
         assert [getattr(vanilla, f) for f in fields] == [getattr(cypher, f) for f in fields]
     assert recipe.train_spec("simclr_vit").method_cfg["temperature"] == 0.1  # simclr README --temperature=0.1
     assert set(FRAMEWORKS) == {"dino", "ibot", "moco", "simclr", "mae"}
+
+
+def _resplit_world(monkeypatch):
+    """Two datasets as Table 3 has them: CRC with a separate official test set (60 + 12 tiles), PanNuke whose
+    official split keeps its last fold (a third) for testing; features of two backbones over the same tiles."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    from histokit.papers.recipe import DatasetSpec
+    from histokit.retrieval.features import FeatureSet
+    from histokit.stages import eval_classification as ec
+
+    specs = {"CRC": DatasetSpec("CRC", "crc", test_dataset="crc_test"), "PanNuke": DatasetSpec("PanNuke", "pn",
+                                                                                               split="official")}
+    sizes = {("CRC", False): 60, ("CRC", True): 12, ("PanNuke", False): 90}
+
+    def load(ctx, model, dataset, test=False):
+        n = sizes[(dataset, test)]
+        rng = np.random.default_rng([("V", "C").index(model), ("CRC", "PanNuke").index(dataset), int(test)])
+        labels = np.arange(n) % 3
+        noise = {"V": 2.0, "C": 1.0}[model]
+        return FeatureSet(np.eye(8)[labels] * 2 + rng.normal(scale=noise, size=(n, 8)), labels, np.arange(n))
+
+    monkeypatch.setattr(ec, "load_feature_set", load)
+    monkeypatch.setattr(ec, "split_indices", lambda ctx, key: {"train": np.arange(50), "val": np.arange(50, 60),
+                                                               "test": np.arange(60, 90)})
+    return SimpleNamespace(recipe=SimpleNamespace(dataset=specs.__getitem__), seed=0), ec
+
+
+def test_resplits_keep_each_datasets_own_test_share(monkeypatch):
+    ctx, ec = _resplit_world(monkeypatch)
+    crc = ec.resplit_scores(ctx, "V", "CRC", 3, "original")
+    pannuke = ec.resplit_scores(ctx, "V", "PanNuke", 3, "original")
+    assert crc["test_fraction"] == pytest.approx(12 / 72)       # the official test set over train + test
+    assert pannuke["test_fraction"] == pytest.approx(30 / 90)   # PanNuke's last fold: a third, not CRC's share
+    assert ec.resplit_scores(ctx, "V", "PanNuke", 2, {"PanNuke": 0.25})["test_fraction"] == 0.25
+    for profile in ("smoke", "full"):
+        assert get_recipe("cyphervit", profile).evaluations[2].params["test_fraction"] == "original"
+
+
+def test_table3_reports_the_paired_t_test_next_to_welchs(monkeypatch):
+    from scipy import stats
+
+    from histokit.papers.recipe import EvalSpec
+
+    ctx, ec = _resplit_world(monkeypatch)
+    columns = {"acc_mean": "m", "acc_std": "s", "acc_pvalue": "p_welch", "acc_pvalue_paired": "p_paired"}
+    spec = EvalSpec("resplit_knn", "t3", ("V", "C"), ("PanNuke",),
+                    dict(columns={"PanNuke": columns}, n_splits=5, compare=[("V", "C")]))
+    records = {(r["model"], r["metric"]): r for r in ec.eval_resplit_knn(ctx, spec)}
+    v, c = (ec.resplit_scores(ctx, m, "PanNuke", 5)["acc"] for m in ("V", "C"))
+    for model in ("V", "C"):
+        assert records[(model, "p_paired")]["value"] == pytest.approx(stats.ttest_rel(v, c).pvalue)
+        assert records[(model, "p_welch")]["value"] == pytest.approx(stats.ttest_ind(v, c, equal_var=False).pvalue)
+        assert "paired" in records[(model, "p_paired")]["note"]
+    assert records[("V", "p_paired")]["value"] != pytest.approx(records[("V", "p_welch")]["value"])
+    assert "0.3333 (the official split's)" in records[("V", "m")]["note"]
+    table3 = get_recipe("cyphervit", "full").table("table3")
+    assert set(table3.extra_metrics) == {"pvalue_crc_paired", "pvalue_pannuke_paired", "pvalue_mse_paired",
+                                         "pvalue_tau_paired"} and set(table3.extra_metrics) <= set(table3.metrics)
+    cols = get_recipe("cyphervit", "full").evaluations[2].params["columns"]
+    assert cols["PanNuke"]["acc_pvalue_paired"] == "pvalue_pannuke_paired"
+    assert cols["BreastPathQ"]["tau_pvalue_paired"] == "pvalue_tau_paired"
+
+
+def test_kit_only_columns_have_no_paper_or_difference_columns():
+    import pandas as pd
+
+    from histokit.results import build_table
+
+    spec = get_recipe("cyphervit", "full").table("table3")
+    records = pd.DataFrame([dict(table="table3", framework="DINO", backbone=b, metric=m, value=v)
+                            for b in ("VanillaViT", "CypherViT")
+                            for m, v in (("pvalue_crc_paired", 0.004), ("pvalue_crc", 0.02))])
+    table = build_table(spec, records)
+    assert "pvalue_crc_paired (paper)" not in table and "pvalue_crc_paired Δ" not in table
+    assert "pvalue_crc (paper)" in table
+    dino = table[(table.framework == "DINO") & (table.backbone == "CypherViT")].iloc[0]
+    assert dino["pvalue_crc_paired"] == 0.004 and dino["pvalue_crc"] == 0.02

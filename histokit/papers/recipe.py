@@ -128,6 +128,8 @@ class TableSpec:
     footnotes: tuple = ()
     not_reproducible: tuple = ()           # (row label, why): rows the kit cannot run (e.g. no public code)
     protocol: tuple = ()                   # ProtocolPoint: the table's protocol card, written as footnotes
+    extra_metrics: tuple = ()              # those of ``metrics`` the paper's table lacks (kit-only columns, e.g. a
+                                           # paired t-test beside the paper's): no paper value, not in its CSV
 
     @property
     def all_footnotes(self) -> tuple:

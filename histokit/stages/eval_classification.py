@@ -15,6 +15,7 @@ from ..evaluation.regression import regression_probe
 from ..evaluation.stats import bootstrap_ci, mean_std, ttest
 from ..papers.recipe import EvalSpec
 from ..data.splits import make_split
+from .common import split_indices
 from .context import StageContext
 from .index import feature_parts, load_feature_set
 
@@ -92,15 +93,37 @@ def eval_classification_probes(ctx: StageContext, spec: EvalSpec) -> list[dict]:
     return [r for m in spec.models for d in spec.datasets for r in probe_measures(ctx, spec, m, d, columns[d])]
 
 
-def resplit_scores(ctx: StageContext, model: str, dataset: str, n_splits: int, test_fraction: float) -> dict:
-    """Ye et al. Table 3: the official train and test sets pooled, re-split ``n_splits`` times with the original
-    test fraction (stratified, seeds 0..n-1), weighted k-NN (k = 20, T = 0.07) top-1 on each re-split."""
+def original_test_fraction(ctx: StageContext, dataset: str, n_pooled: int, n_official_test: int | None) -> float:
+    """The share of the pooled images that the dataset's own official split puts in its test set: CRC-VAL-HE-7K
+    over NCT-CRC-HE-100K + CRC-VAL-HE-7K (7,180 / 107,180), PanNuke's last fold over the three folds (about a
+    third), BreastPathQ's validation set over train + validation (187 / 2,766); the recipe's split otherwise."""
+    if n_official_test is None:  # no separate test set: the test part of the dataset's (official or kit) split
+        n_official_test = len(split_indices(ctx, dataset)["test"])
+    return n_official_test / n_pooled
+
+
+def resplit_scores(ctx: StageContext, model: str, dataset: str, n_splits: int, test_fraction="original") -> dict:
+    """Ye et al. Table 3: the official train and test sets pooled, re-split ``n_splits`` times "adhering strictly to
+    the original distribution ratios" (stratified, seeds 0..n-1), weighted k-NN (k = 20, T = 0.07) top-1 on each
+    re-split (BreastPathQ: MSE and Kendall tau of the regression probe). ``test_fraction``: "original" (the
+    dataset's own official test share, :func:`original_test_fraction`), a number, or {dataset: either}.
+
+    Returns {measure: [one value per re-split]} plus ``test_fraction`` (the share used) and ``labels`` (the pooled
+    labels: two models with equal labels were scored on the same re-splits, so their values pair up)."""
     full = load_feature_set(ctx, model, dataset)
     parts = [full]
     if ctx.recipe.dataset(dataset).test_dataset:
         parts.append(load_feature_set(ctx, model, dataset, test=True))
     feats = np.concatenate([p.features for p in parts])
     labels = np.concatenate([p.labels for p in parts])
+    if isinstance(test_fraction, dict):
+        test_fraction = test_fraction.get(dataset, "original")
+    source = "the official split's" if test_fraction == "original" else "set by the recipe"
+    if test_fraction == "original":
+        test_fraction = original_test_fraction(ctx, dataset, len(labels), len(parts[1]) if len(parts) > 1 else None)
+    test_fraction = float(test_fraction)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"{dataset}: re-split test fraction must be in (0, 1), got {test_fraction}")
     regression = ctx.recipe.dataset(dataset).task == "regression"
     scores = {"acc": [], "mse": [], "tau": []}
     for seed in range(n_splits):
@@ -113,33 +136,51 @@ def resplit_scores(ctx: StageContext, model: str, dataset: str, n_splits: int, t
         else:
             k = min(20, len(tr))
             scores["acc"].append(weighted_knn(feats[tr], labels[tr], feats[te], labels[te], k=k)["top1"])
-    return {k: v for k, v in scores.items() if v}
+    out = {k: v for k, v in scores.items() if v}
+    out.update(test_fraction=test_fraction, fraction_source=source, labels=labels)
+    return out
+
+
+MEASURES = ("acc", "mse", "tau")
 
 
 def eval_resplit_knn(ctx: StageContext, spec: EvalSpec) -> list[dict]:
-    """Mean ± std over re-splits per (model, dataset) and Welch t-test p-values between the paired backbones."""
+    """Mean ± std over re-splits per (model, dataset); between the paired backbones the p-value of Welch's t-test
+    (column ``<measure>_pvalue``) and of the paired t-test (``<measure>_pvalue_paired``, ``scipy.stats.ttest_rel``:
+    both backbones are scored on the same seeded re-splits of the same pooled images)."""
     p = spec.params
-    n_splits, test_fraction = p.get("n_splits", 5), p.get("test_fraction", 0.1)
+    n_splits, test_fraction = p.get("n_splits", 5), p.get("test_fraction", "original")
     scores = {(m, d): resplit_scores(ctx, m, d, n_splits, test_fraction) for m in spec.models for d in spec.datasets}
     out = []
     for (m, d), measures in scores.items():
         cols, labels = p["columns"][d], row_labels(spec, m)
-        for measure, values in measures.items():
-            mean, std = mean_std(values)
-            note = f"{n_splits} stratified re-splits of train + test, test fraction {test_fraction}"
+        note = (f"{n_splits} stratified re-splits of train + test, test fraction {measures['test_fraction']:.4g} "
+                f"({measures['fraction_source']})")
+        for measure in MEASURES:
+            if measure not in measures:
+                continue
+            mean, std = mean_std(measures[measure])
             for suffix, value in (("mean", mean), ("std", std)):
                 if f"{measure}_{suffix}" in cols:
                     out.append(_record(spec, m, d, cols[f"{measure}_{suffix}"], value, note=note, **labels))
     for vanilla, cypher in p.get("compare", ()):
         for d in spec.datasets:
-            for measure, values in scores[(vanilla, d)].items():
-                column = p["columns"][d].get(f"{measure}_pvalue")
-                if column is None:
+            a, b = scores[(vanilla, d)], scores[(cypher, d)]
+            for measure in MEASURES:
+                if measure not in a:
                     continue
-                pvalue = ttest(values, scores[(cypher, d)][measure])
-                for m in (vanilla, cypher):
-                    out.append(_record(spec, m, d, column, pvalue, note="Welch t-test over the re-splits",
-                                       **row_labels(spec, m)))
+                for paired, suffix, what in ((False, "pvalue", "Welch t-test"),
+                                             (True, "pvalue_paired", "paired t-test (scipy ttest_rel)")):
+                    column = p["columns"][d].get(f"{measure}_{suffix}")
+                    if column is None:
+                        continue
+                    if paired and not np.array_equal(a["labels"], b["labels"]):
+                        raise ValueError(f"{d}: {vanilla} and {cypher} were not scored on the same images, so their "
+                                         f"re-splits do not pair up")
+                    pvalue = ttest(a[measure], b[measure], paired=paired)
+                    for m in (vanilla, cypher):
+                        out.append(_record(spec, m, d, column, pvalue, note=f"{what} over the {n_splits} re-splits",
+                                           **row_labels(spec, m)))
     return out
 
 
