@@ -163,3 +163,78 @@ def test_unknown_augmentation_and_a_run_without_one_are_errors():
     spec = replace(spec, method_cfg={k: v for k, v in spec.method_cfg.items() if k != "augmentation"})
     with pytest.raises(ValueError, match="augmentation"):
         train_subcenter_arcface(None, spec, None, None)
+
+
+# --- Sub-center ArcFace centres: the ffnir scripts' own AdamW at 1e-4 and 6 sub-centres -------------------------
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_recipe_trains_the_centres_as_the_public_code(profile):
+    for spec in get_recipe("lgffem", profile).pretrain:
+        cfg = spec.method_cfg
+        assert cfg["sub_centers"] == 6 and cfg["centres_optimizer"] == "separate" and cfg["centres_lr"] == 1e-4
+        assert cfg["variant"] == "paper"  # m = 17.2°, s = 64 as the paper states; public_code is the variant
+
+
+class _Tiny(torch.nn.Module):
+    """Stands in for the neck + heads: the optimizer and loop code only need parameters and ``embed_dim``."""
+    embed_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(12, self.embed_dim)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _encoder():
+    return _Tiny()
+
+
+def test_separate_centres_optimizer_is_its_own_constant_adamw():
+    from histokit.stages.train_metric import loss_and_optimizers
+
+    spec = get_recipe("lgffem", "full").train_spec("lgffem_C")
+    encoder = _encoder()
+    loss, opt, sched, centres = loss_and_optimizers(spec, encoder, 24)
+    assert loss.sub_centers == 6 and loss.W.shape == (encoder.embed_dim, 24 * 6)
+    model_ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(loss.W) not in model_ids  # the centres are not in the model's optimizer
+    assert isinstance(centres, torch.optim.AdamW) and centres.param_groups[0]["params"] == [loss.W]
+    assert centres.param_groups[0]["lr"] == 1e-4 and centres.param_groups[0]["weight_decay"] == 0.01
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert centres.param_groups[0]["lr"] == 1e-4  # not annealed with the model's cosine schedule
+    assert opt.param_groups[0]["lr"] < 5e-3
+
+
+def test_shared_centres_variant_is_the_kits_earlier_single_optimizer():
+    from histokit.stages.train_metric import loss_and_optimizers
+
+    spec = get_recipe("lgffem", "full").train_spec("lgffem_C")
+    spec = replace(spec, method_cfg=dict(spec.method_cfg, centres_optimizer="shared", sub_centers=3))
+    loss, opt, _, centres = loss_and_optimizers(spec, _encoder(), 24)
+    assert centres is None and loss.sub_centers == 3
+    assert opt.param_groups[1]["params"] == [loss.W] and opt.param_groups[1]["lr"] == 5e-3
+    with pytest.raises(ValueError, match="centres_optimizer"):
+        loss_and_optimizers(replace(spec, method_cfg=dict(spec.method_cfg, centres_optimizer="sgd")), _encoder(), 24)
+
+
+def test_train_loop_steps_and_checkpoints_the_centres_optimizer(tmp_path):
+    from histokit.models.lgffem_train import (make_centres_optimizer, make_optimizer, make_subcenter_arcface,
+                                              train_lgffem)
+
+    torch.manual_seed(0)
+    model = _encoder()
+    loss = make_subcenter_arcface(2, model.embed_dim, sub_centers=6)
+    opt, sched = make_optimizer(model, loss, 2, include_loss=False)
+    centres = make_centres_optimizer(loss)
+    before = loss.W.detach().clone()
+    x, y = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])
+    ckpt = tmp_path / "c.pt"
+    train_lgffem(model, loss, [(x, y)], 1, optimizer=opt, scheduler=sched, loss_optimizer=centres,
+                 checkpoint_path=ckpt, progress=False)
+    assert not torch.equal(loss.W.detach(), before)  # the centres moved through their own optimizer
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["loss_optimizer"]["param_groups"][0]["lr"] == 1e-4

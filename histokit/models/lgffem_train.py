@@ -2,7 +2,9 @@
 
 Paper: Sub-center ArcFace (Deng et al., ECCV 2020) with m = 17.2 (degrees, pytorch-metric-learning's unit) and
 s = 64; AdamW with cosine annealing from 5e-3 to 8e-5; batch 64; 224 px. The loss comes from
-pytorch-metric-learning (``SubCenterArcFaceLoss``), as in the public code.
+pytorch-metric-learning (``SubCenterArcFaceLoss``), as in the public code. The public code (camilo-nunez/ffnir)
+also gives the class centres their own AdamW at a constant 1e-4 and 6 sub-centres per class
+(:func:`make_centres_optimizer`); the paper states neither.
 """
 from __future__ import annotations
 
@@ -126,6 +128,12 @@ PAPER_SCALE = 64.0
 # camilo-nunez/ffnir train_*.py: ``SubCenterArcFaceLoss(..., margin=args.loss_m, scale=args.loss_m, ...)`` with
 # ``--loss_m 17.5`` by default: the margin is passed as the scale too (the parsed ``--loss_s 64`` is never used).
 PUBLIC_CODE_MARGIN_DEG = 17.5
+# The same scripts: ``--loss_sc 6`` sub-centres per class, and the class centres get their own optimizer,
+# ``loss_optimizer = torch.optim.AdamW(loss_func.parameters(), lr=1e-4)`` (``--loss_lr`` in train_kimia.py; torch's
+# default weight decay 0.01; not scheduled unless train_kimia.py's ``--loss_scheduler``), stepped after the model's.
+PUBLIC_CODE_SUB_CENTERS = 6
+PUBLIC_CODE_CENTRES_LR = 1e-4
+PUBLIC_CODE_CENTRES_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default: the scripts pass none
 
 
 def make_subcenter_arcface(num_classes: int, embedding_size: int = 2048, *, margin: float = PAPER_MARGIN_DEG,
@@ -135,8 +143,8 @@ def make_subcenter_arcface(num_classes: int, embedding_size: int = 2048, *, marg
 
     ``variant="paper"``: the given margin/scale (defaults m = 17.2°, s = 64, as the paper states).
     ``variant="public_code"``: what the ffnir training scripts actually run: margin = scale = 17.5 (their bug of
-    passing the margin as the scale); ``margin``/``scale`` arguments are ignored. Note the scripts' sub-center default
-    (``--loss_sc``) is 6 for Kimia; ``sub_centers`` is honoured in both variants.
+    passing the margin as the scale); ``margin``/``scale`` arguments are ignored. The scripts' sub-centre default
+    (``--loss_sc``) is 6 (:data:`PUBLIC_CODE_SUB_CENTERS`) in all three; ``sub_centers`` is honoured in both variants.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -153,17 +161,18 @@ def make_subcenter_arcface(num_classes: int, embedding_size: int = 2048, *, marg
 
 
 def make_optimizer(model: nn.Module, loss: nn.Module, epochs: int, *, lr: float = 5e-3, min_lr: float = 8e-5,
-                   weight_decay: float = 1e-5, loss_lr: Optional[float] = None):
+                   weight_decay: float = 1e-5, loss_lr: Optional[float] = None, include_loss: bool = True):
     """AdamW over the model's trainable parameters and the loss's class centres + CosineAnnealingLR(lr -> min_lr).
 
     One scheduler step per epoch (``T_max = epochs``). ``weight_decay`` 1e-5 is the ffnir scripts' default (the paper
-    gives none). ``loss_lr`` (default: ``lr``) sets the centres' rate; the ffnir scripts use a second AdamW at 1e-4.
-    Returns ``(optimizer, scheduler)``.
+    gives none). ``loss_lr`` (default: ``lr``) sets the centres' rate in this optimizer (annealed with it);
+    ``include_loss=False`` leaves the centres out, for their own optimizer (:func:`make_centres_optimizer`, as the
+    ffnir scripts). Returns ``(optimizer, scheduler)``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     model_params = [p for p in model.parameters() if p.requires_grad]
-    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    loss_params = [p for p in loss.parameters() if p.requires_grad] if include_loss else []
     if not model_params:
         raise ValueError("make_optimizer: the model has no trainable parameters")
     groups = [{"params": model_params, "lr": lr}]
@@ -172,6 +181,16 @@ def make_optimizer(model: nn.Module, loss: nn.Module, epochs: int, *, lr: float 
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=min_lr)
     return optimizer, scheduler
+
+
+def make_centres_optimizer(loss: nn.Module, *, lr: float = PUBLIC_CODE_CENTRES_LR,
+                           weight_decay: float = PUBLIC_CODE_CENTRES_WEIGHT_DECAY) -> torch.optim.Optimizer:
+    """The ffnir scripts' second optimizer: AdamW over the loss's class centres only, at its own constant ``lr``
+    (1e-4) and torch's default weight decay; pass it to :func:`train_lgffem` as ``loss_optimizer``."""
+    params = [p for p in loss.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("make_centres_optimizer: the loss has no trainable parameters (class centres)")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,8 +208,12 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
                  optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                  device: str | torch.device = "cpu", checkpoint_path: Optional[str | Path] = None,
                  resume: bool = True, grad_clip: Optional[float] = 1.0, max_steps_per_epoch: Optional[int] = None,
-                 progress: bool = True, max_steps: Optional[int] = None) -> list[dict]:
+                 progress: bool = True, max_steps: Optional[int] = None,
+                 loss_optimizer: Optional[torch.optim.Optimizer] = None) -> list[dict]:
     """Train neck + head (+ loss centres) for ``epochs``; returns ``history`` = [{epoch, loss, lr, steps}].
+
+    ``loss_optimizer``: the class centres' own optimizer (:func:`make_centres_optimizer`), zeroed and stepped with
+    ``optimizer`` every step as in the ffnir scripts, and saved / resumed with the checkpoint.
 
     Without ``optimizer``/``scheduler`` the paper's :func:`make_optimizer` is used. After each epoch the trainable
     weights (:meth:`LGFFEM.trainable_state_dict` when available), loss, optimizer, scheduler and history are saved
@@ -219,6 +242,8 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
+        if loss_optimizer is not None and ckpt.get("loss_optimizer") is not None:
+            loss_optimizer.load_state_dict(ckpt["loss_optimizer"])
         history = list(ckpt["history"])
         start = int(ckpt["epoch"]) + 1
     params = [p for p in model.parameters() if p.requires_grad]  # ffnir clips the model, not the loss centres
@@ -236,10 +261,14 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"LGFFEM loss became {loss.item()} at epoch {epoch}, step {steps}")
             optimizer.zero_grad(set_to_none=True)
+            if loss_optimizer is not None:
+                loss_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
+            if loss_optimizer is not None:
+                loss_optimizer.step()
             total += loss.item()
             steps += 1
             done += 1
@@ -257,5 +286,6 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
             atomic_torch_save({"model": trainable_sd(), "loss": loss_fn.state_dict(),
                                "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                               "loss_optimizer": loss_optimizer.state_dict() if loss_optimizer is not None else None,
                                "epoch": epoch, "history": history}, path)
     return history
