@@ -170,3 +170,32 @@ def test_kit_only_columns_have_no_paper_or_difference_columns():
     assert "pvalue_crc (paper)" in table
     dino = table[(table.framework == "DINO") & (table.backbone == "CypherViT")].iloc[0]
     assert dino["pvalue_crc_paired"] == 0.004 and dino["pvalue_crc"] == 0.02
+
+
+@pytest.mark.parametrize("profile, encoder, default, alt", [("smoke", "cyphervit_smoke", 16, 8),
+                                                            ("full", "cyphervit_small", 64, 32)])
+def test_stage0_token_count_is_run_as_an_extra_table4_row(profile, encoder, default, alt, monkeypatch):
+    from histokit.models import cyphervit as cyphervit_module
+    from histokit.models.backbones import create_encoder
+
+    # the registered builder's arguments to CypherViT, without initialising a model (seconds on a shared CPU)
+    monkeypatch.setattr(cyphervit_module, "CypherViT", lambda **kwargs: kwargs)
+
+    recipe = get_recipe("cyphervit", profile).validate()
+    grid, extra = recipe.ablations
+    assert extra.table == grid.table == "table4" and len(extra.models) == 1
+    model = recipe.model(extra.models[0])
+    run = recipe.train_spec(model.weights.split(":", 1)[1])
+    assert (run.method, run.encoder, run.n_local) == ("dino", encoder, 2)
+    assert run.encoder_kwargs == model.encoder_kwargs == {"num_final_cls": 4, "num_stage0_cls": alt}
+    assert extra.params["rows"][model.name] == {"num_cls": f"4 ({alt} at stage 0)", "num_local_views": "2"}
+    best = recipe.train_spec(recipe.model("DINO-CypherViT").weights.split(":", 1)[1])
+    assert {k: getattr(best, k) for k in ("optimizer", "lr", "epochs", "n_local", "grad_clip")} == {
+        k: getattr(run, k) for k in ("optimizer", "lr", "epochs", "n_local", "grad_clip")}
+    assert "num_stage0_cls" not in best.encoder_kwargs  # the grid keeps the assumed count
+    assert create_encoder(encoder, **run.encoder_kwargs)["num_cls"] == (alt, 4)
+    assert create_encoder(encoder, **best.encoder_kwargs)["num_cls"] == (default, 4)
+    if profile == "full":  # the stated reason: 64 tokens outnumber a 96 px local crop's patches, 32 do not
+        patches = (run.local_size // 16) ** 2
+        assert patches == 36 and alt < patches < default
+    assert any(f"'4 ({alt} at stage 0)'" in f for f in recipe.table("table4").footnotes)

@@ -45,7 +45,11 @@ Choices the paper leaves open, made here and stated:
 * The stage layout of ``cyphervit_small`` is not given in the text (Fig. 3 is an image): ViT-S/16 width (384-d,
   6 heads, 12 blocks, as the paper's "same architecture (ViT-small)" comparison requires) split into two stages of
   6 blocks with 64 then ``num_final_cls`` (default 4, Table 4's best) [cls] tokens — the 64 -> 8 grouping hierarchy of
-  GroupViT (Xu et al. 2022), the closest published multi-token hierarchical ViT.
+  GroupViT (Xu et al. 2022), the closest published multi-token hierarchical ViT. The stage-0 count is fixed
+  (learned tokens, not derived from the input): a 96 px DINO local crop has 6 x 6 = 36 patches, fewer than the 64
+  tokens: on a local crop the 64 stage-0 clusters share 36 units of patch mass (Eq. (1) gives each patch one unit
+  over the tokens), under one patch per cluster on average. ``num_stage0_cls`` changes it; the cyphervit recipe runs
+  32 (fewer than the 36 local-crop patches) as an extra Table 4 row.
 * ``patch_tokens`` of the Encoder contract are the patch tokens after stage 0's blocks (the last stage where patches
   exist; later stages operate on [cls] tokens only), through the same final LayerNorm.
 """
@@ -231,23 +235,26 @@ class CypherViT(Encoder):
 
 
 @register_encoder("cyphervit_small")
-def cyphervit_small(img_size: int = 224, num_final_cls: int = 4, **kwargs) -> CypherViT:
-    """ViT-S/16 scale: 384-d, 6 heads, 2 stages x 6 blocks, 64 -> ``num_final_cls`` (4 or 8, Table 4) [cls] tokens."""
-    cfg = dict(patch_size=16, embed_dim=384, depths=(6, 6), num_heads=6, num_cls=(64, num_final_cls))
+def cyphervit_small(img_size: int = 224, num_final_cls: int = 4, num_stage0_cls: int = 64, **kwargs) -> CypherViT:
+    """ViT-S/16 scale: 384-d, 6 heads, 2 stages x 6 blocks, ``num_stage0_cls`` (64, an assumption: the paper gives
+    no count) -> ``num_final_cls`` (4 or 8, Table 4) [cls] tokens. The same tokens serve every crop size: 196
+    patches of a 224 px global crop, 36 of a 96 px DINO local crop (64 tokens then outnumber the patches; the
+    cyphervit recipe's Table 4 ablation row trains 32)."""
+    cfg = dict(patch_size=16, embed_dim=384, depths=(6, 6), num_heads=6, num_cls=(num_stage0_cls, num_final_cls))
     return CypherViT(img_size=img_size, **(cfg | kwargs))
 
 
 @register_encoder("cyphervit_smoke")
-def cyphervit_smoke(img_size: int = 64, num_final_cls: int = 4, **kwargs) -> CypherViT:
+def cyphervit_smoke(img_size: int = 64, num_final_cls: int = 4, num_stage0_cls: int = 16, **kwargs) -> CypherViT:
     """Smoke-profile variant: the same two clustering stages at 192-d, 3 heads, 3 blocks each, and 16 stage-0
     [cls] tokens, one per patch of a 64 px image (the paper's 64 tokens suit 196 patches at 224 px; at 64 px they
     would outnumber the patches four to one and make the smoke run attention-bound)."""
-    cfg = dict(patch_size=16, embed_dim=192, depths=(3, 3), num_heads=3, num_cls=(16, num_final_cls))
+    cfg = dict(patch_size=16, embed_dim=192, depths=(3, 3), num_heads=3, num_cls=(num_stage0_cls, num_final_cls))
     return CypherViT(img_size=img_size, **(cfg | kwargs))
 
 
 @register_encoder("cyphervit_test")
-def cyphervit_test(img_size: int = 224, num_final_cls: int = 4, **kwargs) -> CypherViT:
+def cyphervit_test(img_size: int = 224, num_final_cls: int = 4, num_stage0_cls: int = 16, **kwargs) -> CypherViT:
     """Tiny variant for CI: same code path, 32-d, 2 heads, 2 stages x 1 block, 16 -> ``num_final_cls`` tokens."""
-    cfg = dict(patch_size=16, embed_dim=32, depths=(1, 1), num_heads=2, num_cls=(16, num_final_cls))
+    cfg = dict(patch_size=16, embed_dim=32, depths=(1, 1), num_heads=2, num_cls=(num_stage0_cls, num_final_cls))
     return CypherViT(img_size=img_size, **(cfg | kwargs))
