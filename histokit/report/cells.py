@@ -85,6 +85,22 @@ def delta_grade(metric: str, delta, paper, *, unit: bool = False) -> str:
     return "near" if size < limits[1] else "far"
 
 
+NOT_GRADED = "not graded: a smoke or rehearsal difference measures nothing"
+
+
+def summary_grades(run) -> Optional[dict]:
+    """A run's Δ counts per grade for the summary, or None where nothing may be counted: a run that did not run, or
+    a smoke / rehearsal run (:attr:`.collect.PaperRun.smoke`), whose small differences are no agreement."""
+    if not run.ran or run.smoke:
+        return None
+    return grade_counts(run.tables)
+
+
+def not_graded_words(run) -> str:
+    """What the summary says instead of counts: "—" (not run) or "not graded (smoke)"."""
+    return f"not graded ({run.profile})" if run.ran else "—"
+
+
 def is_not_run(value) -> bool:
     return isinstance(value, str) and value.strip() == NOT_RUN
 
@@ -102,7 +118,8 @@ def row_grade(table, row, metric: str, unit: bool) -> str:
 
 
 def grade_counts(tables) -> dict:
-    """How many Δ cells of the written paper-layout ``tables`` fall in each grade except ``none``."""
+    """How many Δ cells of the written paper-layout ``tables`` fall in each grade except ``none`` (a table that is
+    not graded counts none)."""
     counts = {g: 0 for g in GRADES if g != "none"}
     for table in tables:
         if not table.written or not table.metrics:

@@ -314,6 +314,8 @@ def collect_section(root: Path, kind: str, title: str, profile: Optional[str], f
     if not section.present:
         return section
     section.tables = [read_table(p, root) for p in sorted(folder.glob("*.csv"))]
+    for table in section.tables:  # a smoke or rehearsal section's Δ (if any) is never graded either
+        table.graded = profile not in ("smoke", "rehearsal")
     with_csv = {p.stem for p in folder.glob("*.csv")}
     section.documents = [rel(p, root) for p in sorted(folder.glob("*.md")) if p.stem not in with_csv]
     section.figures = _figures(folder, root, {})

@@ -8,7 +8,8 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import quote
 
-from .cells import GRADE_LEGEND, format_value, grade_counts, is_not_run, row_grade, unit_scales
+from .cells import (GRADE_LEGEND, NOT_GRADED, format_value, is_not_run, not_graded_words, row_grade,
+                    summary_grades, unit_scales)
 from .collect import PaperRun, ReportData, Section, Table, unpublished_notebooks
 from .embed import data_uri
 
@@ -69,7 +70,8 @@ def _paper_table(table: Table) -> str:
                     cells.append(f'<td class="{css}">{_e(format_value(value))}</td>')
                 elif s == " Δ":
                     grade = row_grade(table, row, metric, units[metric])
-                    cells.append(f'<td class="{grade}" data-grade="{grade}" title="{_e(GRADE_LEGEND[grade])}">'
+                    why = GRADE_LEGEND[grade] if getattr(table, "graded", True) else NOT_GRADED
+                    cells.append(f'<td class="{grade}" data-grade="{grade}" title="{_e(why)}">'
                                  f"{_e(format_value(value))}</td>")
                 else:
                     css = "ci" if s == " 95% CI" else "paper"
@@ -197,9 +199,9 @@ def _summary(data: ReportData) -> str:
     rows = []
     for run in data.papers:
         written = sum(t.written for t in run.tables)
-        counts = grade_counts(run.tables)
+        counts = summary_grades(run)  # None: not run, or smoke / rehearsal (never counted as agreement)
         grades = (" ".join(f'<span class="swatch {g}">{counts[g]}</span>' for g in ("close", "near", "far"))
-                  if run.ran else "—")
+                  if counts else _e(not_graded_words(run)))
         status = f"<strong>{_e(run.status)}</strong>" if run.ran and run.smoke else _e(run.status)
         rows.append(f'<tr><td class="key"><a href="#{run.anchor}">{_e(run.title)}</a></td>'
                     f'<td class="key"><code>{_e(run.profile)}</code></td><td class="key">{status}</td>'
@@ -208,7 +210,8 @@ def _summary(data: ReportData) -> str:
     return ('<h2 id="summary">Summary</h2><div class="scroll"><table><thead><tr><th class="key">paper</th>'
             '<th class="key">profile</th><th class="key">status</th><th>tables measured</th><th>Δ cells by size</th>'
             f'</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
-            f"<p>Δ = this run − the paper. {legend}</p>")
+            f"<p>Δ = this run − the paper. {legend} Smoke and rehearsal differences are shown uncoloured and never "
+            "counted: they measure nothing.</p>")
 
 
 def _nav(data: ReportData) -> str:

@@ -4,7 +4,7 @@ Markdown cannot colour a cell, so a Δ carries a marker for its grade (:mod:`.ce
 """
 from __future__ import annotations
 
-from .cells import GRADE_LEGEND, format_value, grade_counts, row_grade, unit_scales
+from .cells import GRADE_LEGEND, format_value, not_graded_words, row_grade, summary_grades, unit_scales
 from .collect import PaperRun, ReportData, Section, Table, unpublished_notebooks
 
 MARKERS = {"close": "🟢", "near": "🟠", "far": "🔴", "none": ""}
@@ -145,12 +145,14 @@ def render_markdown(data: ReportData) -> str:
             "|---|---|---|---|---|"]
     for run in data.papers:
         written = sum(t.written for t in run.tables)
-        counts = grade_counts(run.tables)
-        grades = " / ".join(str(counts[g]) for g in ("close", "near", "far")) if run.ran else "—"
+        counts = summary_grades(run)  # None: not run, or smoke / rehearsal (never counted as agreement)
+        grades = " / ".join(str(counts[g]) for g in ("close", "near", "far")) if counts else not_graded_words(run)
         out.append(f"| [{_cell(run.title)}](#{run.anchor}) | `{run.profile}` | {run.status} | "
                    f"{written} of {len(run.tables)} | {grades} |")
     out += ["", "Δ = this run − the paper. " + "; ".join(f"{MARKERS[g] or '(no marker)'} {text}"
-                                                     for g, text in GRADE_LEGEND.items()) + ".", ""]
+                                                     for g, text in GRADE_LEGEND.items())
+            + ". Smoke and rehearsal differences are shown without a marker and never counted: they measure "
+              "nothing.", ""]
     for run in data.papers:
         out += _paper(run)
     out += ["## Common benchmark", ""]
