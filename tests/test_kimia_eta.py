@@ -63,7 +63,7 @@ def test_public_code_variant_first_patch_of_each_scan_is_the_query():
 def test_public_code_variant_name_identity_reproduces_collisions():
     # The notebook intersects file *names*; an s1 patch named like an unretrieved s0 patch counts for s0.
     names = ["a", "b", "b", "c", "d", "e"]
-    eta = eta_public_code(PUBLIC_FEATS, PUBLIC_SCANS, test_names=names)
+    eta = eta_public_code(PUBLIC_FEATS, PUBLIC_SCANS, test_paths=names)
     # s0: retrieved names {a (r0), b (r2)} ∩ {a, b} = 2 -> full credit; s1: 3 of 3; s2: 1 of 1.
     assert eta["eta_p"] == pytest.approx(100.0)
     assert eta["eta_w"] == pytest.approx(100.0)
@@ -85,5 +85,56 @@ def test_bad_inputs_name_the_argument():
         eta_standard(col(0, 1), [0, 1], col(0, 1), [0, 1], metric="manhattan")
     with pytest.raises(ValueError, match="test_feats"):
         eta_public_code(np.array([[np.nan]]), [0])
-    with pytest.raises(ValueError, match="test_names"):
-        eta_public_code(col(0, 1), [0, 1], test_names=["a"])
+    with pytest.raises(ValueError, match="test_paths"):
+        eta_public_code(col(0, 1), [0, 1], test_paths=["a"])
+
+
+# --- the notebook's ordering: natsorted paths within a scan, scans s0..s23 in natural order (issue 16) -----------
+
+def test_natural_key_orders_numbers_as_numbers():
+    from histokit.evaluation.kimia import natural_key
+
+    names = ["s0_10.jpg", "s0_2.jpg", "s0_1.jpg"]
+    assert sorted(names) == ["s0_1.jpg", "s0_10.jpg", "s0_2.jpg"]
+    assert sorted(names, key=natural_key) == ["s0_1.jpg", "s0_2.jpg", "s0_10.jpg"]
+
+
+def test_public_code_query_is_the_first_patch_in_natural_order():
+    # Scan s0 listed lexicographically (s0_10.jpg before s0_2.jpg), as a directory listing sorts it. The notebook
+    # natsorts, so s0_2.jpg (at 0.0) is the query: its 2 nearest are both s0 -> 2 of 2. Querying s0_10.jpg (at 1.0),
+    # the first row in lexicographic order, reaches 1.8 (s1) first -> 1 of 2.
+    feats = col(1.0, 0.0, 1.8, 6.0, 10.0, 11.0)
+    scans = [0, 0, 1, 1, 1, 2]
+    paths = ["test/s0/s0_10.jpg", "test/s0/s0_2.jpg", "test/s1/s1_1.jpg", "test/s1/s1_2.jpg", "test/s1/s1_3.jpg",
+             "test/s2/s2_1.jpg"]
+    assert eta_public_code(feats, scans, test_paths=paths)["eta_p"] == pytest.approx(100.0)
+    assert eta_public_code(feats, scans)["eta_p"] == pytest.approx(100 * 5 / 6)  # given (lexicographic) order
+
+
+def test_public_code_visits_scans_in_natural_order():
+    # s2 before s10 (the notebook's range(24)): s2's query 0.0 searches depth 2 -> {0.0, 1.0 (s10)}: 1 of 2; s10's
+    # query then searches everything: 1 of 1. In string order s10 would come first and both scans score full.
+    eta = eta_public_code(col(0.0, 5.0, 1.0), ["s2", "s2", "s10"])
+    assert eta["eta_p"] == pytest.approx(100 * 2 / 3)
+    assert eta["eta_w"] == pytest.approx(100 * (1 / 2 + 1) / 2)
+
+
+def test_eval_stage_passes_the_test_paths(monkeypatch):
+    from types import SimpleNamespace
+
+    from histokit.papers import get_recipe
+    from histokit.retrieval.features import FeatureSet
+    from histokit.stages import common, eval_kimia
+
+    paths = ["x/s0/s0_10.jpg", "x/s0/s0_2.jpg", "x/s1/s1_1.jpg", "x/s1/s1_2.jpg", "x/s1/s1_3.jpg", "x/s2/s2_1.jpg"]
+    test = FeatureSet(col(1.0, 0.0, 1.8, 6.0, 10.0, 11.0), np.array([0, 0, 1, 1, 1, 2]), np.arange(10, 16))
+    images = SimpleNamespace(samples=[SimpleNamespace(path=f"unused/{i}.jpg") for i in range(10)]
+                             + [SimpleNamespace(path=p) for p in paths])
+    monkeypatch.setattr(eval_kimia, "feature_parts", lambda ctx, model, dataset: {"train": test, "test": test})
+    monkeypatch.setattr(common, "load_recipe_dataset", lambda ctx, key, test=False: images)
+    recipe = get_recipe("lgffem", "full")
+    spec = next(e for e in recipe.evaluations if e.table == "table1_public_code")
+    records = eval_kimia.eval_kimia_eta(SimpleNamespace(recipe=recipe, paper="lgffem"), spec)
+    eta_p = [r["value"] for r in records if r["metric"] == "eta_p"]
+    assert len(eta_p) == 3  # one per strategy row
+    assert eta_p == pytest.approx([100.0] * 3)  # natural order: s0_2.jpg queries (lexicographic order gives 83.3)

@@ -14,6 +14,8 @@ All values are returned in percent (η_tot = η_p · η_w / 100, matching the pa
 """
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
 from typing import Optional, Sequence
 
 import faiss
@@ -75,33 +77,48 @@ def eta_standard(train_feats, train_scans: Sequence, test_feats, test_scans: Seq
     return _etas(hits, sizes)
 
 
-def eta_public_code(test_feats, test_scans: Sequence, *, test_names: Optional[Sequence[str]] = None,
+def natural_key(text) -> tuple:
+    """Natural sort key, as ``natsort.natsorted``'s default: runs of digits compare as integers, the rest as text
+    (``s0_2.jpg`` < ``s0_10.jpg``, where plain string order puts ``s0_10.jpg`` first). The parts alternate text,
+    number, text ..., so any two keys compare."""
+    parts = re.split(r"(\d+)", str(text))
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
+
+
+def eta_public_code(test_feats, test_scans: Sequence, *, test_paths: Optional[Sequence[str]] = None,
                     metric: str = "l2") -> dict[str, float]:
     """η_p, η_w, η_tot (%) exactly as the ffnir notebook computes them (which is *not* the Kimia standard).
 
-    The notebook's procedure, reproduced step by step:
+    The notebook's procedure (``ntbk_02_extract-features-kimia.ipynb``, ``kimia_metrics_from_checkpoint``),
+    reproduced step by step:
 
-    1. The test patches are ordered scan by scan (s0, s1, ..., s23; within a scan in the given order — the notebook
-       natsorts file names), and *only the test patches* are indexed (``IndexFlatL2``) and searched against
-       themselves with full depth (each query's own patch is its rank-0 result).
+    1. The test patches are ordered scan by scan (s0, s1, ..., s23, scan ids in natural order), within a scan by the
+       natural order of their paths (``natsorted(Path(f's{i}').rglob('*.jpg'), key=str)``), and *only the test
+       patches* are indexed (``IndexFlatL2``) and searched against themselves with full depth (each query's own
+       patch is its rank-0 result).
     2. For scan s occupying rows ``[lo_s, hi_s)`` of that order, only the *first* patch of the scan (row ``lo_s``)
        is used as a query, and its top ``hi_s`` results are kept — the search depth is the cumulative patch count up
        to and including scan s, so it grows with the scan index (scan 0: |Γ_0| results; scan 23: all 1,325).
-    3. ``|R ∩ Γ_s|`` is the number of scan-s patches among those ``hi_s`` results (a set intersection; the query
-       itself counts). η_p = Σ_s |R ∩ Γ_s| / n_tot, η_w = mean_s |R ∩ Γ_s| / |Γ_s|, η_tot = η_p · η_w.
+    3. ``|R ∩ Γ_s|`` is the number of scan-s patch *file names* (``path.name``) among the file names of those
+       ``hi_s`` results (a set intersection; the query itself counts, and another scan's patch that shares a file
+       name with a scan-s patch counts too). η_p = Σ_s |R ∩ Γ_s| / n_tot, η_w = mean_s |R ∩ Γ_s| / |Γ_s|,
+       η_tot = η_p · η_w.
 
-    Identity of a patch is its row; pass ``test_names`` to intersect by file name as the notebook does
-    (``path.name``), which also counts other scans' patches that share a file name.
-    Scans are visited in sorted order of their ids; the notebook divides η_w by 24, here by the number of scans.
+    ``test_paths``: each patch's path (or file name). Without it the within-scan order is the given one and a patch
+    is identified by its row. The notebook divides η_w by 24, here by the number of scans (24 for Kimia Path24C).
     """
     feats = _as_features(test_feats, "test_feats")
     scans_y = _as_labels(test_scans, len(feats), "test_scans")
-    names = None if test_names is None else _as_labels(test_names, len(feats), "test_names")
-    scans = np.unique(scans_y)
-    # Step 1: stable reorder scan by scan (within-scan order kept as given).
-    order = np.concatenate([np.flatnonzero(scans_y == s) for s in scans])
+    paths = None if test_paths is None else [str(p) for p in _as_labels(test_paths, len(feats), "test_paths")]
+    scans = sorted(np.unique(scans_y).tolist(), key=lambda s: natural_key(s))
+    # Step 1: scan by scan; within a scan by natural path order (stable: the given order without paths).
+    order = []
+    for s in scans:
+        rows = np.flatnonzero(scans_y == s).tolist()
+        order += rows if paths is None else sorted(rows, key=lambda r: natural_key(paths[r]))
+    order = np.asarray(order, dtype=np.int64)
     feats, scans_y = feats[order], scans_y[order]
-    ident = np.arange(len(feats)) if names is None else names[order]
+    ident = order if paths is None else np.asarray([PurePath(paths[r]).name for r in order], dtype=object)
     index, base = _flat_index(feats, metric)
     index.add(base)
     sizes = np.array([(scans_y == s).sum() for s in scans])

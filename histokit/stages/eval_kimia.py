@@ -11,9 +11,18 @@ from .index import feature_parts
 
 PROTOCOL_NOTES = {
     "standard": "Kimia standard protocol: test patches query the training patches, exact FAISS L2 top-1",
-    "public_code": "ffnir public-code protocol: test patches indexed and searched against themselves, first patch "
-                   "of each scan as its query, search depth growing with the scan index, FAISS L2",
+    "public_code": "ffnir public-code protocol: test patches indexed and searched against themselves, natural "
+                   "file order within each scan, first patch of each scan as its query, search depth growing with "
+                   "the scan index, hits counted by file name, FAISS L2",
 }
+
+
+def query_image_paths(ctx: StageContext, dataset: str, test) -> list[str]:
+    """The image path of every row of the test FeatureSet ``test`` (its ``indices`` into the test images)."""
+    from .common import load_recipe_dataset
+
+    images = load_recipe_dataset(ctx, dataset, test=bool(ctx.recipe.dataset(dataset).test_dataset))
+    return [str(images.samples[int(i)].path) for i in test.indices]
 
 
 def eval_kimia_eta(ctx: StageContext, spec: EvalSpec) -> list[dict]:
@@ -29,7 +38,8 @@ def eval_kimia_eta(ctx: StageContext, spec: EvalSpec) -> list[dict]:
             if protocol == "standard":
                 etas = eta_standard(train.features, train.labels, test.features, test.labels, metric="l2")
             else:
-                etas = eta_public_code(test.features, test.labels, metric="l2")
+                etas = eta_public_code(test.features, test.labels, test_paths=query_image_paths(ctx, dataset, test),
+                                       metric="l2")
             for metric in ("eta_p", "eta_w", "eta_tot"):
                 out.append({"table": spec.table, "model": model, "dataset": dataset, "metric": metric,
                             "value": float(etas[metric]), "n": len(test), "note": PROTOCOL_NOTES[protocol],
