@@ -19,6 +19,11 @@ from .papers.recipe import TableSpec
 PAPER_TABLES_DIR = Path(__file__).resolve().parent / "papers" / "paper_tables"
 NOT_RUN = "not run"
 NOT_REPRODUCIBLE = "not reproducible"
+# The weights a row was computed with, as used (histokit.stages.common.resolve_weights: "ImageNet weights from the
+# local cache", "random init: ImageNet weights unreachable", "trained here on 80 bundled Kather 2016 tiles ..."). A
+# record carries it; a table shows it in its own column after the key columns, never as a key: the join with the
+# paper's numbers stays on the paper's labels.
+WEIGHTS_COLUMN = "weights used"
 
 
 def paper_table(spec: TableSpec) -> pd.DataFrame:
@@ -42,8 +47,9 @@ def _fmt(value, digits: int = 2) -> str:
 def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
     """One row per paper row (paper order) plus rows measured here that the paper lacks (e.g. split variants).
 
-    Columns: the key columns, then per metric ``<m>`` (reproduced), ``<m> 95% CI`` where bootstrapped,
-    ``<m> (paper)`` and ``<m> Δ`` (reproduced - paper).
+    Columns: the key columns, ``weights used`` where the records say which weights each row was computed with
+    (:data:`WEIGHTS_COLUMN`, not a key: every distinct text of the row's records, joined by "; "), then per metric
+    ``<m>`` (reproduced), ``<m> 95% CI`` where bootstrapped, ``<m> (paper)`` and ``<m> Δ`` (reproduced - paper).
     """
     paper = paper_table(spec)
     keys = list(spec.keys)
@@ -61,6 +67,9 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
         p_mask = pd.Series(True, index=paper.index)
         for k, v in entry.items():
             p_mask &= paper[k].astype(str) == v
+        if WEIGHTS_COLUMN in recs:
+            used = [w for w in dict.fromkeys(recs.loc[mask, WEIGHTS_COLUMN].dropna().astype(str)) if w.strip()]
+            entry[WEIGHTS_COLUMN] = "; ".join(used)
         for metric in spec.metrics:
             hit = recs[mask & (recs["metric"] == metric)]
             value = float(hit["value"].iloc[0]) if len(hit) else None
@@ -84,7 +93,7 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
             entry[f"{metric} (paper)"] = paper_value
             entry[f"{metric} Δ"] = (value - paper_value) if value is not None and paper_value is not None else None
         out.append(entry)
-    columns = list(keys)
+    columns = list(keys) + ([WEIGHTS_COLUMN] if any(e.get(WEIGHTS_COLUMN) for e in out) else [])
     for metric in spec.metrics:
         columns += [c for c in (metric, f"{metric} 95% CI", f"{metric} (paper)", f"{metric} Δ")
                     if any(c in e for e in out)]
@@ -142,4 +151,6 @@ def merge_records(old: pd.DataFrame, new: pd.DataFrame, keys: Optional[list] = N
         return new
     both = pd.concat([old, new], ignore_index=True)
     ident = [c for c in (keys or both.columns) if c not in ("value", "ci_low", "ci_high", "n", "note")]
+    ident = [c for c in ident if c != WEIGHTS_COLUMN]  # which weights: how a cell was measured, not which cell
+    ident = [c for c in ident if c != WEIGHTS_COLUMN]  # which weights: how a cell was measured, not which cell
     return both.drop_duplicates(subset=ident, keep="last").reset_index(drop=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from contextlib import contextmanager
 from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,13 +211,95 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+# How the weights a row was computed with came about, in words: the start of every ``source`` text of the hub
+# branch (table rows, timing.csv, the benchmark's ``weights`` column and the notes all quote it).
+WEIGHTS_FROM_CACHE = "ImageNet weights from the local cache"
+WEIGHTS_DOWNLOADED = "ImageNet weights downloaded"
+WEIGHTS_UNREACHABLE = "random init: ImageNet weights unreachable"
+BUNDLED_DATASET = "kather2016_tiny"
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face hub cache as the environment names it now: ``HF_HUB_CACHE``, else ``HF_HOME``/hub, else
+    ``XDG_CACHE_HOME``/huggingface/hub, else ~/.cache/huggingface/hub (huggingface_hub's own rule, read at call time
+    rather than at its import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "huggingface", "hub")
+
+
+@contextmanager
+def hub_session(*, offline: bool):
+    """timm's hub downloads inside this block read and write :func:`hub_cache_dir`; ``offline``: the local cache
+    only (huggingface_hub's offline mode, HF_HUB_OFFLINE=1 — no request leaves the machine, a file that is not
+    cached raises). A block that raises leaves the random number generator as it found it, so a failed attempt
+    (the model is built before its weights are looked for) changes no later draw, a random fallback included."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE
+    rng = torch.random.get_rng_state()
+    constants.HF_HUB_CACHE = hub_cache_dir()
+    constants.HF_HUB_OFFLINE = bool(offline or saved[0])
+    try:
+        yield
+    except BaseException:
+        torch.random.set_rng_state(rng)
+        raise
+    finally:
+        constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = saved
+
+
+def cached_hub_encoder(encoder_name: str, **kwargs) -> Optional[Encoder]:
+    """``encoder_name`` with its timm hub weights read from the local Hugging Face cache, or None when they are not
+    there (never a network request)."""
+    try:
+        with hub_session(offline=True):
+            return _create_encoder(encoder_name, pretrained=True, **kwargs)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not loadable: the caller falls back
+        return None
+
+
+def _training_data_words(ctx: StageContext, run_name: str) -> str:
+    """What a training run of this recipe read, e.g. "80 bundled Kather 2016 tiles" ("" when it cannot be said)."""
+    try:
+        run = ctx.recipe.train_spec(run_name)
+        data = ctx.recipe.dataset(run.dataset)
+        what = "bundled Kather 2016 tiles" if data.dataset == BUNDLED_DATASET else f"{data.dataset} images"
+        if data.stain:
+            what += f" ({data.stain}-normalized)"
+        return f"{len(training_rows(ctx, split_indices(ctx, run.dataset)['train']))} {what}"
+    except (KeyError, OSError, ValueError):
+        return ""
+
+
+def trained_source(ctx: StageContext, run_name: str) -> str:
+    """The weights of training run ``run_name`` in words: the run, what it trained on, and what it started from
+    (its own source text, from its history.json), e.g. "trained here on 80 bundled Kather 2016 tiles (simclr_CRC)
+    ← random init: ImageNet weights unreachable (...)"."""
+    import json
+
+    data = _training_data_words(ctx, run_name)
+    text = f"trained here on {data} ({run_name})" if data else f"trained here ({run_name})"
+    history = trained_weights_path(ctx, run_name).parent / "history.json"
+    try:
+        init = json.loads(history.read_text()).get("init")
+    except (OSError, ValueError):
+        init = None
+    return f"{text} ← {init}" if init else text
+
+
 def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: str, *, image_size: int,
                     pooling: Optional[str] = None, scope: str = "all",
                     encoder_kwargs: Optional[dict] = None) -> tuple[Encoder, str]:
-    """Build ``encoder_name`` and load the first available weight source of ``spec`` (see recipe.weight_sources).
+    """Build ``encoder_name`` and load the first available weight source of ``spec`` (see recipe.weight_sources);
+    returns the encoder and its weights as used, in words (``source``: every table row that uses them says so).
 
-    ``timm`` hub weights that cannot be fetched (no network) are an error in the full profile; in the smoke profile
-    the encoder stays randomly initialised and a footnote says so.
+    ``timm`` hub weights come from the local Hugging Face cache when they are there (no network needed), else from
+    the hub; weights that can be had neither way are an error in the full profile, while in the smoke profile and
+    a rehearsal the encoder stays randomly initialised and the source and a footnote say so.
     """
     tried = []
     kwargs = dict(encoder_kwargs or {})
@@ -245,7 +328,7 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
             if mock:
                 ctx.add_note(scope, f"REHEARSAL: {value} is a mock file in the official layout ({Path(path).name}, "
                                     "random weights written by `histokit data mock`), not the published weights.")
-                return encoder, f"mock official-layout checkpoint {value} ({Path(path).name})"
+                return encoder, f"mock official-layout checkpoint {value} ({Path(path).name}, random weights)"
             return encoder, f"official checkpoint {value} ({Path(path).name})"
         if kind == "train":
             path = trained_weights_path(ctx, value)
@@ -254,30 +337,40 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
                 continue
             encoder = create_encoder(encoder_name, img_size=image_size, pooling=pooling)
             load_encoder_weights(encoder, path)
-            return encoder, f"trained by this run ({value})"
+            return encoder, trained_source(ctx, value)
         if kind == "timm":
-            if (ctx.profile == "smoke" or ctx.rehearsal) and not hub_reachable():
+            encoder = cached_hub_encoder(encoder_name, img_size=image_size, pooling=pooling, **kwargs)
+            if encoder is not None:
+                return encoder, f"{WEIGHTS_FROM_CACHE} (timm {encoder_name})"
+            lenient = ctx.profile == "smoke" or ctx.rehearsal
+            if lenient and not hub_reachable():
                 ctx.add_note(scope, f"{encoder_name}: ImageNet weights could not be fetched (no network to the "
-                                    f"Hugging Face hub); the {ctx.label} run uses random initialisation instead.")
-                return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random (hub offline)"
+                                    f"Hugging Face hub, none in the local cache); the {ctx.label} run uses random "
+                                    "initialisation instead.")
+                return (create_encoder(encoder_name, img_size=image_size, pooling=pooling),
+                        f"{WEIGHTS_UNREACHABLE} (hub offline, not in the local cache)")
             try:
-                encoder = create_encoder(encoder_name, pretrained=True, img_size=image_size, pooling=pooling)
-                return encoder, f"timm hub weights ({encoder_name})"
+                with hub_session(offline=False):
+                    encoder = create_encoder(encoder_name, pretrained=True, img_size=image_size, pooling=pooling)
+                return encoder, f"{WEIGHTS_DOWNLOADED} from the Hugging Face hub (timm {encoder_name})"
             except Exception as exc:  # no network, no cache: say exactly what happened
-                if ctx.profile != "smoke" and not ctx.rehearsal:
+                if not lenient:
                     raise RuntimeError(f"timm weights for {encoder_name} could not be loaded ({exc}); put them in "
                                        "the Hugging Face cache or pass a local checkpoint") from exc
-                ctx.add_note(scope, f"{encoder_name}: ImageNet weights could not be fetched offline "
+                ctx.add_note(scope, f"{encoder_name}: ImageNet weights could not be fetched "
                                     f"({type(exc).__name__}); the {ctx.label} run uses random initialisation instead.")
-                return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random (timm offline)"
+                return (create_encoder(encoder_name, img_size=image_size, pooling=pooling),
+                        f"{WEIGHTS_UNREACHABLE} ({type(exc).__name__})")
         if kind == "random":
             return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random initialisation"
     raise RuntimeError(f"no weights available for {encoder_name} from {spec!r}: " + "; ".join(tried))
 
 
-def init_identity(ctx: StageContext, spec: str, dataset: str) -> dict:
+def init_identity(ctx: StageContext, spec: str, dataset: str, encoder: Optional[str] = None,
+                  encoder_kwargs: Optional[dict] = None) -> dict:
     """What a training run would start from, without building it: the first available source of ``spec`` as
-    :func:`resolve_weights` picks it, with the file's sha256 for a checkpoint or an earlier run's weights."""
+    :func:`resolve_weights` picks it, with the file's sha256 for a checkpoint or an earlier run's weights. Hub
+    weights of ``encoder`` in the local cache count as hub weights even with the hub offline."""
     from ..io import sha256_file
 
     for kind, value in weight_sources(spec, dataset):
@@ -291,6 +384,8 @@ def init_identity(ctx: StageContext, spec: str, dataset: str) -> dict:
                 return {"kind": kind, "name": value, "sha256": sha256_file(path)}
         elif kind == "timm":
             offline = (ctx.profile == "smoke" or ctx.rehearsal) and not hub_reachable()
+            if offline and encoder and cached_hub_encoder(encoder, **(encoder_kwargs or {})) is not None:
+                offline = False
             return {"kind": "random (hub offline)" if offline else kind}
         elif kind == "random":
             return {"kind": kind}
@@ -304,8 +399,8 @@ def training_fingerprint(ctx: StageContext, spec) -> str:
     import json
     from dataclasses import asdict
 
-    payload = {"spec": asdict(spec), "init": init_identity(ctx, spec.init, spec.dataset),
-               "seed": ctx.seed, "rehearse": ctx.rehearse or None}
+    init = init_identity(ctx, spec.init, spec.dataset, spec.encoder, spec.encoder_kwargs)
+    payload = {"spec": asdict(spec), "init": init, "seed": ctx.seed, "rehearse": ctx.rehearse or None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 from ..evaluation.stats import bootstrap_ci
 from ..io import atomic_write_text
 from ..papers.recipe import EvalSpec
-from ..results import build_table, merge_records, read_records, records_frame, write_table
+from ..results import WEIGHTS_COLUMN, build_table, merge_records, read_records, records_frame, write_table
 from ..retrieval.metrics import evaluate_retrieval
 from .common import slug
 from .eval_kimia import eval_kimia_eta
@@ -89,6 +89,45 @@ def with_row_keys(ctx: StageContext, records: list[dict]) -> list[dict]:
     return records
 
 
+def weights_used(ctx: StageContext, model: str, dataset: str) -> str:
+    """The weights (model, dataset)'s numbers were computed with, in words (resolve_weights' ``source``): the feature
+    sidecar's ``weights``, written when the features were extracted; else a label-fraction result's (the weights
+    its fine-tuning started from); "" when neither exists."""
+    from .index import feature_path
+
+    candidates = [feature_path(ctx, model, dataset).with_suffix(".json")]
+    candidates += sorted(ctx.path("label_fraction", slug(model), slug(dataset)).glob("*.json"))
+    for path in candidates:
+        try:
+            weights = json.loads(path.read_text()).get("weights")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if weights:
+            return str(weights)
+    return ""
+
+
+def with_weights_used(ctx: StageContext, spec: EvalSpec, records: list[dict]) -> list[dict]:
+    """Each record gets ``weights used`` (:data:`histokit.results.WEIGHTS_COLUMN`): the weights its model row was
+    computed with, as used — a random initialisation that stood in for unreachable ImageNet weights, weights
+    trained here on the bundled tiles — so the table row says so itself, beside the paper's label. A record whose
+    ``model`` is a row label (EvalSpec labels / rows) is traced back to the recipe model that produced it."""
+    from .eval_classification import row_labels
+
+    by_label: dict = {}
+    for m in spec.models:
+        by_label.setdefault(str(row_labels(spec, m).get("model", m)), []).append(m)
+    for rec in records:
+        if rec.get(WEIGHTS_COLUMN):
+            continue
+        model = rec["model"] if rec["model"] in spec.models else None
+        if model is None and len(by_label.get(str(rec["model"]), [])) == 1:
+            model = by_label[str(rec["model"])][0]
+        if model is not None:
+            rec[WEIGHTS_COLUMN] = weights_used(ctx, model, rec["dataset"])
+    return records
+
+
 def write_tables(ctx: StageContext) -> dict[str, pd.DataFrame]:
     records = read_records(ctx.results_dir / "records.csv")
     notes = ctx.notes()
@@ -110,7 +149,7 @@ def run(ctx: StageContext, stage: str = "evaluate") -> dict[str, pd.DataFrame]:
         if spec.kind not in EVALUATIONS:
             raise ValueError(f"recipe {ctx.paper}: unknown evaluation kind {spec.kind!r}; "
                              f"known: {sorted(EVALUATIONS)}")
-        new += with_row_keys(ctx, EVALUATIONS[spec.kind](ctx, spec))
+        new += with_weights_used(ctx, spec, with_row_keys(ctx, EVALUATIONS[spec.kind](ctx, spec)))
     path = ctx.results_dir / "records.csv"
     merged = merge_records(read_records(path), records_frame(new))
     atomic_write_text(path, merged.to_csv(index=False))
