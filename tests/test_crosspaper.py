@@ -248,3 +248,17 @@ def test_audit_searches_an_official_test_set(tmp_path):
     assert official["max_cosine"] == pytest.approx(1.0, abs=1e-4)
     assert (tmp_path / "leakage" / "full" / "pairs_nct_crc_he_100k_nonorm+MUS_STR_test_crc_val_he_7k_official-test_"
             "pixels.png").is_file()
+
+
+def test_raw_embeddings_of_a_run_are_l2_normalized_when_read(tmp_path, labels):
+    # chen2022 stores raw embeddings (its probes read them); the benchmark compares every method on cosine
+    from histokit.crosspaper.collect import collect_feature_sets
+
+    raw = clustered(labels, 4) * np.random.default_rng(5).uniform(0.5, 3.0, size=(len(labels), 1)).astype(np.float32)
+    path = write_features(tmp_path, "chen2022", "smoke", "ImageNet ResNet-50", "CRC-NONORM", raw, labels)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**meta, "l2_normalized": False}))
+    (entry,) = [e for g in collect_feature_sets("smoke", tmp_path).groups.values() for e in g.entries]
+    main, _ = entry.load()
+    np.testing.assert_allclose(np.linalg.norm(main.features, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(main.features, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)

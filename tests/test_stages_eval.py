@@ -67,3 +67,134 @@ def test_macenko_stand_in_changes_tiles_but_keeps_labels(tmp_path):
     assert a.shape == b.shape and np.abs(a - b).mean() > 1.0, "normalization must change a stained tile"
     assert np.array_equal(np.asarray(normed[tumour][0]), b), "normalized tiles are cached, identical on re-read"
     assert any("Macenko" in n for n in ctx.notes()["all"])
+
+
+# --- Chen & Krishnan (issue 16): the reference's probes on raw embeddings of every training tile ----------------
+
+
+def _raw_blobs(n, seed, d=6, classes=3, offset=0):
+    """Class blobs whose rows have very different norms, so L2 normalization changes the neighbours."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    feats = (np.eye(d)[:classes][labels] * 2 + rng.normal(size=(n, d))) * rng.uniform(0.2, 5.0, size=(n, 1))
+    return FeatureSet(feats, labels, np.arange(offset, offset + n))
+
+
+def _flat(transform):
+    inner = getattr(transform, "transforms", None)
+    return [t for x in inner for t in _flat(x)] if inner is not None else [transform]
+
+
+def _chen_ctx(monkeypatch, parts):
+    from histokit.papers import get_recipe
+    from histokit.stages import eval_classification
+
+    monkeypatch.setattr(eval_classification, "feature_parts", lambda ctx, model, dataset: parts)
+    recipe = get_recipe("chen2022", "full")
+    return SimpleNamespace(recipe=recipe, seed=0), recipe.evaluations[0]
+
+
+def test_chen2022_knn_auc_is_sklearn_defaults_on_raw_features_of_all_training_tiles(monkeypatch):
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from histokit.retrieval.features import l2_normalize
+    from histokit.stages.eval_classification import probe_measures
+
+    train, val, test = _raw_blobs(40, 0), _raw_blobs(8, 1, offset=40), _raw_blobs(30, 2)
+    ctx, spec = _chen_ctx(monkeypatch, {"train": train, "val": val, "test": test})
+    recs = probe_measures(ctx, spec, "DINO ViT-S/16 (TCGA)", "CRC-NORM", spec.params["columns"]["CRC-NORM"])
+    assert [r["metric"] for r in recs] == ["crc_norm_knn_auc"]
+
+    def auc(tr_f, tr_y, te_f):
+        proba = KNeighborsClassifier().fit(tr_f, tr_y).predict_proba(te_f)
+        return roc_auc_score(test.labels, proba, multi_class="ovr", average="macro")
+
+    all_f, all_y = np.concatenate([train.features, val.features]), np.concatenate([train.labels, val.labels])
+    expected = auc(all_f, all_y, test.features)
+    assert recs[0]["value"] == pytest.approx(expected)
+    # the old protocol (train split only; L2-normalized features) gives other values on these tiles
+    assert expected != pytest.approx(auc(train.features, train.labels, test.features))
+    assert expected != pytest.approx(auc(l2_normalize(all_f), all_y, l2_normalize(test.features)))
+
+
+def test_chen2022_breastpathq_columns_are_the_reference_metrics_with_kit_extras_named(monkeypatch):
+    from scipy.stats import kendalltau
+    from sklearn.linear_model import LinearRegression
+
+    from histokit.evaluation.regression import kendalltau_bpq
+    from histokit.stages.eval_classification import probe_measures
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=5)
+
+    def part(n, offset):
+        f = rng.normal(size=(n, 5))
+        y = np.round(np.clip(0.5 + 0.3 * (f @ w) / 3 + 0.1 * rng.normal(size=n), 0, 1), 1)  # tied labels, as BPQ
+        return FeatureSet(f, y.astype(np.float64), np.arange(offset, offset + n))
+
+    train, val, test = part(30, 0), part(6, 30), part(25, 36)
+    ctx, spec = _chen_ctx(monkeypatch, {"train": train, "val": val, "test": test})
+    recs = probe_measures(ctx, spec, "DINO ViT-S/16 (TCGA)", "BreastPathQ", spec.params["columns"]["BreastPathQ"])
+    got = {r["metric"]: r["value"] for r in recs}
+    raw = LinearRegression().fit(np.concatenate([train.features, val.features]),
+                                 np.concatenate([train.labels, val.labels])).predict(test.features)
+    assert (raw < 0).any() or (raw > 1).any(), "clipping must matter for this check"
+    assert got["breastpathq_mse"] == pytest.approx(np.mean((raw - test.labels) ** 2))
+    assert got["breastpathq_mse_clipped"] == pytest.approx(np.mean((np.clip(raw, 0, 1) - test.labels) ** 2))
+    assert got["breastpathq_mse"] != pytest.approx(got["breastpathq_mse_clipped"])
+    assert got["breastpathq_tau"] == pytest.approx(kendalltau_bpq(test.labels, raw))
+    assert got["breastpathq_tau_b"] == pytest.approx(kendalltau(raw, test.labels).statistic)
+    assert got["breastpathq_tau"] != pytest.approx(got["breastpathq_tau_b"])
+
+
+def test_chen2022_extraction_uses_the_weights_normalization_native_sizes_and_raw_features(tmp_path, monkeypatch):
+    from histokit.models.backbones import create_encoder
+    from histokit.papers import get_recipe
+    from histokit.stages import common
+    from histokit.stages.index import extraction_settings, extraction_targets
+
+    half, imagenet = [0.5] * 3, [0.485, 0.456, 0.406]
+    # full profile, official checkpoints given: the SimCLR row reads 0.5 / 0.5 from its registry entry (its model
+    # row leaves the ImageNet default); BreastPathQ at its native 512 px; raw (not L2-normalized) features
+
+    full = SimpleNamespace(recipe=get_recipe("chen2022", "full"), run_dir=tmp_path,
+                           checkpoints={"chen2022_simclr_resnet50_tcga_brca": "simclr.pt",
+                                        "chen2022_dino_vits16_tcga_brca": "dino.pt"},
+                           path=lambda *parts: tmp_path.joinpath(*parts))
+    simclr = extraction_settings(full, "SimCLR ResNet-50 (TCGA)", "CRC-NORM")
+    assert simclr == {"image_size": 224, "mean": half, "std": half, "l2_normalized": False}
+    assert extraction_settings(full, "DINO ViT-S/16 (TCGA)", "BreastPathQ")["image_size"] == 512
+    imnet = extraction_settings(full, "ImageNet ResNet-50", "BreastPathQ")
+    assert imnet["mean"] == imagenet and imnet["image_size"] == 512
+
+    # the transform the smoke stage builds for the SimCLR row, with and without the official checkpoint
+    monkeypatch.setattr(common, "resolve_weights",
+                        lambda ctx, *a, **k: (create_encoder("resnet_test", img_size=64), "stub"))
+    imagenet_std = [0.229, 0.224, 0.225]
+    for given, mean, std in (({"chen2022_simclr_resnet50_tcga_brca": str(tmp_path / "w.pt")}, half, half),
+                             ({}, imagenet, imagenet_std)):   # no checkpoint: the kit-trained stand-in, row's own
+        ctx = open_stage("chen2022", "smoke", run_dir=str(tmp_path / f"run{len(given)}"), device="cpu",
+                         checkpoints=given)
+        model, record, targets = extraction_targets(ctx, "SimCLR ResNet-50 (TCGA)", "CRC-NONORM")
+        normalize = [t for t in _flat(targets[0][1].transform) if type(t).__name__ == "Normalize"][0]
+        assert list(normalize.mean) == mean and list(normalize.std) == std
+        assert list(model.mean) == mean and record["mean"] == mean and record["l2_normalized"] is False
+
+
+def test_feature_files_of_other_extraction_settings_are_redone(tmp_path):
+    import json
+
+    from histokit.papers import get_recipe
+    from histokit.stages.index import _current
+
+    npz = tmp_path / "f.npz"
+    npz.write_bytes(b"x")
+    ctx = SimpleNamespace(recipe=get_recipe("chen2022", "full"))
+    now = {"image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "l2_normalized": False}
+    npz.with_suffix(".json").write_text(json.dumps({"sha256": "0"}))       # written before the settings were kept:
+    assert not _current(ctx, npz, "DINO ViT-S/16 (TCGA)", now)            # it holds L2-normalized features
+    assert _current(ctx, npz, "DINO ViT-S/16 (TCGA)", {**now, "l2_normalized": True})
+    npz.with_suffix(".json").write_text(json.dumps({"sha256": "0", **now}))
+    assert _current(ctx, npz, "DINO ViT-S/16 (TCGA)", now)
+    assert not _current(ctx, npz, "DINO ViT-S/16 (TCGA)", {**now, "image_size": 512})

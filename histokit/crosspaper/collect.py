@@ -21,7 +21,7 @@ import numpy as np
 from .. import paths
 from ..data.splits import make_split
 from ..papers.recipe import DatasetSpec
-from ..retrieval.features import FeatureFileError, FeatureSet, load_features
+from ..retrieval.features import FeatureFileError, FeatureSet, l2_normalize, load_features
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_SEED = 0
@@ -61,17 +61,23 @@ class FeatureEntry:
     test_path: Optional[Path] = None
     test_sha256: Optional[str] = None
     model_rank: int = 0             # the model's place in its recipe: rows keep the paper's order
+    l2_normalized: bool = True      # the sidecar's: False for a recipe that stores raw embeddings (chen2022)
 
     @property
     def method(self) -> str:
         return f"{self.paper}: {self.model}"
 
     def load(self) -> tuple[FeatureSet, Optional[FeatureSet]]:
-        """(features of the dataset in dataset order, features of its official test set or None), sha256-checked."""
-        main = in_dataset_order(load_features(self.path, expected_sha256=self.sha256), self.path)
-        test = None
-        if self.test_path is not None:
-            test = in_dataset_order(load_features(self.test_path, expected_sha256=self.test_sha256), self.test_path)
+        """(features of the dataset in dataset order, features of its official test set or None), sha256-checked;
+        L2-normalized here when the run stored raw embeddings, so every method is compared on cosine similarity."""
+        def read(path, sha):
+            fs = in_dataset_order(load_features(path, expected_sha256=sha), path)
+            if not self.l2_normalized:
+                fs = FeatureSet(l2_normalize(fs.features), fs.labels, fs.indices, fs.timing)
+            return fs
+
+        main = read(self.path, self.sha256)
+        test = read(self.test_path, self.test_sha256) if self.test_path is not None else None
         return main, test
 
 
@@ -169,7 +175,7 @@ def collect_feature_sets(profile: str, runs_dir: Optional[Path] = None) -> Colle
             ranks = {m.name: i for i, m in enumerate(recipe.models)}
             entry = FeatureEntry(paper, str(meta["model"]), spec.key, spec, npz, str(meta["sha256"]),
                                  str(meta.get("weights", "")), test_path, test_sha,
-                                 ranks.get(str(meta["model"]), len(ranks)))
+                                 ranks.get(str(meta["model"]), len(ranks)), bool(meta.get("l2_normalized", True)))
             key = data_key(spec)
             groups.setdefault(key, DataGroup(key, spec)).entries.append(entry)
     return Collection(profile, runs_dir, groups, found, missing, notes)

@@ -109,11 +109,12 @@ def finished_shard(npz: Path, done: Path, *, indices: np.ndarray, fingerprint: d
 def extract_shard(encoder: nn.Module, dataset: Dataset, out_dir: str | Path, *, rank: int, world: int,
                   fingerprint: Optional[dict] = None, keys: Optional[Sequence[str]] = None, batch_size: int = 64,
                   device: str | torch.device = "cpu", precision: str = "fp32", num_workers: int | str = 0,
-                  progress: bool = True) -> ShardResult:
+                  progress: bool = True, normalize: bool = True) -> ShardResult:
     """Embed shard ``rank`` of ``world`` of ``dataset`` (items yield ``(image, label, index)``) unless already done.
 
     ``keys``: the group of each item (default :func:`group_keys`). ``fingerprint``: what makes two extractions the
     same (JSON-serialisable); a marker written under another fingerprint is stale and the shard is redone.
+    ``normalize``: L2-normalize the embeddings (:func:`~histokit.retrieval.features.extract_features`).
     """
     if not 0 <= rank < world:
         raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
@@ -126,7 +127,7 @@ def extract_shard(encoder: nn.Module, dataset: Dataset, out_dir: str | Path, *, 
     done.unlink(missing_ok=True)  # a marker must never describe a shard being rewritten
     if len(indices):
         fs = extract_features(encoder, Subset(dataset, indices.tolist()), batch_size=batch_size, device=device,
-                              precision=precision, num_workers=num_workers, progress=progress)
+                              precision=precision, num_workers=num_workers, progress=progress, normalize=normalize)
     else:  # more ranks than groups: an empty shard, still marked done so the merge knows it is complete
         fs = FeatureSet(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), {})
     if not np.array_equal(np.sort(fs.indices), indices):
@@ -324,11 +325,12 @@ def run_stage_extraction(ctx, model_name: str, dataset_key: str, *,
     jobs = []
     for path, dataset in targets:
         shard_dir = path.with_suffix(".shards")
-        fingerprint = {**record, "file": path.name, "weights_sha256": weights, "image_size": ctx.recipe.image_size,
+        # record: model, dataset, weights and the extraction settings (image size, mean / std, L2 normalization)
+        fingerprint = {**record, "file": path.name, "weights_sha256": weights,
                        "n_items": len(dataset), "batch_size": extraction_batch(ctx)}
         extract_shard(model.encoder, dataset, shard_dir, rank=env.rank, world=env.world_size, fingerprint=fingerprint,
                       batch_size=extraction_batch(ctx), device=env.device, num_workers="auto",
-                      progress=ctx.progress and env.is_main)
+                      progress=ctx.progress and env.is_main, normalize=record["l2_normalized"])
         jobs.append((path, shard_dir, len(dataset)))
     barrier()
     merged = []

@@ -45,6 +45,7 @@ class DatasetSpec:
     merges: tuple = ()                     # protocol class merges, e.g. (("MUS", "STR"),)
     stain: Optional[str] = None            # "macenko": the kit normalizes every tile (CRC "w/ norm" stand-in)
     task: str = "classification"           # classification | regression (BreastPathQ cellularity)
+    image_size: Optional[int] = None       # evaluation input size of this dataset's tiles; None = the recipe's
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class Recipe:
     figures: tuple = ()                    # (figure id, kind, params)
     notes: tuple = ()
     extraction_batch_size: int = 64
+    feature_l2_normalize: bool = True      # stored features L2-normalized (False: raw embeddings, Chen & Krishnan)
 
     def dataset(self, key: str) -> DatasetSpec:
         for spec in self.datasets:

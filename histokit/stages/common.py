@@ -188,6 +188,12 @@ class LoadedModel:
     encoder: Encoder
     source: str        # what the weights are, in words, for footnotes
     spec: ModelSpec
+    mean: tuple = ()   # the input normalization these weights expect (weights_normalization); spec's if empty
+    std: tuple = ()
+
+    def __post_init__(self):
+        self.mean = tuple(self.mean or self.spec.mean)
+        self.std = tuple(self.std or self.spec.std)
 
 
 def trained_weights_path(ctx: StageContext, run_name: str) -> Path:
@@ -404,8 +410,30 @@ def training_fingerprint(ctx: StageContext, spec) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def weights_normalization(ctx: StageContext, spec: ModelSpec, dataset: str) -> tuple[tuple, tuple, str]:
+    """``(mean, std, why)``: the input normalization of the weights :func:`resolve_weights` loads for ``spec``.
+
+    Official weights carry their own (:data:`histokit.models.checkpoints.OFFICIAL_WEIGHTS`: mean = std = 0.5 for
+    Chen & Krishnan's DINO and SimCLR, ImageNet statistics for EsViT ...), which win whenever that checkpoint is the
+    first available source — the model row's ``mean`` / ``std`` are then not read. Otherwise (hub, kit-trained or
+    random weights) the row's own."""
+    for kind, value in weight_sources(spec.weights, dataset):
+        if kind == "checkpoint":
+            if not ctx.checkpoints.get(value):
+                continue
+            from ..models.checkpoints import official_weights
+
+            entry = official_weights(value)
+            return tuple(entry.mean), tuple(entry.std), f"official weights {value}"
+        if kind == "train" and not trained_weights_path(ctx, value).exists():
+            continue
+        break
+    return tuple(spec.mean), tuple(spec.std), f"model row {spec.name!r}"
+
+
 def load_model(ctx: StageContext, model_name: str, dataset: str, scope: str = "all") -> LoadedModel:
     spec = ctx.recipe.model(model_name)
     encoder, source = resolve_weights(ctx, spec.encoder, spec.weights, dataset, image_size=ctx.recipe.image_size,
                                       pooling=spec.pooling, scope=scope, encoder_kwargs=spec.encoder_kwargs)
-    return LoadedModel(encoder.eval(), source, spec)
+    mean, std, _ = weights_normalization(ctx, spec, dataset)
+    return LoadedModel(encoder.eval(), source, spec, mean, std)

@@ -2,8 +2,15 @@
 
 A recipe names the table column each number goes to: ``params["columns"] = {dataset: {measure: column}}`` with
 measures ``knn`` / ``knn_top3`` (DINO weighted k-NN, %), ``linear`` (linear probe, %), ``knn_auc`` (Chen &
-Krishnan's scikit-learn k-NN macro one-vs-rest AUC), ``mse`` / ``tau`` (BreastPathQ linear regression). Row labels
-per model come from ``params["rows"] = {model: {key column: value}}``.
+Krishnan's scikit-learn k-NN macro one-vs-rest AUC) and, for BreastPathQ linear regression, ``mse`` (predictions
+clipped to [0, 1]), ``mse_unclipped`` (raw predictions), ``tau`` (scipy tau-b, clipped predictions),
+``tau_unclipped`` (tau-b, raw predictions) and ``tau_bpq`` (the reference repository's ``kendalltau_bpq``, raw
+predictions). Row labels per model come from ``params["rows"] = {model: {key column: value}}``.
+
+``params["fit_on"]``: what the probes without a validation-chosen hyper-parameter (``knn_auc``, the regression)
+are fitted on — ``"train"`` (default: the training split, the validation split held out) or ``"train+val"`` (every
+training tile, in dataset order, as Chen & Krishnan's notebook fits ``KNeighborsClassifier`` / ``LinearRegression``
+on the whole training set).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from ..papers.recipe import EvalSpec
 from ..data.splits import make_split
 from .common import split_indices
 from .context import StageContext
+from ..retrieval.features import FeatureSet
 from .index import feature_parts, load_feature_set
 
 DINO_KS = (10, 20, 100, 200)   # facebookresearch/dino eval_knn.py's nb_knn
@@ -51,10 +59,30 @@ def _record(spec, model, dataset, column, value, *, per_item=None, note="", seed
     return rec
 
 
+FIT_ON = ("train", "train+val")
+
+
+def fit_set(parts: dict, fit_on: str = "train") -> FeatureSet:
+    """The features a probe without a validation-chosen hyper-parameter is fitted on: the training split, or
+    (``"train+val"``) the training and validation splits together in dataset order (every training tile)."""
+    if fit_on not in FIT_ON:
+        raise ValueError(f"fit_on must be one of {FIT_ON}, got {fit_on!r}")
+    train, val = parts["train"], parts.get("val")
+    if fit_on == "train" or val is None or not len(val):
+        return train
+    indices = np.concatenate([train.indices, val.indices])
+    order = np.argsort(indices, kind="stable")
+    return FeatureSet(np.concatenate([train.features, val.features])[order],
+                      np.concatenate([train.labels, val.labels])[order], indices[order], train.timing)
+
+
 def probe_measures(ctx: StageContext, spec: EvalSpec, model: str, dataset: str, columns: dict) -> list[dict]:
     parts = feature_parts(ctx, model, dataset)
     labels = row_labels(spec, model)
     train, test = parts["train"], parts["test"]
+    fit_on = spec.params.get("fit_on", "train")
+    fit = fit_set(parts, fit_on)
+    fitted = f"fitted on {len(fit)} tiles ({fit_on})"
     out = []
 
     def add(measure, value, **kw):
@@ -62,9 +90,15 @@ def probe_measures(ctx: StageContext, spec: EvalSpec, model: str, dataset: str, 
             out.append(_record(spec, model, dataset, columns[measure], value, seed=ctx.seed, **labels, **kw))
 
     if ctx.recipe.dataset(dataset).task == "regression":
-        reg = regression_probe(train.features, train.labels, test.features, test.labels)
-        add("mse", reg["mse"], note=f"{reg['model']} on frozen features, predictions clipped to [0, 1]")
-        add("tau", reg["kendall_tau"], note=f"Kendall tau (p = {reg['kendall_p']:.2g})")
+        reg = regression_probe(fit.features, fit.labels, test.features, test.labels)
+        what = f"{reg['model']} regression on frozen features, {fitted}"
+        add("mse", reg["mse"], note=f"{what}; MSE of the predictions clipped to [0, 1]")
+        add("mse_unclipped", reg["mse_unclipped"], note=f"{what}; MSE of the raw predictions")
+        add("tau", reg["kendall_tau"], note=f"{what}; scipy Kendall tau-b of the clipped predictions "
+                                            f"(p = {reg['kendall_p']:.2g})")
+        add("tau_unclipped", reg["kendall_tau_unclipped"], note=f"{what}; scipy Kendall tau-b of the raw predictions")
+        add("tau_bpq", reg["tau_bpq"], note=f"{what}; the reference's kendalltau_bpq (variant 'd') of the raw "
+                                            "predictions")
         return out
     if {"knn", "knn_top3"} & set(columns):
         knn = knn_with_k_sweep(parts, spec.params.get("knn_ks", DINO_KS))
@@ -79,10 +113,10 @@ def probe_measures(ctx: StageContext, spec: EvalSpec, model: str, dataset: str, 
         add("linear", lin["accuracy"], per_item=correct,
             note=f"logistic regression, C = {lin['best_C']:g} chosen on val")
     if "knn_auc" in columns:
-        auc = sklearn_knn_auc(train.features, train.labels, test.features, test.labels, k=5)
+        auc = sklearn_knn_auc(fit.features, fit.labels, test.features, test.labels, k=5)
         skipped = auc["auc_skipped_classes"]
         add("knn_auc", auc["auc_macro_ovr"],
-            note="KNeighborsClassifier(k=5), macro one-vs-rest AUC" +
+            note=f"KNeighborsClassifier(k=5), macro one-vs-rest AUC, {fitted}" +
                  (f"; classes {skipped} absent from the test split are left out" if skipped else ""))
     return out
 

@@ -26,7 +26,7 @@ def _tiles_per_class(ctx: StageContext, dataset_key: str, omit=()):
 
 def _model_input(ctx: StageContext, model, image):
     size = ctx.recipe.image_size
-    x = eval_transform(size, model.spec.mean, model.spec.std)(image).unsqueeze(0)
+    x = eval_transform(size, model.mean, model.std)(image).unsqueeze(0)
     shown = np.asarray(image.convert("RGB").resize((size, size)))
     return x, shown
 

@@ -25,7 +25,7 @@ def fig_gradcam(ctx: StageContext, fig_id: str, params: dict) -> Path:
     index = build_index(train.features, kind="flat", metric="l2", device=ctx.device)
     _, ids = search(index, test.features[query:query + 1], k=int(params.get("k", 2)))
     dataset = load_recipe_dataset(ctx, params["dataset"])
-    transform = eval_transform(ctx.recipe.image_size, model.spec.mean, model.spec.std)
+    transform = eval_transform(ctx.recipe.image_size, model.mean, model.std)
 
     def tensor(row):
         return transform(dataset.image_loader(dataset.samples[row]))
@@ -37,7 +37,7 @@ def fig_gradcam(ctx: StageContext, fig_id: str, params: dict) -> Path:
     query_row = int(test.indices[query])
     gradcam_figure(model.encoder, tensor(query_row), [tensor(r) for r in retrieved_rows], path,
                    retrieved_titles=titles, query_title=f"query: {names[dataset.labels[query_row]]}",
-                   mean=model.spec.mean, std=model.spec.std, progress=ctx.progress)
+                   mean=model.mean, std=model.std, progress=ctx.progress)
     return path
 
 

@@ -9,7 +9,7 @@ from ..data.splits import class_balanced_fraction
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json
 from ..train.supervised import finetune_classifier, predict
-from .common import load_recipe_dataset, resolve_weights, slug, split_indices, training_rows
+from .common import load_recipe_dataset, resolve_weights, slug, split_indices, training_rows, weights_normalization
 from .context import StageContext
 
 
@@ -35,12 +35,13 @@ def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction
     picked = train_rows[class_balanced_fraction(data.labels[train_rows], fraction, seed=ctx.seed)]
     picked = training_rows(ctx, picked)  # a rehearsal caps the images (and so the batch) of every training run
     size = ctx.recipe.image_size
-    train_ds = data.subset(picked).with_transform(finetune_transform(size, model.mean, model.std))
-    val_ds = data.subset(split["val"]).with_transform(eval_transform(size, model.mean, model.std))
+    mean, std, _ = weights_normalization(ctx, model, dataset)   # an official checkpoint's own, else the row's
+    train_ds = data.subset(picked).with_transform(finetune_transform(size, mean, std))
+    val_ds = data.subset(split["val"]).with_transform(eval_transform(size, mean, std))
     if ctx.recipe.dataset(dataset).test_dataset:
-        test_ds = load_recipe_dataset(ctx, dataset, test=True).with_transform(eval_transform(size, model.mean, model.std))
+        test_ds = load_recipe_dataset(ctx, dataset, test=True).with_transform(eval_transform(size, mean, std))
     else:
-        test_ds = data.subset(split["test"]).with_transform(eval_transform(size, model.mean, model.std))
+        test_ds = data.subset(split["test"]).with_transform(eval_transform(size, mean, std))
     epochs = int(params.get("epochs", 100))
     classifier, history = finetune_classifier(
         encoder, train_ds, val_ds, len(data.classes), epochs=epochs, lr=float(params.get("lr", 1e-4)),

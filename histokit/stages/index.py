@@ -17,7 +17,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
 from ..retrieval.index import build_index, save_index
 from ..retrieval.metrics import retrieval_latency_ms
-from .common import load_model, load_recipe_dataset, slug, split_indices
+from .common import load_model, load_recipe_dataset, slug, split_indices, weights_normalization
 from .context import StageContext
 
 
@@ -110,6 +110,33 @@ def _done(path) -> bool:
     return path.exists() and path.with_suffix(".json").exists()
 
 
+def extraction_settings(ctx: StageContext, model_name: str, dataset_key: str) -> dict:
+    """What decides a feature file besides the weights, recorded in its sidecar: ``image_size`` (the dataset's own
+    where the recipe sets one — BreastPathQ at its native 512 px for Chen & Krishnan — else the recipe's), the input
+    ``mean`` / ``std`` of the weights (:func:`~histokit.stages.common.weights_normalization`: an official checkpoint's
+    own) and ``l2_normalized`` (``Recipe.feature_l2_normalize``; Chen & Krishnan's probes read raw embeddings)."""
+    spec = ctx.recipe.model(model_name)
+    mean, std, _ = weights_normalization(ctx, spec, dataset_key)
+    return {"image_size": int(ctx.recipe.dataset(dataset_key).image_size or ctx.recipe.image_size),
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "l2_normalized": bool(ctx.recipe.feature_l2_normalize)}
+
+
+def _current(ctx: StageContext, path, model_name: str, settings: dict) -> bool:
+    """A finished feature file extracted under ``settings``; a sidecar written before these fields were recorded
+    counts as the kit's behaviour then (recipe image size, the row's mean / std, L2-normalized)."""
+    if not _done(path):
+        return False
+    spec = ctx.recipe.model(model_name)
+    legacy = {"image_size": int(ctx.recipe.image_size), "mean": [float(v) for v in spec.mean],
+              "std": [float(v) for v in spec.std], "l2_normalized": True}
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return all(meta.get(k, legacy[k]) == v for k, v in settings.items())
+
+
 def extraction_targets(ctx: StageContext, model_name: str, dataset_key: str):
     """``(model, record, [(path, dataset)])``: the model with its weights resolved, the fields every feature
     sidecar carries, and each feature file still to extract with its dataset under the evaluation transform. The
@@ -119,11 +146,12 @@ def extraction_targets(ctx: StageContext, model_name: str, dataset_key: str):
 
     seed_everything(ctx.seed)
     model = load_model(ctx, model_name, dataset_key)
-    transform = eval_transform(ctx.recipe.image_size, model.spec.mean, model.spec.std)
-    record = {"model": model_name, "dataset": dataset_key, "weights": model.source}
+    settings = extraction_settings(ctx, model_name, dataset_key)
+    transform = eval_transform(settings["image_size"], settings["mean"], settings["std"])
+    record = {"model": model_name, "dataset": dataset_key, "weights": model.source, **settings}
     targets = []
     for is_test, path in feature_files(ctx, model_name, dataset_key):
-        if _done(path):
+        if _current(ctx, path, model_name, settings):
             continue
         dataset = load_recipe_dataset(ctx, dataset_key, test=is_test)
         dataset.transform = transform
@@ -142,7 +170,9 @@ def _extract_under_torchrun(ctx: StageContext, model_name: str, dataset_key: str
     print(f"[histokit] features of {model_name} on {dataset_key}: {shlex.join(cmd)}", flush=True)
     run_torchrun(cmd, what=f"feature extraction of {model_name!r} on {dataset_key!r}", log_dir=log_dir,
                  echo=ctx.progress)
-    missing = [str(p) for _, p in feature_files(ctx, model_name, dataset_key) if not _done(p)]
+    settings = extraction_settings(ctx, model_name, dataset_key)
+    missing = [str(p) for _, p in feature_files(ctx, model_name, dataset_key)
+               if not _current(ctx, p, model_name, settings)]
     if missing:
         raise TorchrunError(f"feature extraction of {model_name!r} on {dataset_key!r}: torchrun ended without error "
                             f"but {missing} are missing (rank 0 merges them; is the run directory on a filesystem "
@@ -157,19 +187,21 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     from ..distributed.launch import is_multiprocess
 
     batch = extraction_batch(ctx)
-    pending = [p for _, p in feature_files(ctx, model_name, dataset_key) if not _done(p)]
+    settings = extraction_settings(ctx, model_name, dataset_key)
+    pending = [p for _, p in feature_files(ctx, model_name, dataset_key)
+               if not _current(ctx, p, model_name, settings)]
     if is_multiprocess(ctx.distributed):
         if pending:
             _extract_under_torchrun(ctx, model_name, dataset_key)
         if not head_node(ctx):  # the other nodes' notebooks only join the torchrun jobs; node 0 indexes and times
             return {"model": model_name, "dataset": dataset_key}
         model = load_model(ctx, model_name, dataset_key)
-        record = {"model": model_name, "dataset": dataset_key, "weights": model.source}
+        record = {"model": model_name, "dataset": dataset_key, "weights": model.source, **settings}
     else:
         model, record, targets = extraction_targets(ctx, model_name, dataset_key)
         for path, dataset in targets:
             fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device, num_workers="auto",
-                                  progress=ctx.progress)
+                                  progress=ctx.progress, normalize=record["l2_normalized"])
             sha = save_features(path, fs)
             atomic_write_json(path.with_suffix(".json"), {"sha256": sha, **record, "timing": fs.timing})
     gallery = feature_parts(ctx, model_name, dataset_key)["train"]
