@@ -238,3 +238,29 @@ def test_train_loop_steps_and_checkpoints_the_centres_optimizer(tmp_path):
     assert not torch.equal(loss.W.detach(), before)  # the centres moved through their own optimizer
     saved = torch.load(ckpt, weights_only=True)
     assert saved["loss_optimizer"]["param_groups"][0]["lr"] == 1e-4
+
+
+# --- protocol cards -------------------------------------------------------------------------------------------
+
+ASPECTS = ["data + split", "training set vs gallery", "augmentation", "strategies A / B / C schedule",
+           "loss hyper-parameters", "eta protocol", "evaluation preprocessing"]
+
+
+@pytest.mark.parametrize("table, eta_same, extra", [("table1", True, []), ("table2", True, ["baselines"]),
+                                                    ("table1_public_code", False, []),
+                                                    ("table2_public_code", False, ["baselines"])])
+def test_every_lgffem_table_has_its_protocol_card(table, eta_same, extra):
+    spec = get_recipe("lgffem", "full").table(table)
+    card = {p.aspect: p for p in spec.protocol}
+    assert list(card) == ASPECTS + extra
+    # The standard tables compute eta as Sec. 4.1.1 writes it; the public-code tables as the notebook does.
+    assert card["eta protocol"].same is eta_same
+    assert ("eta_public_code" in card["eta protocol"].kit) is not eta_same
+    assert card["loss hyper-parameters"].variant.startswith("variant='public_code'")
+    assert "A 60, B 300, C 300" in card["strategies A / B / C schedule"].kit
+    assert all(p.footnote() in spec.all_footnotes for p in spec.protocol)
+
+
+def test_smoke_tables_say_the_card_describes_the_full_profile():
+    for spec in get_recipe("lgffem", "smoke").tables:
+        assert spec.protocol and any("describes the full profile" in f for f in spec.footnotes)

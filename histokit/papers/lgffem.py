@@ -15,7 +15,7 @@ has no public code, so it is marked not reproduced. Epochs (Sec. 4.1.3): strateg
 """
 from __future__ import annotations
 
-from .recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe, TableSpec, TrainSpec
+from .recipe import DatasetSpec, EvalSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
 
 PROFILES = ("smoke", "full")
 TITLE = "Nuñez-Fernández et al. 2025 — LGFFEM on Kimia Path24C"
@@ -27,6 +27,66 @@ STRATEGY_EPOCHS = {"A": 60, "B": 300, "C": 300}  # Sec. 4.1.3 (full profile; smo
 # Each dataset's training augmentation as its ffnir script (models/lgffem_train.py): train_in1k.py, train_pannuke.py,
 # train_kimia.py. The smoke stand-in for Kimia takes Kimia's.
 AUGMENTATION = {"ImageNet": "ffnir_imagenet", "PanNuke": "ffnir_pannuke", "Kimia": "ffnir_kimia"}
+
+
+def protocol_card(table: str, eta: str) -> tuple:
+    """The protocol card of ``table`` ("table1" | "table2") with the ``eta`` protocol ("standard" | "public_code"):
+    what the paper (Sec. 4.1) or its public code (camilo-nunez/ffnir, said so) states vs the kit's full profile."""
+    standard = eta == "standard"
+    card = [
+        ProtocolPoint(
+            "data + split",
+            "ImageNet-1k, PanNuke and the 22,591 Kimia Path24C training patches train, the 1,325 test patches are "
+            "evaluated; public code: ImageNet train, PanNuke fold 1 (PathML split=1), all of Kimia train, no "
+            "validation set",
+            "the same sets, whole: ImageNet split='none', PanNuke train_splits=('fold1',), Kimia val_fraction=0",
+            variant="val_fraction=0.1, train_splits=() (10 % held out; PanNuke folds 1 + 2)"),
+        ProtocolPoint(
+            "training set vs gallery",
+            "the standard eta searches the Kimia training patches, strategy C's training set" if standard else
+            "the notebook behind the numbers searches the 1,325 test patches against themselves",
+            "the same 22,591 patches train strategy C and form the gallery" if standard else "the same"),
+        ProtocolPoint(
+            "augmentation",
+            "Albumentations (PanNuke, Kimia), 224 px; public code: Kimia resize 224, V/H flips and RandomRotate90 "
+            "p=0.6, GaussianBlur p=0.5, MedianBlur(5) p=0.6; PanNuke the same at p=0.5 (256 px); ImageNet "
+            "RandomResizedCrop + H-flip",
+            "the public code's pipelines (OpenCV blurs), PanNuke resized to 224 px as the paper states",
+            variant="augmentation='kit_rrc' (RandomResizedCrop 0.08-1 + H/V flips)"),
+        ProtocolPoint(
+            "strategies A / B / C schedule",
+            "A 60, B 300, C 300 epochs, batch 64, AdamW, cosine 5e-3 -> 8e-5 (public code: per-batch warm restarts; "
+            "the notebook's A / B / C checkpoints are named epoch10 / 198 / 499)",
+            "A {A}, B {B}, C {C} epochs, each from the previous one; batch 64, AdamW (wd 1e-5), per-epoch cosine "
+            "5e-3 -> 8e-5, clip 1.0".format(**STRATEGY_EPOCHS)),
+        ProtocolPoint(
+            "loss hyper-parameters",
+            "Sub-center ArcFace m = 17.2, s = 64; public code: m = s = 17.5, 6 sub-centres, the centres on their "
+            "own AdamW at 1e-4",
+            "m = 17.2°, s = 64; 6 sub-centres and the centres' own constant AdamW at 1e-4",
+            variant="variant='public_code' (m = s = 17.5); centres_optimizer='shared', sub_centers=3"),
+        ProtocolPoint(
+            "eta protocol",
+            "Kimia standard (Sec. 4.1.1): eta_p, eta_w over the 1,325 test patches, eta_tot = eta_p x eta_w",
+            "each test patch's top-1 among the training patches, exact FAISS L2",
+            variant="the *_public_code tables (the notebook's computation)") if standard else ProtocolPoint(
+            "eta protocol",
+            "Sec. 4.1.1 states the standard, but the numbers come from the notebook: natsorted patches, each "
+            "scan's first patch queries the test set to a growing depth, hits by file name",
+            "the notebook's computation step by step (eta_public_code)", same=False,
+            variant="the tables without suffix (the standard)"),
+        ProtocolPoint(
+            "evaluation preprocessing",
+            "resize to 224 px, ImageNet mean / std (notebook: bilinear)",
+            "resize to 224 px bicubic, ImageNet mean / std", same=False),
+    ]
+    if table == "table2":
+        card.append(ProtocolPoint(
+            "baselines",
+            "DenseNet 121 quoted from Shafiei et al. 2021 [12], MA + MS-loss from Yang et al. 2020 [14]",
+            "DenseNet 121 run here (timm ImageNet weights, GAP, same index and eta); MA + MS-loss not run (no code)",
+            same=False))
+    return tuple(card)
 
 
 def build(profile: str) -> Recipe:
@@ -85,25 +145,28 @@ def build(profile: str) -> Recipe:
                 "queries the training patches through an exact FAISS L2 index; eta_p = correct top-1 scans / test "
                 "patches, eta_w = mean per-scan accuracy, eta_tot = eta_p x eta_w.")
     public = ("eta (%) as the public ffnir code computes it (not the Kimia standard): the test patches are indexed "
-              "and searched against themselves, one query per scan, search depth growing with the scan index. "
-              "Shown because the paper's numbers come from that code.")
+              "and searched against themselves, one query per scan (its first patch in natural file order), search "
+              "depth growing with the scan index, hits counted by file name. Shown because the paper's numbers come "
+              "from that code.")
     training = ("Neck + GeM heads trained with pytorch-metric-learning's SubCenterArcFaceLoss, m = 17.2°, s = 64 "
                 "(the paper's values; the public code runs m = s = 17.5), 6 sub-centres and the class centres on "
                 "their own AdamW at 1e-4 (the public code's), neck and heads AdamW, cosine 5e-3 -> 8e-5; backbone "
                 "frozen.")
     no_code = "no public code exists, so the row shows the paper's numbers only; nothing of it was run here."
+    card_scope = (("The protocol card below describes the full profile; the smoke profile's deviations (data, "
+                   "backbone, image size, epochs) are in the notes.",) if smoke else ())
     tables = []
-    for suffix, protocol_note in (("", standard), ("_public_code", public)):
+    for suffix, eta, protocol_note in (("", "standard", standard), ("_public_code", "public_code", public)):
         label = "" if not suffix else " (public-code eta)"
         tables += [
             TableSpec("table1" + suffix, f"Table 1 — training strategies A / B / C{label}",
                       "nunez2025_lgffem_table1.csv", keys=("strategy", "pretraining_data"), metrics=etas,
-                      footnotes=(protocol_note, training)),
+                      footnotes=(protocol_note, training) + card_scope, protocol=protocol_card("table1", eta)),
             TableSpec("table2" + suffix, f"Table 2 — comparison with other methods{label}",
                       "nunez2025_lgffem_table2.csv", keys=("method",), metrics=etas,
                       footnotes=(protocol_note, "DenseNet 121: ImageNet features (timm), global average pooling, "
-                                                "same index and protocol."),
-                      not_reproducible=(("MA + MS-loss", no_code),)),
+                                                "same index and protocol.") + card_scope,
+                      not_reproducible=(("MA + MS-loss", no_code),), protocol=protocol_card("table2", eta)),
         ]
     figures = (
         ("fig3_query", "retrieval_gallery", dict(model=final, dataset="Kimia", k=5, n_queries=3)),
