@@ -15,6 +15,7 @@ Writes ``benchmark.csv``, ``benchmark.md`` and ``benchmark_heatmap.png`` to ``re
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +42,7 @@ HEATMAP_METRICS = ("mAP@10", "kNN top-1")
 SMALL_PROBLEM = 1 << 22             # training-matrix entries below which BLAS runs single-threaded
 KEY_COLUMNS = ("method", "data", "n_train", "n_val", "n_test")
 TRAILING_COLUMNS = ("paper", "model", "weights")
+TIE_METRICS = ("kNN top-1", "linear acc")   # per-image correctness: few test images, few possible values
 
 
 def _with_ci(values: np.ndarray) -> tuple[float, str]:
@@ -99,6 +101,8 @@ def _row(entry: FeatureEntry, group: DataGroup, parts: dict, per_query: dict) ->
         else:
             row[metric], row[f"{metric} 95% CI"] = float("nan"), ""
     row.update(paper=entry.paper, model=entry.model, weights=entry.weights, _rank=entry.model_rank)
+    # which test images each accuracy got right (not a column): tie_notes tells a tie of chance from a shared answer
+    row["_hits"] = {m: tuple(np.asarray(per_query[m]) > 0) for m in TIE_METRICS if m in per_query}
     return row
 
 
@@ -157,6 +161,36 @@ def protocol_notes(collection: Collection, skipped: list) -> list:
     return notes + skipped + collection.notes
 
 
+def tie_notes(rows: list) -> list:
+    """A footnote for each (data, accuracy) where most methods (at least three) share one value: with n test images
+    an accuracy takes only n + 1 values, so a tie says the test split cannot tell the features apart, not that the
+    methods agree. It counts the tied methods, those among them with random weights (``weights`` starting with
+    "random"), and how many got exactly the same test images right."""
+    notes = []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        group = [r for r in rows if r["data"] == data]
+        for metric in TIE_METRICS:
+            scored = [r for r in group if metric in r.get("_hits", {})]
+            if len(scored) < 3:
+                continue
+            value, count = Counter(round(float(r[metric]), 6) for r in scored).most_common(1)[0]
+            if count < 3 or 2 * count <= len(scored):
+                continue
+            tied = [r for r in scored if round(float(r[metric]), 6) == value]
+            same = Counter(r["_hits"][metric] for r in tied).most_common(1)[0][1]
+            randoms = sum(str(r.get("weights", "")).strip().lower().startswith("random") for r in tied)
+            n_test = int(tied[0]["n_test"])
+            missed = n_test - int(round(value * n_test / 100.0))
+            notes.append(
+                f"{data}: {metric} is {value:.2f} for {count} of {len(scored)} methods"
+                + (f", {randoms} of them with randomly initialised weights" if randoms else "")
+                + f". With {n_test} test images an accuracy moves in steps of {100.0 / n_test:.3g} points, so "
+                f"methods tie easily: each of them misses {missed}, and {same} of the {count} miss exactly the same "
+                "test images. The tie says the test split is too small to tell these features apart, not that the "
+                "methods are equally good; the 95% CI shows how little one such number pins down.")
+    return notes
+
+
 def heatmap_frame(table: pd.DataFrame, methods: Optional[list] = None) -> pd.DataFrame:
     """methods (rows, in ``methods``' order) x (data, metric): a column per data and metric of HEATMAP_METRICS."""
     frame = pd.DataFrame(index=pd.Index(list(dict.fromkeys(methods or table["method"])), name="method"))
@@ -202,7 +236,7 @@ def run_benchmark(profile: str = "smoke", runs_dir: Optional[Path] = None, out: 
     table[list(METRICS)] = table[list(METRICS)].round(3)
     title = "Common benchmark: every method on every data under one protocol"
     csv_path, md_path = write_table_files(out, "benchmark", title, table, profile=profile,
-                                          notes=protocol_notes(collection, skipped))
+                                          notes=protocol_notes(collection, skipped) + tie_notes(rows))
     inputs_path = readable(atomic_write_json(out / "benchmark_inputs.json", {"profile": profile, "inputs": inputs}))
     title = f"Common benchmark — {profile} profile" + ("\nnot a reproduction" if profile == "smoke" else "")
     heatmap_path = out / "benchmark_heatmap.png"
