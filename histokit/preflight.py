@@ -65,9 +65,11 @@ def mock_checkpoints(recipe: Recipe, data_root: Optional[str]) -> dict[str, str]
     return out
 
 
-def _dataset_names(recipe: Recipe) -> list[tuple[str, str]]:
+def _dataset_names(recipe: Recipe, checkpoints: Optional[dict] = None) -> list[tuple[str, str]]:
+    """(manifest, recipe key) of every dataset the run reads: one that only a pretraining replaced by a given
+    checkpoint reads is not needed (``Recipe.datasets_needed``)."""
     out = []
-    for d in recipe.datasets:
+    for d in recipe.datasets_needed(checkpoints):
         out.append((d.dataset, d.key))
         if d.test_dataset:
             out.append((d.test_dataset, f"{d.key} (test set)"))
@@ -103,7 +105,7 @@ def find_missing(recipe: Recipe, data_root: Optional[str], checkpoints: dict, *,
 
     missing: list[Missing] = []
     seen = set()
-    for name, key in _dataset_names(recipe):
+    for name, key in _dataset_names(recipe, checkpoints):
         if name in seen:
             continue
         seen.add(name)

@@ -50,6 +50,11 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
     Columns: the key columns, ``weights used`` where the records say which weights each row was computed with
     (:data:`WEIGHTS_COLUMN`, not a key: every distinct text of the row's records, joined by "; "), then per metric
     ``<m>`` (reproduced), ``<m> 95% CI`` where bootstrapped, ``<m> (paper)`` and ``<m> Δ`` (reproduced - paper).
+
+    A record's ``row_label`` (the weights as used, e.g. the kit's own pretraining in place of official weights) is
+    printed in the row's first key column; the row still takes the paper's numbers by its keys. A record measured on
+    a device (``device``: timings) gets no Δ unless the table's ``paper_device`` names that device class: a time on
+    other hardware is shown beside the paper's, never subtracted from it.
     """
     paper = paper_table(spec)
     keys = list(spec.keys)
@@ -70,6 +75,8 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
         if WEIGHTS_COLUMN in recs:
             used = [w for w in dict.fromkeys(recs.loc[mask, WEIGHTS_COLUMN].dropna().astype(str)) if w.strip()]
             entry[WEIGHTS_COLUMN] = "; ".join(used)
+        labels = recs.loc[mask, "row_label"].dropna().astype(str) if "row_label" in recs else pd.Series([], dtype=str)
+        labels = labels[labels != ""]
         for metric in spec.metrics:
             hit = recs[mask & (recs["metric"] == metric)]
             value = float(hit["value"].iloc[0]) if len(hit) else None
@@ -91,13 +98,25 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
                 entry[f"{metric} 95% CI"] = (f"[{_fmt(float(hit['ci_low'].iloc[0]))}, "
                                               f"{_fmt(float(hit['ci_high'].iloc[0]))}]")
             entry[f"{metric} (paper)"] = paper_value
-            entry[f"{metric} Δ"] = (value - paper_value) if value is not None and paper_value is not None else None
+            comparable = value is not None and paper_value is not None
+            if comparable and "device" in hit and pd.notna(hit["device"].iloc[0]) and str(hit["device"].iloc[0]):
+                comparable = same_device(str(hit["device"].iloc[0]), spec.paper_device)
+            entry[f"{metric} Δ"] = (value - paper_value) if comparable else None
+        if len(labels):
+            entry[keys[0]] = labels.iloc[0]
         out.append(entry)
     columns = list(keys) + ([WEIGHTS_COLUMN] if any(e.get(WEIGHTS_COLUMN) for e in out) else [])
     for metric in spec.metrics:
         columns += [c for c in (metric, f"{metric} 95% CI", f"{metric} (paper)", f"{metric} Δ")
                     if any(c in e for e in out)]
     return pd.DataFrame(out, columns=columns)
+
+
+def same_device(measured: str, paper: str) -> bool:
+    """Whether a measurement's device (``"NVIDIA A100-SXM4-80GB"``, ``"cpu"``) is of the class the paper names
+    (``"NVIDIA A100"``); False when the paper names none."""
+    want, have = (str(t).casefold().replace("-", " ").split() for t in (paper, measured))
+    return bool(want) and any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -150,7 +169,8 @@ def merge_records(old: pd.DataFrame, new: pd.DataFrame, keys: Optional[list] = N
     if not len(old):
         return new
     both = pd.concat([old, new], ignore_index=True)
-    ident = [c for c in (keys or both.columns) if c not in ("value", "ci_low", "ci_high", "n", "note")]
-    ident = [c for c in ident if c != WEIGHTS_COLUMN]  # which weights: how a cell was measured, not which cell
+    # row_label / device describe a measurement (which weights, which hardware), not which cell it fills
+    ident = [c for c in (keys or both.columns)
+             if c not in ("value", "ci_low", "ci_high", "n", "note", "row_label", "device")]
     ident = [c for c in ident if c != WEIGHTS_COLUMN]  # which weights: how a cell was measured, not which cell
     return both.drop_duplicates(subset=ident, keep="last").reset_index(drop=True)

@@ -1,5 +1,6 @@
 """Tables: the paper's layout and numbers beside the measured ones, never in their place."""
 import pandas as pd
+import pytest
 
 from histokit.papers import get_recipe, list_papers
 from histokit.results import NOT_RUN, build_table, paper_table, write_table
@@ -76,3 +77,43 @@ def test_a_cell_the_paper_lacks_too_is_empty_not_not_run():
     mae = table[(table.framework == "MAE") & (table.backbone == "VanillaViT")].iloc[0]
     assert pd.isna(mae["pvalue_crc"]) and pd.isna(mae["pvalue_crc (paper)"])
     assert mae["crc_norm_acc_mean"] == NOT_RUN
+
+
+def test_a_timing_gets_a_delta_only_on_the_papers_device_class():
+    """Habijan et al. name one device (an NVIDIA A100): a time measured elsewhere is shown beside the paper's, never
+    subtracted from it; the accuracy columns keep their Δ whatever the device."""
+    spec = get_recipe("esvit", "full").table("table1")
+    assert spec.paper_device == "NVIDIA A100"
+
+    def table(device):
+        rows = [{"metric": "mAP@10", "value": 70.0},
+                {"metric": "feature_extraction_ms", "value": 3.0, "device": device},
+                {"metric": "retrieval_latency_ms", "value": 4.0, "device": device},
+                {"metric": "feature_extraction_amortized_ms", "value": 0.5, "device": device}]
+        records = pd.DataFrame([dict(r, table="table1", model="EsViT + k-NN", dataset="CRC") for r in rows])
+        built = build_table(spec, records)
+        return built[(built.model == "EsViT + k-NN") & (built.dataset == "CRC")].iloc[0]
+
+    for device in ("NVIDIA H200", "cpu"):
+        row = table(device)
+        assert row["feature_extraction_ms"] == 3.0 and row["feature_extraction_ms (paper)"] == 7.1
+        assert pd.isna(row["feature_extraction_ms Δ"]) and pd.isna(row["retrieval_latency_ms Δ"]), device
+        assert row["mAP@10 Δ"] == pytest.approx(70.0 - 74.9)
+        assert row["feature_extraction_amortized_ms"] == 0.5  # kit-only column: no paper value, no Δ
+        assert "feature_extraction_amortized_ms (paper)" not in row.index
+    row = table("NVIDIA A100-SXM4-80GB")
+    assert row["feature_extraction_ms Δ"] == pytest.approx(3.0 - 7.1)
+    assert row["retrieval_latency_ms Δ"] == pytest.approx(4.0 - 8.7)
+    from histokit.results import same_device
+
+    assert not same_device("NVIDIA A10", "NVIDIA A100") and not same_device("NVIDIA A100", "")
+
+
+def test_row_label_and_device_do_not_split_a_cell_when_records_are_merged():
+    from histokit.results import merge_records
+
+    key = {"table": "table2", "model": "m", "pretraining": "p", "metric": "mAP@10"}
+    old = pd.DataFrame([dict(key, value=1.0, row_label="m (kit's own)", device="cpu")])
+    new = pd.DataFrame([dict(key, value=2.0, row_label="", device="NVIDIA A100")])
+    merged = merge_records(old, new)
+    assert len(merged) == 1 and merged["value"].iloc[0] == 2.0

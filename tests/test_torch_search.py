@@ -184,3 +184,7 @@ def test_timing_row_records_extraction_and_search_device_apart(tmp_path):
         ("cpu", "cpu", "cpu", "faiss-cpu")
     written = json.loads(ctx.path("timing", "tiny", "tiles.json").read_text())
     assert written["search_backend"] == "faiss-cpu" and written["extraction_device"] == "cpu"
+    # the per-image extraction time compared with a paper is batch 1; the amortized one is kept apart, with its batch
+    assert row["feature_extraction_batch_size"] == 1 and row["device_name"] == "cpu"
+    assert row["extraction_batch_size"] == stage.extraction_batch(ctx) > 1
+    assert row["feature_extraction_amortized_ms"] > 0 and row["feature_extraction_ms"] > 0

@@ -129,6 +129,8 @@ class TableSpec:
     footnotes: tuple = ()
     not_reproducible: tuple = ()           # (row label, why): rows the kit cannot run (e.g. no public code)
     protocol: tuple = ()                   # ProtocolPoint: the table's protocol card, written as footnotes
+    paper_device: str = ""                 # the device the paper names ("NVIDIA A100"): a record measured on a
+    #                                        device (timings) gets a Δ only on that device class, never across
     extra_metrics: tuple = ()              # those of ``metrics`` the paper's table lacks (kit-only columns, e.g. a
                                            # paired t-test beside the paper's): no paper value, not in its CSV
 
@@ -182,6 +184,40 @@ class Recipe:
                 return spec
         raise KeyError(f"recipe {self.paper}/{self.profile} has no table {table_id!r}")
 
+    def model_datasets(self, name: str) -> list[str]:
+        """The dataset keys a model row is evaluated on (evaluations, ablations, figures); every key if none names
+        it. A dataset only a training run reads (ImageNet for a pretraining) is no model's dataset."""
+        used = [k for e in self.evaluations + self.ablations if name in e.models for k in e.datasets]
+        for _, _, params in self.figures:
+            if "dataset" in params and name in params.get("models", [params.get("model")]):
+                used.append(params["dataset"])
+        return list(dict.fromkeys(used)) or [d.key for d in self.datasets]
+
+    def replaced_runs(self, checkpoints) -> set:
+        """Pretraining runs a given official checkpoint replaces (stage 02 skips them): a run some downstream weight
+        spec lists after a ``checkpoint:NAME`` that ``checkpoints`` (NAME -> path) gives."""
+        given = {name for name, path in dict(checkpoints or {}).items() if path}
+        users = [(t.init, t.dataset) for t in self.finetune]
+        users += [(m.weights, k) for m in self.models for k in self.model_datasets(m.name)]
+        out = set()
+        for run in self.pretrain:
+            for spec, dataset in users:
+                sources = weight_sources(spec, dataset)
+                if ("train", run.name) in sources and any(
+                        kind == "checkpoint" and value in given
+                        for kind, value in sources[: sources.index(("train", run.name))]):
+                    out.add(run.name)
+        return out
+
+    def datasets_needed(self, checkpoints=None) -> tuple:
+        """The DatasetSpecs a run reads: every dataset but one that only pretraining runs replaced by a given
+        checkpoint read (EsViT's ImageNet-1k fallback pretraining when ``--checkpoint esvit_swin_tiny`` is given)."""
+        replaced = self.replaced_runs(checkpoints)
+        keys = {k for m in self.models for k in self.model_datasets(m.name)}
+        keys |= {k for e in self.evaluations + self.ablations for k in e.datasets}
+        keys |= {t.dataset for t in self.pretrain + self.finetune if t.name not in replaced}
+        return tuple(d for d in self.datasets if d.key in keys)
+
     def validate(self) -> "Recipe":
         """Every cross-reference resolves: a typo in a recipe fails before any work starts."""
         keys = {d.key for d in self.datasets}
@@ -200,7 +236,7 @@ class Recipe:
                 raise ValueError(f"{self.paper}: training run {t.name!r} uses unknown dataset {t.dataset!r}")
             check_sources(f"training run {t.name!r}", t.init, [t.dataset])
         for m in self.models:
-            check_sources(f"model {m.name!r}", m.weights, keys)
+            check_sources(f"model {m.name!r}", m.weights, self.model_datasets(m.name))
         names = {m.name for m in self.models}
         tables = {t.id for t in self.tables}
         for e in self.evaluations + self.ablations:

@@ -1,4 +1,7 @@
-"""Stage 01: load each recipe dataset through its manifest, make (or reuse) the splits, show what is there."""
+"""Stage 01: load each recipe dataset through its manifest, make (or reuse) the splits, show what is there.
+
+A dataset only a pretraining run reads that a given checkpoint replaces (EsViT's ImageNet-1k fallback under
+``--checkpoint esvit_swin_tiny``) is not read (``Recipe.datasets_needed``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +41,7 @@ def target_bins(dataset, n_bins: int = 4):
 
 def class_count_table(ctx: StageContext) -> pd.DataFrame:
     rows = []
-    for spec in ctx.recipe.datasets:
+    for spec in ctx.recipe.datasets_needed(ctx.checkpoints):
         dataset = target_bins(load_recipe_dataset(ctx, spec.key))
         counts = pd.Series(dataset.labels).value_counts().sort_index()
         for label, n in counts.items():
@@ -48,7 +51,7 @@ def class_count_table(ctx: StageContext) -> pd.DataFrame:
 
 def split_size_table(ctx: StageContext) -> pd.DataFrame:
     rows = []
-    for spec in ctx.recipe.datasets:
+    for spec in ctx.recipe.datasets_needed(ctx.checkpoints):
         for scheme in dict.fromkeys(("random", "group", spec.split)):  # + the recipe's own (official, none)
             split = split_indices(ctx, spec.key, scheme)
             if split is None:
@@ -67,7 +70,7 @@ def run(ctx: StageContext) -> DataSummary:
     atomic_write_text(out / "class_counts.csv", counts.to_csv(index=False))
     atomic_write_text(out / "split_sizes.csv", sizes.to_csv(index=False))
     figures = []
-    for spec in ctx.recipe.datasets:
+    for spec in ctx.recipe.datasets_needed(ctx.checkpoints):
         dataset = target_bins(load_recipe_dataset(ctx, spec.key))
         grid = ctx.results_dir / "figures" / f"data_{slug(spec.key)}_samples.png"
         sample_grid(dataset, dataset.classes, per_class=4, path=grid, seed=ctx.seed)

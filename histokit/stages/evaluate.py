@@ -28,7 +28,8 @@ def _retrieval_records(ctx: StageContext, spec: EvalSpec, model: str, dataset: s
     p = spec.params
     k = p.get("k", 10)
     parts = gallery_and_queries(ctx, model, dataset, p.get("gallery", "train"), p.get("queries", "test"), scheme)
-    base = {"table": spec.table, "model": model, "dataset": dataset, **spec.labels, **(extra or {})}
+    base = {"table": spec.table, "model": model, "dataset": dataset, **spec.labels, **(extra or {}),
+            **weights_as_run(ctx, spec, model, dataset)}
     if parts is None:
         return [dict(base, metric=col.format(k=k), value=np.nan, note="no group ids in this dataset")
                 for col in RETRIEVAL_COLUMNS]
@@ -43,10 +44,68 @@ def _retrieval_records(ctx: StageContext, spec: EvalSpec, model: str, dataset: s
                             n=len(values), note=f"AP normalisation {result.ap_normalization}"))
     if p.get("timing"):
         timing = json.loads(ctx.path("timing", slug(model), slug(dataset) + ".json").read_text())
-        for metric in ("feature_extraction_ms", "retrieval_latency_ms"):
+        if "feature_extraction_batch_size" not in timing:  # written before batch-1 extraction was timed: its
+            timing["feature_extraction_amortized_ms"] = timing.pop("feature_extraction_ms", None)  # was amortized
+        for metric, batch in TIMING_COLUMNS.items():
+            if timing.get(metric) is None:
+                continue
+            # device: the extraction device's model, which decides whether a Δ against the paper is printed
             records.append(dict(base, metric=metric, value=float(timing[metric]),
-                                note=f"device {timing['device']}, {timing['precision']}"))
+                                device=timing.get("device_name") or str(timing["device"]),
+                                note=f"device {timing['device']}, {timing['precision']}, "
+                                     f"batch {timing.get(batch, 1) if batch else 1}"))
     return records
+
+
+# Timing columns of a retrieval table -> the timing field holding the batch it was measured at (None: batch 1).
+TIMING_COLUMNS = {"feature_extraction_ms": "feature_extraction_batch_size", "retrieval_latency_ms": None,
+                  "feature_extraction_amortized_ms": "extraction_batch_size"}
+
+
+def weight_lineage(ctx: StageContext, spec: str, dataset: str) -> list[str]:
+    """The weight sources that win, from a model row's weights back to the first initialisation, each as
+    ``kind:name`` (``["train:esvit_finetune_CRC", "train:esvit_pretrain", "random"]``): a checkpoint counts when
+    given, a training run when its encoder exists (as :func:`~histokit.stages.common.resolve_weights` picks)."""
+    from ..papers.recipe import weight_sources
+    from .common import trained_weights_path
+
+    chain: list[str] = []
+    while spec:
+        won = None
+        for kind, value in weight_sources(spec, dataset):
+            if kind == "checkpoint" and not ctx.checkpoints.get(value):
+                continue
+            if kind == "train" and not trained_weights_path(ctx, value).exists():
+                continue
+            won = (kind, value)
+            break
+        if won is None:
+            break
+        chain.append(f"{won[0]}:{won[1]}" if won[1] else won[0])
+        if won[0] != "train" or f"train:{won[1]}" in chain[:-1]:
+            break
+        run = ctx.recipe.train_spec(won[1])
+        spec, dataset = run.init, run.dataset
+    return chain
+
+
+def weights_as_run(ctx: StageContext, spec: EvalSpec, model: str, dataset: str) -> dict:
+    """Record fields naming the weights as used. ``spec.params["as_run"]`` maps a weight source (``"train:
+    esvit_pretrain"``) to ``{"row_label": ..., "note": ...}``: when that source is in the row's
+    :func:`weight_lineage` (the kit's own pretraining stood in for official weights), the table prints
+    ``row_label`` for the row (its paper key still finds the paper's numbers) and ``note`` as a footnote."""
+    rules = spec.params.get("as_run") or {}
+    if not rules:
+        return {}
+    lineage = weight_lineage(ctx, ctx.recipe.model(model).weights, dataset)
+    out: dict = {}
+    for source, rule in rules.items():
+        used = source in lineage and not out
+        if rule.get("note"):  # a note an earlier run of this directory left stays only while it is true
+            ctx.add_note(spec.table, rule["note"]) if used else ctx.replace_notes(spec.table, rule["note"])
+        if used and rule.get("row_label"):
+            out = {"row_label": rule["row_label"]}
+    return out
 
 
 def eval_retrieval(ctx: StageContext, spec: EvalSpec) -> list[dict]:
