@@ -36,3 +36,11 @@ def test_linear_probe_errors():
         linear_probe(ftr, ytr, fva[:, :3], yva, fte, yte)
     with pytest.raises(ValueError, match="single class"):
         linear_probe(ftr, np.zeros_like(ytr), fva, yva, fte, yte)
+
+
+def test_the_probe_is_described_as_what_it_is_not_as_dinos_eval_linear():
+    import histokit.evaluation.linear as linear
+
+    doc = linear.__doc__
+    assert "same protocol" not in doc          # it was called "the same protocol as the paper's up to optimizer noise"
+    assert "L-BFGS" in doc and "eval_linear.py" in doc and "100" in doc and "SGD" in doc

@@ -11,7 +11,8 @@ the attention of each [cls] token (Fig. 2).
 
 Open choices, stated in the footnotes: the k of k-NN and the linear probe's regularization are chosen on a
 validation split carved from the training data (the paper sweeps them without saying on what); the linear probe
-is multinomial logistic regression swept over C (the paper sweeps SGD learning rates: same convex problem);
+is multinomial logistic regression (L-BFGS on fixed features) swept over C, not DINO's eval_linear (SGD on
+augmented views, 100 epochs, the paper sweeping its learning rate; see histokit.evaluation.linear);
 VGH/NKI is not obtainable (see data_manifests/vgh_nki.yaml), so the full profile needs it supplied by hand.
 """
 from __future__ import annotations
