@@ -8,10 +8,14 @@ Kimia Path24C. Retrieval: FAISS L2 index, eta_p / eta_w / eta_tot on Kimia Path2
 features and "MA + MS-loss". Figures: a query and its retrievals (Fig. 3), Grad-CAM++ over the neck's outer nodes
 (Figs. 4-6), the 2-D projection of the test embeddings by scan (Fig. 7).
 
-Open points, stated in the footnotes: the public code (camilo-nunez/ffnir) passes the margin as the scale
-(m = s = 17.5) and computes eta differently from the Kimia standard (REFERENCE.md); the kit trains with the paper's
-m and s, reports eta in both protocols (one table each), and keeps "MA + MS-loss" as the paper's number only: it
-has no public code, so it is marked not reproduced. Epochs (Sec. 4.1.3): strategy A 60, strategies B and C 300.
+Open points, stated in the footnotes and each table's protocol card: the public code (camilo-nunez/ffnir) passes
+the margin as the scale (m = s = 17.5) and computes eta differently from the Kimia standard (REFERENCE.md); the kit
+trains with the paper's m and s, reports eta in both protocols (one table each), and keeps "MA + MS-loss" as the
+paper's number only: it has no public code, so it is marked not reproduced. Epochs (Sec. 4.1.3): strategy A 60,
+strategies B and C 300. Where the paper is silent the full profile follows the public code: each dataset's whole
+training set with no validation hold-out (ImageNet train, PanNuke fold 1, Kimia's 22,591 training patches, which are
+also the standard-eta gallery), the scripts' augmentations, 6 sub-centres with the class centres on their own AdamW
+at 1e-4, and the notebook's natural file order for the public-code eta.
 """
 from __future__ import annotations
 
