@@ -83,8 +83,10 @@ def _timm_cached(encoder: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
+    from .models.backbones import hub_weights_name
+
     try:
-        cfg = timm.models.get_pretrained_cfg(encoder)
+        cfg = timm.models.get_pretrained_cfg(hub_weights_name(encoder))
     except Exception:  # not a timm name (a histokit wrapper): the encoder factory decides
         cfg = None
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -137,11 +139,15 @@ def find_missing(recipe: Recipe, data_root: Optional[str], checkpoints: dict, *,
         from .stages.common import hub_reachable
 
         online = hub_reachable()
+        from .models.backbones import hub_weights_name
+
         for encoder, user in sorted(timm_users):
             if not online and not _timm_cached(encoder):
+                hub_name = hub_weights_name(encoder)   # resnet50_trunc: timm's resnet50.tv_in1k
                 missing.append(Missing("weights", f"timm:{encoder}", user,
                                        "the Hugging Face hub is unreachable and the weights are not in its cache: "
-                                       f"run `python -c \"import timm; timm.create_model('{encoder}', pretrained=True)\"`"
+                                       "run `python -c \"import timm; "
+                                       f"timm.create_model('{hub_name}', pretrained=True)\"`"
                                        " on a machine with network and copy ~/.cache/huggingface here"))
     return missing
 

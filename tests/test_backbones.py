@@ -93,3 +93,16 @@ def test_vit_dino_position_interpolation_is_the_reference_one_off_the_native_gri
         assert not torch.allclose(dino_vit(large), timm_vit(large), atol=1e-4), "timm resamples differently"
     with pytest.raises(ValueError, match="pos_interpolation"):
         create_encoder("vit_test", img_size=64, pos_interpolation="nearest")
+
+
+def test_resnet50_trunc_hub_weights_are_looked_up_under_timms_name(monkeypatch):
+    import huggingface_hub
+
+    from histokit import preflight
+    from histokit.models.backbones import hub_weights_name
+
+    assert hub_weights_name("resnet50_trunc") == "resnet50.tv_in1k" and hub_weights_name("resnet50") == "resnet50"
+    seen = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename: seen.append(repo))
+    assert preflight._timm_cached("resnet50_trunc") is False          # nothing cached (the stub finds nothing)
+    assert seen and set(seen) == {"timm/resnet50.tv_in1k"}            # looked up, not skipped as 'not a timm name'

@@ -209,6 +209,14 @@ class TruncatedResNetEncoder(CNNEncoder):
 # torchvision's V1 weights) non-strictly into the truncated network; timm's ``resnet50.tv_in1k`` is torchvision's
 # V1 file (resnet50-0676ba61.pth) on the Hugging Face hub, fetched by timm (safetensors) like every hub weight here.
 RESNET50_TRUNC_WEIGHTS = "resnet50.tv_in1k"
+# kit encoders built on another timm model's hub weights: encoder name -> the timm name those weights are under
+HUB_WEIGHTS: dict[str, str] = {"resnet50_trunc": RESNET50_TRUNC_WEIGHTS}
+
+
+def hub_weights_name(name: str) -> str:
+    """The timm model name whose hub weights ``create_encoder(name, pretrained=True)`` loads (``name`` itself for a
+    timm model), e.g. to look them up in the Hugging Face cache or to fetch them ahead of an offline run."""
+    return HUB_WEIGHTS.get(name, name)
 
 
 @register_encoder("resnet50_trunc")
