@@ -6,7 +6,6 @@ import pytest
 
 from histokit.papers import get_recipe
 from histokit.papers.cyphervit import FRAMEWORKS
-from histokit.stages import open_stage
 from histokit.stages import train as train_stage
 from histokit.train import engine
 
@@ -14,6 +13,11 @@ from histokit.train import engine
 def test_fit_hands_the_runs_own_optimisation_to_the_engine(tmp_path, monkeypatch):
     """Weight-decay schedule, clipping (and its mode), betas and min_lr of a TrainSpec reach ``engine.train``: before,
     the stage passed only the constant weight decay, so DINO ran without 0.04 -> 0.4 and without clipping."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from histokit.models.backbones import create_encoder
+
     seen, accepted = {}, set(inspect.signature(engine.train).parameters)
 
     def fake_train(method, loader, **kwargs):
@@ -21,12 +25,13 @@ def test_fit_hands_the_runs_own_optimisation_to_the_engine(tmp_path, monkeypatch
         return []
 
     monkeypatch.setattr("histokit.train.engine.train", fake_train)
-    ctx = open_stage("cyphervit", "smoke", run_dir=str(tmp_path), device="cpu")
+    monkeypatch.setattr(train_stage, "training_loader", lambda ctx, spec, method: [None])  # no data needed
+    ctx = SimpleNamespace(device="cpu", seed=0, progress=False, max_steps=None)
+    recipe = get_recipe("cyphervit", "smoke")
     for name in ("dino_vit", "mae_vit"):
-        spec = ctx.recipe.train_spec(name)
-        encoder, _ = train_stage.initial_encoder(ctx, spec, "all")
+        spec = replace(recipe.train_spec(name), encoder="vit_test", image_size=32)  # the run's optimisation, tiny net
         seen.clear()
-        train_stage.fit(ctx, spec, encoder, tmp_path / name)
+        train_stage.fit(ctx, spec, create_encoder("vit_test", img_size=32), tmp_path / name)
         assert set(train_stage.optimisation_kwargs(spec)) <= accepted
         assert (seen["weight_decay"], seen["weight_decay_end"], seen["grad_clip"], seen["grad_clip_mode"],
                 seen["betas"], seen["min_lr"], seen["optimizer"]) == (
@@ -43,7 +48,7 @@ def test_fit_hands_the_runs_own_optimisation_to_the_engine(tmp_path, monkeypatch
 def test_dino_and_ibot_runs_use_the_reference_weight_decay_schedule_and_clipping(profile):
     recipe = get_recipe("cyphervit", profile)
     runs = [t for t in recipe.pretrain if t.method in ("dino", "ibot")]
-    assert len(runs) == 2 + 8  # the two baselines and the eight Table 4 DINO-CypherViT runs
+    assert len(runs) == 2 + 8 + 1  # the two baselines, the eight Table 4 DINO-CypherViT runs, the stage-0 row
     for t in runs:
         assert (t.optimizer, t.weight_decay, t.weight_decay_end, t.grad_clip, t.grad_clip_mode) == (
             "adamw", 0.04, 0.4, 3.0, "per_param"), t.name
@@ -199,3 +204,28 @@ def test_stage0_token_count_is_run_as_an_extra_table4_row(profile, encoder, defa
         patches = (run.local_size // 16) ** 2
         assert patches == 36 and alt < patches < default
     assert any(f"'4 ({alt} at stage 0)'" in f for f in recipe.table("table4").footnotes)
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_every_table_has_a_protocol_card_that_flags_the_differences(profile):
+    recipe = get_recipe("cyphervit", profile)
+    cards = {t.id: {p.aspect: p for p in t.protocol} for t in recipe.tables}
+    assert set(cards) == {"table1", "table2", "table3", "table4"} and all(len(c) >= 8 for c in cards.values())
+    for table in recipe.tables:
+        for point in table.protocol:
+            assert point.paper and point.kit and point.footnote() in table.all_footnotes
+    # the points this issue changed, stated per table with the verdict they deserve
+    assert cards["table1"]["DINO optimisation (DINO ViT and every DINO-CypherViT)"].same
+    assert not cards["table3"]["statistical test"].same and "ttest_rel" in cards["table3"]["statistical test"].kit
+    assert "own test share" in cards["table3"]["re-splits"].kit
+    assert not cards["table3"]["MoCo v3 optimisation"].same and not cards["table3"]["SimCLR optimisation"].same
+    assert not cards["table4"]["CypherViT token counts"].same
+    assert "num_stage0_cls" in cards["table4"]["CypherViT token counts"].variant
+    assert not cards["table2"]["batch size"].same
+    assert not cards["table1"]["iBOT optimisation and crops"].same and "10 local crops" in \
+        cards["table1"]["iBOT optimisation and crops"].kit
+    # the MAE row is only in Table 3, iBOT only in Tables 1 and 2
+    assert "MAE optimisation" in cards["table3"] and "MAE optimisation" not in cards["table1"]
+    assert "iBOT optimisation and crops" not in cards["table3"]
+    if profile == "smoke":
+        assert any("protocol card of each table describes the full profile" in n for n in recipe.notes)

@@ -13,11 +13,13 @@ Open choices, stated in the footnotes: the k of k-NN and the linear probe's regu
 validation split carved from the training data (the paper sweeps them without saying on what); the linear probe
 is multinomial logistic regression (L-BFGS on fixed features) swept over C, not DINO's eval_linear (SGD on
 augmented views, 100 epochs, the paper sweeping its learning rate; see histokit.evaluation.linear);
-VGH/NKI is not obtainable (see data_manifests/vgh_nki.yaml), so the full profile needs it supplied by hand.
+VGH/NKI is not obtainable (see data_manifests/vgh_nki.yaml), so the full profile needs it supplied by hand; the
+stage-0 [cls] token count is not given (64 assumed, 32 run as an extra Table 4 row); each table's protocol card
+compares the paper (or the reference code it defers to) with the full profile point by point.
 """
 from __future__ import annotations
 
-from .recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe, TableSpec, TrainSpec
+from .recipe import DatasetSpec, EvalSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
 
 PROFILES = ("smoke", "full")
 TITLE = "Ye et al. 2024 — CypherViT: multi-[cls]-token clustering ViT in DINO, SimCLR, MoCo v3 and MAE"
@@ -75,6 +77,104 @@ def framework_lr(method: str, batch: int) -> float:
     """The framework's peak learning rate at ``batch`` by its own scaling rule."""
     fw = FRAMEWORKS[method]
     return fw["base_lr"] * (batch ** 0.5 if fw["lr_scaling"] == "sqrt" else batch / 256)
+
+
+# Each table's protocol card (the full profile): paper (or the reference code it defers to) vs kit, point by point.
+PROTOCOL = {
+    "data": ProtocolPoint(
+        "pretraining data", "~300,000 VGH/NKI breast H&E patches: 224 px crops, up to 50 % overlap, >= 70 % "
+        "tissue, plus 90 / 180 degree rotated and flipped copies", "the TMA images supplied by hand "
+        "(data_manifests/vgh_nki.yaml), tiled 224 px at stride 112 with >= 70 % tissue, no rotated or flipped copies "
+        "(only the methods' own flips); the 80 % training split of a random 80/10/10 split trains", same=False),
+    "eval_data": ProtocolPoint(
+        "evaluation data + split", "CRC w/ and w/o Macenko norm (NCT-CRC-HE-100K, test CRC-VAL-HE-7K), PanNuke "
+        "(split not stated), BreastPathQ train 2,579 / validation 187",
+        "the same sets; PanNuke's last official fold is the test set; 10 % of the training data is held out as "
+        "the validation split that picks k and C, the probes fit on the rest", same=False),
+    "imagenet": ProtocolPoint(
+        "ImageNet row", "ViT-S pretrained on ImageNet (weights not named)",
+        "timm's vit_small_patch16_224.augreg_in21k_ft_in1k (ImageNet-21k, fine-tuned on ImageNet-1k)", same=False),
+    "dino": ProtocolPoint(
+        "DINO optimisation (DINO ViT and every DINO-CypherViT)", "official code's defaults (main_dino.py): AdamW, "
+        "lr 5e-4 x batch / 256, 10 warm-up epochs, cosine to 1e-6, weight decay 0.04 -> 0.4 (cosine), clip 3.0 per "
+        "tensor, last layer frozen 1 epoch, 100 epochs, 65,536 prototypes",
+        "the same (engine: weight_decay_end, grad_clip_mode='per_param', freeze_last_layer_epochs=1)"),
+    "ibot": ProtocolPoint(
+        "iBOT optimisation and crops", "main_ibot.py defaults: DINO's optimisation, 100 epochs, no local crops; its "
+        "README's ViT-S/16 run: 800 epochs, 10 local crops, global / local scales 0.25-1 / 0.05-0.25",
+        "DINO's optimisation, 100 epochs, 10 local crops (the README run's), scales 0.14-1 / 0.05-0.4 (main_ibot.py "
+        "defaults), teacher temperature 0.07 and 30 warm-up epochs (the README run's)", same=False),
+    "moco": ProtocolPoint(
+        "MoCo v3 optimisation", "CONFIG.md ViT-Small: AdamW, lr 1.5e-4 x batch / 256, weight decay 0.1 on every "
+        "parameter, 300 epochs, 40 warm-up, cosine to 0, T 0.2, momentum 0.99 -> 1 (cosine), frozen random patch "
+        "projection (--stop-grad-conv1), fixed sin-cos position embedding",
+        "the same optimizer, lr, epochs and schedule, but no weight decay on biases and norms, a trained patch "
+        "projection and the encoder's learned position embedding", same=False),
+    "simclr": ProtocolPoint(
+        "SimCLR optimisation", "google-research/simclr README (ResNet-50): LARS (momentum 0.9, trust 0.001), lr "
+        "0.075 x sqrt(batch), weight decay 1e-4 without biases / BN, T 0.1, 100 epochs, 10 warm-up, cosine to 0",
+        "the same on ViT-S with timm.optim.Lars (its trust ratio is 0.001 |w| / (|g| + wd |w|), not SimCLR's 0.001 "
+        "|w| / |g + wd w|); no decay or adaptation of biases and norms", same=False,
+        variant="optimizer 'adamw' (the engine's other choice, MoCo v3's ViT recipe) in FRAMEWORKS['simclr']"),
+    "mae": ProtocolPoint(
+        "MAE optimisation", "PRETRAIN.md (ViT-L): AdamW betas (0.9, 0.95), lr 1.5e-4 x batch / 256, weight decay "
+        "0.05, 800 epochs, 40 warm-up, cosine to 0, mask ratio 0.75, normalized-pixel loss",
+        "the same on ViT-S (betas=(0.9, 0.95) through the engine)"),
+    "batch": ProtocolPoint(
+        "batch size", "the reference commands' global batches: DINO / iBOT 1,024, MoCo v3 / SimCLR / MAE 4,096 "
+        "(the paper states none)", "256 for every framework (one GPU), each lr rescaled by its framework's rule",
+        same=False, variant="FULL_BATCH in histokit/papers/cyphervit.py, the global batch under torchrun"),
+    "crops": ProtocolPoint(
+        "crops", "baselines: their codebases' views (DINO 2 x 224 px + 8 x 96 px; MoCo v3 / SimCLR two 224 px "
+        "views, MAE one); DINO-CypherViT: 2 x 224 px + 2 local views (Table 4's best)",
+        "the same; Table 4 trains 0, 2, 4 and 8 local views"),
+    "tokens": ProtocolPoint(
+        "CypherViT token counts", "4 final [cls] tokens (8 in Table 4), fewer at each stage; the stage layout and "
+        "the stage-0 count are not given", "ViT-S/16 width in 2 stages x 6 blocks with 64 -> 4 [cls] tokens "
+        "(GroupViT's 64); the 64 stage-0 tokens outnumber the 36 patches of a 96 px local crop", same=False,
+        variant="num_stage0_cls, Table 4's extra row '4 (32 at stage 0)'"),
+    "probes": ProtocolPoint(
+        "k-NN and linear probe", "k-NN and linear probing on frozen features, sweeping k and SGD learning rates "
+        "(on what data is not stated)", "DINO's weighted k-NN (T 0.07, k from 10 / 20 / 100 / 200) and multinomial "
+        "logistic regression (C swept), both chosen on a validation split of the training data", same=False),
+    "breastpathq": ProtocolPoint(
+        "BreastPathQ regression", "linear regression on frozen features, MSE and Kendall tau",
+        "least-squares linear regression; MSE of the predictions clipped to [0, 1] and scipy's Kendall tau-b",
+        same=False, variant="regression_probe's mse_unclipped, tau_bpq (Chen & Krishnan's) and raw-prediction tau-b"),
+    "ci": ProtocolPoint(
+        "statistical test", "single numbers, no interval or test", "the same numbers with a 95 % bootstrap interval "
+        "over the test tiles (1,000 resamples) beside each accuracy", same=False),
+    "finetune_data": ProtocolPoint(
+        "fine-tuning data", "1, 5, 10, 20, 50, 100 % of the CRC (w/ norm) training labels, evenly per class; the "
+        "official test set", "class-balanced fractions of the training split (90 % of NCT-CRC-HE-100K, at least "
+        "one tile per class); CRC-VAL-HE-7K", same=False),
+    "finetune": ProtocolPoint(
+        "fine-tuning protocol", "end-to-end fine-tuning from the pretrained weights (optimizer and schedule not "
+        "stated)", "encoder + linear head, AdamW lr 1e-4, weight decay 0.05, 5 warm-up epochs then cosine, 100 "
+        "epochs, batch 64, the last epoch's model", same=False),
+    "resplit": ProtocolPoint(
+        "re-splits", "official train and test pooled, re-split 5 times at the original ratios",
+        "the same with seeds 0-4, stratified by class (BreastPathQ: not), each dataset's own test share (CRC "
+        "7,180 / 107,180, PanNuke's last fold, BreastPathQ 187 / 2,766)"),
+    "resplit_knn": ProtocolPoint(
+        "re-split classifier", "k-NN accuracy, mean ± std (k not stated)",
+        "DINO's weighted k-NN with k = 20, T = 0.07, mean ± sample std (ddof 1)", same=False),
+    "ttest": ProtocolPoint(
+        "statistical test", "a t-test per VanillaViT vs CypherViT comparison (which one not stated)",
+        "Welch's (scipy ttest_ind, equal_var=False) in pvalue_*, and the paired ttest_rel over the shared re-splits "
+        "in pvalue_*_paired", same=False, variant="the pvalue_*_paired columns"),
+    "table4_knn": ProtocolPoint(
+        "Table 4 classifier", "k-NN Acc@1 / Acc@3 (k not stated)",
+        "DINO's weighted k-NN with k = 20, T = 0.07, top-1 / top-3", same=False),
+}
+TABLE_PROTOCOL = {
+    "table1": ("data", "eval_data", "imagenet", "dino", "ibot", "moco", "simclr", "batch", "crops", "tokens",
+               "probes", "breastpathq", "ci"),
+    "table2": ("data", "finetune_data", "dino", "ibot", "moco", "batch", "crops", "tokens", "finetune", "ci"),
+    "table3": ("data", "resplit", "dino", "moco", "simclr", "mae", "batch", "crops", "tokens", "resplit_knn",
+               "breastpathq", "ttest"),
+    "table4": ("data", "eval_data", "dino", "batch", "crops", "tokens", "table4_knn", "breastpathq"),
+}
 
 
 def _datasets(smoke: bool) -> tuple:
@@ -215,6 +315,7 @@ def build(profile: str) -> Recipe:
               "linear probe = multinomial logistic regression, C swept on the same validation split.",
               "BreastPathQ: linear regression on frozen features, MSE and Kendall tau on the official validation "
               "set.",)
+    card = {t: tuple(PROTOCOL[k] for k in keys) for t, keys in TABLE_PROTOCOL.items()}
     tables = (
         TableSpec("table1", "Table 1 — k-NN and linear probing, BreastPathQ regression",
                   "ye2024_cyphervit_table1.csv", keys=("method",),
@@ -224,13 +325,15 @@ def build(profile: str) -> Recipe:
                                        f"ImageNet' ({VIT}); " if smoke else
                                        "All rows ViT-S/16 except DINO-CypherViT; ") +
                                       "DINO-CypherViT uses 4 final [cls] tokens and 2 local views (the paper's best "
-                                      "setting, Table 4).",)),
+                                      "setting, Table 4).",),
+                  protocol=card["table1"]),
         TableSpec("table2", "Table 2 — fine-tuning with 1-100 % of the CRC (w/ norm) labels",
                   "ye2024_cyphervit_table2.csv", keys=("method",), metrics=tuple(FRACTIONS.values()),
                   footnotes=("End-to-end fine-tuning of encoder + linear head (AdamW, cosine schedule) on a "
                              "class-balanced fraction of the training split (at least one tile per class); top-1 "
                              "accuracy in % on the unchanged test split. Fully-supervised = ViT-S/16 from random "
-                             "initialisation.",)),
+                             "initialisation.",),
+                  protocol=card["table2"]),
         TableSpec("table3", "Table 3 — VanillaViT vs CypherViT in each framework, 5 re-splits",
                   "ye2024_cyphervit_table3.csv", keys=("framework", "backbone"),
                   metrics=("crc_norm_acc_mean", "crc_norm_acc_std", "pannuke_acc_mean", "pannuke_acc_std",
@@ -244,7 +347,8 @@ def build(profile: str) -> Recipe:
                              "used is in each record's note); weighted k-NN (k = 20, T = 0.07) top-1 accuracy, mean "
                              "± sample std; pvalue_*: Welch's t-test (scipy ttest_ind, equal_var=False) VanillaViT vs "
                              "CypherViT within a framework; pvalue_*_paired (kit-only columns): the paired t-test "
-                             "(scipy ttest_rel), since both backbones are scored on the same five re-splits.",)),
+                             "(scipy ttest_rel), since both backbones are scored on the same five re-splits.",),
+                  protocol=card["table3"]),
         TableSpec("table4", "Table 4 — number of final [cls] tokens x number of local views (DINO-CypherViT)",
                   "ye2024_cyphervit_table4.csv", keys=("num_cls", "num_local_views"),
                   metrics=("crc_nonorm_acc1", "crc_nonorm_acc3", "crc_norm_acc1", "crc_norm_acc3", "pannuke_acc1",
@@ -255,7 +359,8 @@ def build(profile: str) -> Recipe:
                              f"'{BEST[0]} ({stage0_alt} at stage 0)': {stage0_alt} stage-0 tokens at the paper's best "
                              f"setting, since a 96 px local crop has 36 patches, fewer than 64 tokens."
                              + (" Smoke: 32 px local crops (4 patches), cyphervit_smoke's 16 or 8 tokens." if smoke
-                                else ""),)),
+                                else ""),),
+                  protocol=card["table4"]),
     )
     figure_set = "CRC-NORM"
     figures = (
@@ -276,7 +381,8 @@ def build(profile: str) -> Recipe:
                  "and fine-tuned encoders are the registered smoke variants vit_smoke (ViT/16, 192-d, 6 blocks, 3 "
                  "heads) and cyphervit_smoke (192-d, 2 stages x 3 blocks, 16 -> 4 or 8 [cls] tokens), not ViT-S/16 "
                  "and CypherViT-S; 'Pretrained on ImageNet' is timm's ViT-S/16. "
-                 "PanNuke and BreastPathQ are not in the smoke profile.",)
+                 "PanNuke and BreastPathQ are not in the smoke profile. The protocol card of each table describes "
+                 "the full profile; these notes are the smoke profile's deviations from it.",)
     return Recipe(paper="cyphervit", title=TITLE, citation=CITATION, profile=profile, image_size=size,
                   datasets=datasets, models=tuple(models), pretrain=tuple(pretrain), evaluations=evaluations,
                   ablations=ablations, tables=tables, figures=figures, notes=notes,
