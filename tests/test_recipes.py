@@ -111,3 +111,23 @@ def test_smoke_trains_a_named_smaller_variant_of_the_full_profiles_model(paper, 
     small, big = create_encoder(smoke_variant, img_size=64), create_encoder(full_size, img_size=64)
     assert type(small.model if hasattr(small, "model") else small) is type(big.model if hasattr(big, "model") else big)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
+
+
+def test_chen2022_full_recipe_follows_the_reference_code():
+    # issue 16: resnet50_trunc baseline, BreastPathQ at 512 px, raw features fitted on every training tile, the
+    # reference's metrics in the compared columns, every paper cell transcribed with its source, a protocol card
+    recipe = get_recipe("chen2022", "full")
+    assert recipe.model("ImageNet ResNet-50").encoder == "resnet50_trunc"
+    assert recipe.dataset("BreastPathQ").image_size == 512 and recipe.dataset("CRC-NORM").image_size is None
+    assert recipe.feature_l2_normalize is False
+    params = recipe.evaluations[0].params
+    assert params["fit_on"] == "train+val"
+    assert params["columns"]["BreastPathQ"] == {"mse_unclipped": "breastpathq_mse", "tau_bpq": "breastpathq_tau",
+                                                "mse": "breastpathq_mse_clipped", "tau_unclipped": "breastpathq_tau_b"}
+    table = recipe.table("table1")
+    paper = pd.read_csv(PAPER_TABLES_DIR / table.paper_csv)
+    compared = ["crc_nonorm_knn_auc", "crc_norm_knn_auc", "breastpathq_mse", "breastpathq_tau"]
+    assert paper[compared].notna().all().all() and paper["source"].str.contains("patch_evaluation.ipynb").all()
+    assert [p.aspect for p in table.protocol] == ["data + split", "preprocessing / normalisation", "input size",
+                                                  "baselines' weights", "classifier / metric variant",
+                                                  "evaluation protocol"]

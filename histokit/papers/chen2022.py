@@ -105,7 +105,7 @@ def build(profile: str) -> Recipe:
     protocol = (
         ProtocolPoint(
             "data + split",
-            "KNN fitted on all of NCT-CRC-HE-100K-NONORM (SN = N) or NCT-CRC-HE-100K (SN = Y), tested on "
+            "k-NN fitted on all of NCT-CRC-HE-100K-NONORM (SN = N) or NCT-CRC-HE-100K (SN = Y), tested on "
             "CRC-VAL-HE-7K, MUS merged into STR; BreastPathQ fitted on the official training set, tested on the "
             "official validation set (patch_evaluation.ipynb)",
             "the same sets and merge; the probes are fitted on every training tile (the kit's train and validation "
