@@ -149,6 +149,7 @@ def build(profile: str) -> Recipe:
                   "chen2022_table1.csv", keys=("model",),
                   metrics=("crc_nonorm_knn_auc", "crc_norm_knn_auc", "breastpathq_mse", "breastpathq_tau",
                            "breastpathq_mse_clipped", "breastpathq_tau_b"),
+                  extra_metrics=("breastpathq_mse_clipped", "breastpathq_tau_b"),   # kit-only, no paper value
                   footnotes=footnotes, protocol=protocol),
     )
     figure_set = "CRC-NORM"
