@@ -72,8 +72,15 @@ def _reproduce(args: argparse.Namespace, kernel) -> int:
     from .preflight import PreflightError, check_run, format_missing, validate_checkpoints
     from .runner import RunnerError, reproduce
 
+    from .runner import RUNNER_PARAMS, describe_os_error
+
     papers = list_papers() if args.paper == "all" else [args.paper]
     extra = _parse_pairs(args.param, "--param")
+    for name in extra:  # paper, profile, run_dir, ...: the run's identity and the runner's own parameters
+        if name in RUNNER_PARAMS:
+            print(f"histokit: --param {name}=... is refused: the runner sets {name} for every stage (what it prints "
+                  f"is what the stages compute); use {RUNNER_PARAMS[name]}", file=sys.stderr)
+            return 2
     checkpoints = _parse_pairs(args.checkpoint, "--checkpoint")
     try:
         recipes = [get_recipe(p, args.profile) for p in papers]
@@ -113,6 +120,9 @@ def _reproduce(args: argparse.Namespace, kernel) -> int:
                                later_s=None if None in later else sum(later))
         except (RunnerError, KernelError, ValueError) as exc:
             print(f"histokit: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # whatever the runner did not name itself: still one line, the path and what to do
+            print(f"histokit: {paper}: {describe_os_error(exc)}", file=sys.stderr)
             return 1
         published.append((paper, result.results_dir))
     if kernel is not None:

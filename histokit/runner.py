@@ -4,13 +4,24 @@ A run directory holds the scratch (splits, checkpoints, features, indexes, execu
 folder; when every stage has finished, the results are published to ``results/<paper>/<profile>/`` with
 ``run.json``. A stage that finished with the same parameters and the same notebook is skipped, so a killed run
 resumes at the stage it was in.
+
+One run at a time per run directory (``run.lock``, :mod:`histokit.run_lock`); the run's identity (paper, profile,
+run directory, recipe digest: :mod:`histokit.run_identity`) is fixed here, written to ``identity.json`` and checked
+by every stage. Publishing builds the new publication beside the old one and swaps them by renames: the previous
+publication is never deleted before the new one is complete. Every ``OSError`` becomes one line naming the path
+and what to do (:func:`describe_os_error`).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import os
+import re
 import shutil
+import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +31,8 @@ from typing import TYPE_CHECKING, Iterable, Optional
 from . import paths
 from .io import atomic_write_json
 from .provenance import device_info, git_commit, now_iso, package_versions
+from .run_identity import IDENTITY_NAME, OWNER_KEYS, RUNNER_ENV, IdentityError, differences, read_identity, run_identity
+from .run_lock import RunLock, RunLocked
 from .run_log import RunLog, format_duration, snapshot, written_since
 
 if TYPE_CHECKING:
@@ -34,12 +47,68 @@ class RunnerError(RuntimeError):
     """A refused request (unknown paper / profile / stage / parameter) or a failed stage."""
 
 
+# The parameters the runner itself sets for every stage, and how a user sets each: a ``--param`` (or ``extra``) may set
+# none of them, so what a run prints ("esvit / smoke", its run directory) is what its stages compute.
+RUNNER_PARAMS = {"paper": "the PAPER argument", "profile": "--profile", "run_dir": "--run-dir",
+                 "data_root": "--data-root", "device": "--device", "seed": "--seed", "checkpoints": "--checkpoint",
+                 "rehearse": "--rehearse", "distributed": "--nproc-per-node / --nnodes / --node-rank"}
+
+_OS_ERROR_NAMES = {"OSError", "IOError", "EnvironmentError", "FileNotFoundError", "FileExistsError", "PermissionError",
+                   "IsADirectoryError", "NotADirectoryError", "BlockingIOError", "InterruptedError",
+                   "ChildProcessError", "ProcessLookupError", "TimeoutError"}
+
+
+def _os_advice(code: Optional[int]) -> str:
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return "free space on that disk (or put the run elsewhere: --run-dir) and re-run; finished stages are skipped"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make that path writable (or choose another --run-dir) and re-run"
+    if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return "a file is where a directory is expected (or the reverse): move it away and re-run"
+    if code == errno.ENOENT:
+        return "check that the path and its folders exist and re-run"
+    return "check that path and re-run"
+
+
+def describe_os_error(exc: OSError, fallback_path=None) -> str:
+    """One line for an ``OSError``: the path (its ``filename``, else ``fallback_path``), the reason, what to do."""
+    path = exc.filename if exc.filename is not None else fallback_path
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno is not None:
+        reason += f" [errno {exc.errno}]"
+    where = f"{os.fsdecode(path)}" if path is not None else "a file it did not name"
+    if getattr(exc, "filename2", None) is not None:
+        where += f" -> {os.fsdecode(exc.filename2)}"
+    return f"{where}: {reason}: {_os_advice(exc.errno)}"
+
+
+_ERRNO_TEXT = re.compile(r"^\[Errno (\d+)\] (.*?)(?:: '(.*?)'(?: -> '(.*)')?)?$", re.S)
+
+
 class StageFailed(RunnerError):
     def __init__(self, stage: str, notebook: Path, cell: Optional[int], ename: str, evalue: str):
         self.stage, self.notebook, self.cell = stage, notebook, cell
+        self.ename, self.evalue = ename, evalue
         where = f"cell {cell}" if cell is not None else "an unknown cell"
-        super().__init__(f"stage {stage} failed in {where} of the executed notebook {notebook}: {ename}: {evalue}\n"
-                         f"The executed copy is kept there; fix the cause and re-run: finished stages are skipped.")
+        match = _ERRNO_TEXT.match(str(evalue).strip()) if ename in _OS_ERROR_NAMES else None
+        if match:  # a full disk, no permission, a file in the way: the path and what to do, in one line
+            code, reason, path, path2 = int(match[1]), match[2], match[3], match[4]
+            target = (path + (f" -> {path2}" if path2 else "")) if path else "a file it did not name"
+            super().__init__(f"stage {stage} failed ({ename} in {where}) on {target}: {reason} [errno {code}]: "
+                             f"{_os_advice(code)}; the executed notebook is {notebook}")
+            return
+        super().__init__(f"stage {stage} failed in {where} of the executed notebook {notebook}: {ename}: {evalue} "
+                         "(the executed copy is kept there; fix the cause and re-run: finished stages are skipped)")
+
+
+class StageOSError(RunnerError):
+    """An ``OSError`` outside the notebook's cells: papermill could not read the notebook or write its executed
+    copy (a full disk: the copy is then cut short)."""
+
+    def __init__(self, stage: str, executed: Path, exc: OSError):
+        self.stage, self.notebook, self.error = stage, executed, exc
+        super().__init__(f"stage {stage} stopped: {describe_os_error(exc, executed)}; the executed notebook "
+                         f"{executed} may be cut short")
 
 
 @dataclass
@@ -143,18 +212,83 @@ def _upstream_tokens(run_dir: Path, stage: str) -> dict:
     return tokens
 
 
-def _fingerprint(notebook: Path, params: dict, upstream: Optional[dict] = None) -> str:
+def _fingerprint(notebook: Path, params: dict, upstream: Optional[dict] = None,
+                 identity: Optional[dict] = None) -> str:
     h = hashlib.sha256(notebook.read_bytes())
     h.update(json.dumps(stage_inputs(params), sort_keys=True, default=str).encode())
     h.update(json.dumps(upstream or {}, sort_keys=True).encode())
+    if identity is not None:  # the recipe's digest among them: a marker of another recipe is not this one's
+        h.update(json.dumps(identity, sort_keys=True).encode())
     return h.hexdigest()
 
 
-def stage_is_current(stage: str, params: dict, run_dir: Path) -> bool:
-    """The stage finished with these parameters, this notebook and the upstream artifacts it read."""
+def identity_of(params: dict, run_dir: Optional[Path] = None) -> Optional[dict]:
+    """The run identity the parameters describe (paper, profile, label, run directory, recipe digest); None for
+    parameters that name no paper (the runner's tests run stand-in notebooks that take none)."""
+    if "paper" not in params or "profile" not in params:
+        return None
+    from .papers import get_recipe
+
+    try:
+        recipe = get_recipe(params["paper"], params["profile"])
+    except ValueError as exc:
+        raise RunnerError(str(exc)) from None
+    folder = params.get("run_dir") or run_dir or paths.default_run_dir(params["paper"], params["profile"])
+    return run_identity(params["paper"], params["profile"], result_label(params["profile"], bool(params.get("rehearse"))),
+                        folder, recipe)
+
+
+def establish_identity(run_dir: Path, identity: dict) -> Optional[str]:
+    """Write ``identity`` to ``run_dir/identity.json`` (the runner's identity is the run's); refuse a run directory
+    that is another paper's or profile's. Returns a line to print when the identity changed (the recipe was edited
+    or the directory moved: every stage then runs again), else None."""
+    try:
+        found = read_identity(run_dir)
+    except IdentityError as exc:
+        raise RunnerError(str(exc)) from None
+    if found is not None:
+        wrong = differences(identity, found, OWNER_KEYS)
+        if wrong:
+            owner = f"{found.get('paper')} / {found.get('label') or found.get('profile')}"
+            raise RunnerError(f"run directory {run_dir} holds a run of {owner} ({run_dir / IDENTITY_NAME}), not of "
+                              f"{identity['paper']} / {identity['label']}: give this run its own --run-dir")
+        if found == identity:
+            return None
+    atomic_write_json(run_dir / IDENTITY_NAME, identity)
+    if found is None:
+        return None
+    changed = [k for k in ("recipe", "run_dir") if found.get(k) != identity.get(k)]
+    what = {"recipe": "the recipe changed", "run_dir": "the run directory moved"}
+    return f"{' and '.join(what[k] for k in changed)} since the last run here: its stages run again"
+
+
+def stage_is_current(stage: str, params: dict, run_dir: Path, identity: Optional[dict] = None) -> bool:
+    """The stage finished with these parameters, this notebook, the upstream artifacts it read and this run's
+    identity (recipe digest included)."""
     marker = run_dir / "stages" / f"{stage}.done.json"
-    expected = _fingerprint(notebook_path(stage), params, _upstream_tokens(run_dir, stage))
+    identity = identity if identity is not None else identity_of(params, run_dir)
+    expected = _fingerprint(notebook_path(stage), params, _upstream_tokens(run_dir, stage), identity)
     return finished_fingerprint(marker) == expected
+
+
+def finished_stages(run_dir: Path, params: dict, identity: Optional[dict] = None) -> tuple[list[dict], list[str]]:
+    """(the done-markers of every stage, the stages not finished with these inputs): what publishing checks, read
+    once, so what run.json records is what was checked. A marker counts only if its fingerprint is the one these
+    parameters, this notebook, the upstream markers and this run's identity give now."""
+    identity = identity if identity is not None else identity_of(params, run_dir)
+    markers, stale = [], []
+    for stage in STAGES:
+        marker = run_dir / "stages" / f"{stage}.done.json"
+        expected = _fingerprint(notebook_path(stage), params, _upstream_tokens(run_dir, stage), identity)
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict) or data.get("fingerprint") != expected:
+            stale.append(stage)
+        else:
+            markers.append(data)
+    return markers, stale
 
 
 def finished_fingerprint(marker: Path) -> Optional[str]:
@@ -205,6 +339,9 @@ def _execute(stage: str, notebook: Path, executed: Path, params: dict, log_outpu
     except PapermillExecutionError as exc:
         kernel.discard()  # the next stage starts in a clean kernel, whatever the failed one left behind
         raise StageFailed(stage, executed, _failed_cell(notebook, executed), exc.ename, exc.evalue) from None
+    except OSError as exc:  # papermill's own reads and writes (the executed copy on a full disk names no file)
+        kernel.discard()
+        raise StageOSError(stage, executed, exc) from None
     except BaseException:
         kernel.discard()
         raise
@@ -215,7 +352,7 @@ def kernel_env(quiet: bool = False) -> dict:
     """Environment of the kernels the runner starts: progress bars to this terminal (or none with ``quiet``)."""
     from .progress import MODE_VARIABLE
 
-    return {MODE_VARIABLE: "off" if quiet else "terminal"}
+    return {MODE_VARIABLE: "off" if quiet else "terminal", RUNNER_ENV: "1"}
 
 
 # Stages whose work runs under torchrun: the only ones a node other than node 0 takes part in.
@@ -247,9 +384,14 @@ def follow_node(paper: str, label: str, params: dict, run_dir: Path, stages: lis
 
 
 def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, log_output: bool = False,
-              kernel: Optional["WarmKernel"] = None) -> StageRecord:
+              kernel: Optional["WarmKernel"] = None, identity: Optional[dict] = None) -> StageRecord:
     """Execute one stage notebook into ``run_dir/notebooks`` (in ``kernel`` if given, else a fresh kernel); skip it
-    if its done-marker matches."""
+    if its done-marker matches. The parameters' ``run_dir`` must be ``run_dir`` (markers and artifacts in one
+    place); the run's identity (from the parameters unless given) goes into ``run_dir/identity.json``, the
+    fingerprint and the marker."""
+    if params.get("run_dir") and Path(params["run_dir"]).resolve() != Path(run_dir).resolve():
+        raise RunnerError(f"parameter run_dir={params['run_dir']!r} is not the run directory {run_dir} this stage's "
+                          "marker goes to: run_dir is fixed by the runner (--run-dir)")
     notebook = notebook_path(stage)
     if not notebook.exists():
         raise RunnerError(f"stage notebook not found: {notebook}")
@@ -261,8 +403,11 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
     if executed.resolve() == notebook.resolve():
         raise RunnerError(f"run directory {run_dir} would write executed notebooks over the sources in "
                           f"{notebook.parent}; choose another --run-dir")
+    identity = identity if identity is not None else identity_of(params, run_dir)
+    if identity is not None:
+        establish_identity(run_dir, identity)
     marker = run_dir / "stages" / f"{stage}.done.json"
-    fingerprint = _fingerprint(notebook, params, _upstream_tokens(run_dir, stage))
+    fingerprint = _fingerprint(notebook, params, _upstream_tokens(run_dir, stage), identity)
     if not force and finished_fingerprint(marker) == fingerprint:
         return StageRecord(stage, "skipped", 0.0, str(executed))
     # This stage's artifacts are about to change: no later stage that read the old ones may count as finished.
@@ -270,36 +415,185 @@ def run_stage(stage: str, params: dict, run_dir: Path, *, force: bool = False, l
         (run_dir / "stages" / f"{later}.done.json").unlink(missing_ok=True)
     seconds = _execute(stage, notebook, executed, params, log_output, kernel)
     atomic_write_json(marker, {"stage": stage, "fingerprint": fingerprint, "token": uuid.uuid4().hex,
-                               "params": portable(params), "seconds": seconds, "finished": now_iso()})
+                               "params": portable(params), "identity": identity, "seconds": seconds,
+                               "finished": now_iso()})
     return StageRecord(stage, "ran", seconds, str(executed))
 
 
-def publish_results(run_dir: Path, target: Path, provenance: dict) -> Path:
-    """Copy ``run_dir/results`` to ``target`` with ``run.json``. A previous publication from other parameters is
-    moved to ``run_dir/superseded/<time>`` first, so no run silently overwrites another's results."""
+def _say(text: str) -> None:
+    print(f"[histokit] {text}", flush=True)
+
+
+def _warn(text: str) -> None:
+    print(f"histokit: warning: {text}", file=sys.stderr, flush=True)
+
+
+def ensure_directory(path: Path, what: str, advice: str) -> Path:
+    """Create ``path`` (and its parents); a file where it or a folder above it should be is refused in one line
+    naming that file (``what``: "the run directory", ...; ``advice``: what to do)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                where = "it" if folder == path else f"{folder}, a folder above it,"
+                raise RunnerError(f"{what} {path} cannot be made: {where} is a file, not a directory; {advice}")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunnerError(f"{what} {path} cannot be made: {describe_os_error(exc, path)}") from None
+    return path
+
+
+def _unique(path: Path) -> Path:
+    out, n = path, 1
+    while out.exists() or out.is_symlink():
+        out, n = path.with_name(f"{path.name}-{n}"), n + 1
+    return out
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Exclusive ``flock`` on a folder itself (no lock file among the committed results): two runs publishing into
+    the same ``results/<paper>/`` take turns."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _previous_parameters(target: Path) -> tuple[Optional[dict], Optional[str]]:
+    """(the parameters the publication at ``target`` was made with, None) or (None, why it is unreadable)."""
+    run_json = target / "run.json"
+    try:
+        data = json.loads(run_json.read_text())
+    except FileNotFoundError:
+        return None, f"it has no {run_json.name}"
+    except OSError as exc:
+        return None, f"{run_json}: {exc.strerror or exc}"
+    except ValueError as exc:
+        return None, f"{run_json} is damaged: {exc}"
+    if not isinstance(data, dict):
+        return None, f"{run_json} is damaged: not a JSON object"
+    return data.get("parameters"), None
+
+
+def _remove_tree(path: Path) -> Optional[str]:
+    """Best-effort removal; the first failure as text, or None when all of ``path`` is gone."""
+    failures = []
+
+    def note(function, name, exc_info):
+        failures.append(f"{name}: {getattr(exc_info[1], 'strerror', None) or exc_info[1]}")
+
+    shutil.rmtree(path, onerror=note)
+    if not failures and not path.exists():
+        return None
+    return failures[0] if failures else f"{path} is still there"
+
+
+def _keep_aside(aside: Path, keep: Path) -> Optional[str]:
+    """Move the moved-aside previous publication into ``keep`` (a rename; a copy across file systems); None when
+    done, else why it stays at ``aside``."""
+    try:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(aside, keep)
+        return None
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            return describe_os_error(exc, keep)
+    try:
+        shutil.copytree(aside, keep, symlinks=True)
+    except (OSError, shutil.Error) as exc:
+        _remove_tree(keep)
+        return f"copying it to {keep} failed: {exc}"
+    left = _remove_tree(aside)
+    return None if left is None else f"copied to {keep}, but its copy at {aside} stays ({left})"
+
+
+def publish_results(run_dir: Path, target: Path, provenance: dict, say=None, warn=None) -> Path:
+    """Publish ``run_dir/results`` at ``target`` with ``run.json``, never losing the previous publication.
+
+    The new publication is built complete in a staging folder beside ``target``; then the previous one is renamed
+    aside and the staging folder renamed onto ``target`` (a failure there renames the previous one back). Only then
+    is the previous one dealt with: from other parameters, or unreadable (no or a damaged ``run.json``), it is moved
+    to ``run_dir/superseded/<time>``; from the same parameters it is removed, best effort: what cannot be removed is
+    left where it was moved aside, with a warning naming it, and the new results are complete either way."""
+    say, warn = say or _say, warn or _warn
+    run_dir, target = Path(run_dir), Path(target)
     source = run_dir / "results"
     if not source.is_dir():
         raise RunnerError(f"the run wrote no results folder at {source}")
-    staging = target.parent / f".{target.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        shutil.copytree(source, staging)
-        atomic_write_json(staging / "run.json", provenance)
-    except BaseException:  # full disk, no permission, interrupted: the previous publication stays untouched
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if target.exists():
-        old = target / "run.json"
-        old_params = json.loads(old.read_text()).get("parameters") if old.exists() else None
-        if portable(old_params) != provenance["parameters"]:  # results published before paths were relative
-            keep = run_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S")
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(target), str(keep))
-            print(f"[histokit] results at {target} came from other parameters; moved them to {keep}")
+    advice = f"move it away and re-run (the run's results stay in {source}; finished stages are skipped)"
+    ensure_directory(target.parent, "the results folder", advice)
+    if (target.exists() or target.is_symlink()) and not target.is_dir():
+        raise RunnerError(f"cannot publish to {target}: it is a file, not a directory; {advice}")
+    with _folder_lock(target.parent):
+        for stale in target.parent.glob(f".{target.name}.staging*"):  # left by a run killed while publishing
+            _remove_tree(stale)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+        try:
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; results are meant to be read by others
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            atomic_write_json(staging / "run.json", provenance)
+        except shutil.Error as exc:  # copytree's collected failures: name the first
+            _remove_tree(staging)
+            first = exc.args[0][0] if exc.args and isinstance(exc.args[0], list) and exc.args[0] else (None, None, exc)
+            raise RunnerError(f"publishing to {target} failed copying {first[1]}: {first[2]}; the previous "
+                              f"publication is untouched; {advice}") from None
+        except BaseException:  # full disk, no permission, interrupted: the previous publication stays untouched
+            _remove_tree(staging)
+            raise
+        aside, reason, old_params = None, None, None
+        if target.exists():
+            old_params, reason = _previous_parameters(target)
+            aside = _unique(target.parent / f".{target.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                os.replace(target, aside)
+            except BaseException:
+                _remove_tree(staging)
+                raise
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if aside is not None:
+                try:
+                    os.replace(aside, target)  # the previous publication back under its name
+                except OSError as exc:
+                    raise RunnerError(f"publishing to {target} failed, and the previous publication could not be "
+                                      f"put back ({describe_os_error(exc, target)}): it is intact at {aside}; "
+                                      f"the new one is at {staging}") from None
+            _remove_tree(staging)
+            raise
+    if aside is None:
+        return target
+    if reason is not None or portable(old_params) != provenance.get("parameters"):
+        keep = _unique(run_dir / "superseded" / time.strftime("%Y%m%d-%H%M%S"))
+        why = (f"previous publication at {target} unreadable ({reason})" if reason is not None else
+               f"results at {target} came from other parameters")
+        problem = _keep_aside(aside, keep)
+        if problem is None:
+            say(f"{why}: moved aside to {keep}")
         else:
-            shutil.rmtree(target)
-    staging.rename(target)
+            warn(f"{why}: moved aside to {aside} ({problem})")
+    else:
+        left = _remove_tree(aside)
+        if left is not None:
+            warn(f"the previous publication, moved aside to {aside}, could not be removed ({left}); the new results "
+                 f"at {target} are complete: delete {aside} when you can")
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # A rehearsal's caps: optimisation steps per training run, images per class in each split (10 keeps a stratified
@@ -352,6 +646,11 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
     recipe = get_recipe(paper, profile)  # validates the recipe before any work starts
     extra = dict(extra or {})
     checkpoints = dict(extra.pop("checkpoints", {}) or {})
+    refused = sorted(set(extra) & set(RUNNER_PARAMS))
+    if refused:  # the run's identity and the runner's own parameters are the runner's to set
+        name = refused[0]
+        raise RunnerError(f"parameter {name!r} cannot be given as an extra parameter (--param {name}=...): the "
+                          f"runner sets it for every stage; use {RUNNER_PARAMS[name]}")
     try:
         validate_checkpoints(checkpoints, [recipe])
         if preflight and profile == "full":
@@ -374,9 +673,28 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
     stages = select_stages(only, start)
     result = RunResult(paper, profile, run_path, None)
     log = RunLog(paper, label, stages, quiet=quiet, later_s=later_s)
-    log.say(f"run directory {portable(str(run_path.resolve()))}")
     node_rank = int((distributed or {}).get("node_rank") or 0)
+    identity = run_identity(paper, profile, label, run_path, recipe)
     with contextlib.ExitStack() as stack:
+        ensure_directory(run_path, "the run directory", "choose another --run-dir")
+        try:
+            if node_rank == 0:  # one run at a time here; the other nodes of a multi-node job join node 0's
+                stack.enter_context(RunLock(run_path, f"histokit reproduce {paper} {label}", say=log.say))
+                changed = establish_identity(run_path, identity)
+                if changed:
+                    log.say(changed)
+            else:
+                found = read_identity(run_path)
+                if found is not None and differences(identity, found, OWNER_KEYS):
+                    raise RunnerError(f"run directory {run_path} holds a run of {found.get('paper')} / "
+                                      f"{found.get('label')}, not of {paper} / {label}: check --run-dir on every node")
+        except RunLocked as exc:
+            raise RunnerError(str(exc)) from None
+        except IdentityError as exc:
+            raise RunnerError(str(exc)) from None
+        except OSError as exc:
+            raise RunnerError(f"cannot use the run directory {run_path}: {describe_os_error(exc, run_path)}") from None
+        log.say(f"run directory {portable(str(run_path.resolve()))}")
         if kernel is None and not fresh_kernels:
             from .kernel import WarmKernel
 
@@ -391,22 +709,25 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
         for stage in stages:
             log.stage_started(stage)
             before = snapshot(run_path / "results")
-            record = run_stage(stage, params, run_path, force=force, log_output=log_output, kernel=kernel)
+            record = run_stage(stage, params, run_path, force=force, log_output=log_output, kernel=kernel,
+                               identity=identity)
             log.stage_ended(stage, record.status, record.seconds, written_since(before, snapshot(run_path / "results")))
             result.stages.append(record)
-    stale = [s for s in STAGES if not stage_is_current(s, params, run_path)]
-    if publish and stale:
-        log.say(f"not published: {', '.join(stale)} not finished with these inputs (run without --only to finish "
-                "them)")
-    if publish and not stale:
-        provenance = {"paper": paper, "profile": profile, "label": label, "parameters": stage_inputs(params),
-                      "rehearsal": caps or None, "git": git_commit(), "packages": package_versions(),
-                      "device": device_info(device), "faiss": _faiss_info(), "published": now_iso(),
-                      "stages": [json.loads((run_path / "stages" / f"{s}.done.json").read_text()) for s in STAGES]}
-        for stage in provenance["stages"]:
-            stage.pop("params", None)
-        result.results_dir = publish_results(run_path, paths.results_dir(paper, label), provenance)
-        log.say(f"results in {portable(str(result.results_dir.resolve()))}")
+        # still under the lock: no other run changes a marker between this check and the publication
+        markers, stale = finished_stages(run_path, params, identity)
+        if publish and stale:
+            log.say(f"not published: {', '.join(stale)} not finished with these inputs (run without --only to "
+                    "finish them)")
+        if publish and not stale:
+            provenance = {"paper": paper, "profile": profile, "label": label, "parameters": stage_inputs(params),
+                          "rehearsal": caps or None, "git": git_commit(), "packages": package_versions(),
+                          "device": device_info(device), "faiss": _faiss_info(), "published": now_iso(),
+                          "recipe": identity["recipe"], "stages": markers}
+            for stage in provenance["stages"]:
+                stage.pop("params", None)
+                stage.pop("identity", None)
+            result.results_dir = publish_results(run_path, paths.results_dir(paper, label), provenance, say=log.say)
+            log.say(f"results in {portable(str(result.results_dir.resolve()))}")
     return result
 
 

@@ -14,6 +14,7 @@ from ..device import configure_backends, resolve_device
 from ..io import atomic_write_json
 from ..papers import get_recipe
 from ..papers.recipe import Recipe
+from ..run_identity import check_stage_identity, run_identity
 
 
 @dataclass
@@ -104,13 +105,18 @@ def seed_everything(seed: int) -> None:
 def open_stage(paper: str = "esvit", profile: str = "smoke", data_root: str = "", run_dir: str = "",
                device: str = "auto", seed: int = 0, checkpoints: dict | None = None, rehearse: dict | None = None,
                distributed: dict | None = None) -> StageContext:
-    """What every stage notebook calls first; empty strings mean the defaults (``histokit.paths``)."""
+    """What every stage notebook calls first; empty strings mean the defaults (``histokit.paths``).
+
+    Before anything is read or written it checks that ``paper``, ``profile``, the recipe they give and ``run_dir``
+    are the run directory's own (``<run_dir>/identity.json``, :mod:`histokit.run_identity`): a stage handed another
+    paper, profile or run directory than its run's stops with :class:`~histokit.run_identity.IdentityError`."""
     recipe = get_recipe(paper, profile)
     ctx = StageContext(paper=paper, profile=profile, recipe=recipe,
                        run_dir=Path(run_dir) if run_dir else paths.default_run_dir(paper, profile),
                        data_root=Path(data_root) if data_root else paths.DATA_ROOT,
                        device=resolve_device(device), seed=int(seed), checkpoints=dict(checkpoints or {}),
                        rehearse=dict(rehearse or {}), distributed=dict(distributed or {}))
+    check_stage_identity(ctx.run_dir, run_identity(paper, profile, ctx.label, ctx.run_dir, recipe))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(ctx.seed)
     ctx.backends = configure_backends(ctx.device)  # each stage (and torchrun worker) is its own process
