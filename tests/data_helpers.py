@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import zipfile
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,14 +16,19 @@ from PIL import Image
 class ScriptedServer:
     """Serves ``files`` (url path -> bytes). ``script[path]`` is a list of behaviours consumed one per request:
     ``"ok"``, ``"404"``, ``"500"``, ``"drop"`` (send half the body then close), ``"wrong"`` (one byte flipped),
-    ``"norange"`` (ignore Range, send 200). After the script runs out every request is ``"ok"``.
+    ``"norange"`` (ignore Range, send 200). Hostile ones: ``"trickle"`` (one byte every ``trickle_interval`` s),
+    ``"badlength"`` (``Content-Length: abc``), ``"badrange"`` (206 whose Content-Range starts at 0, whatever was
+    asked), ``"endless"`` (no Content-Length, bytes until the client hangs up), ``"html"`` (200 with a small HTML
+    page instead of the file). After the script runs out every request is ``"ok"``.
     ``requests`` logs (path, Range header or None) for every request."""
 
-    def __init__(self, files: dict[str, bytes], script: dict[str, list[str]] | None = None):
+    def __init__(self, files: dict[str, bytes], script: dict[str, list[str]] | None = None,
+                 trickle_interval: float = 0.05):
         self.files = dict(files)
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.requests: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
+        self.trickle_interval = trickle_interval
 
     def next_behaviour(self, path: str) -> str:
         with self.lock:
@@ -51,6 +57,9 @@ def _handler(state: ScriptedServer):
                 return
             if behaviour == "wrong":
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
+            if behaviour in ("badlength", "endless", "html"):
+                self._hostile(behaviour, body)
+                return
             start = 0
             if rng and behaviour != "norange":
                 start = int(rng.split("=")[1].split("-")[0])
@@ -58,9 +67,12 @@ def _handler(state: ScriptedServer):
                     self._reply(416, b"")
                     return
             part = body[start:]
-            self.send_response(206 if start else 200)
+            self.send_response(206 if start or behaviour == "badrange" else 200)
+            if behaviour == "badrange":  # the whole file, labelled as a part
+                part = body
+                self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")
             self.send_header("Content-Length", str(len(part)))
-            if start:
+            if start and behaviour != "badrange":
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
@@ -69,7 +81,39 @@ def _handler(state: ScriptedServer):
                 self.wfile.flush()
                 self.close_connection = True
                 return
+            if behaviour == "trickle":
+                try:
+                    for i in range(len(part)):
+                        self.wfile.write(part[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(state.trickle_interval)
+                except OSError:  # the client gave up: end this thread so the server can shut down
+                    pass
+                self.close_connection = True
+                return
             self.wfile.write(part)
+
+        def _hostile(self, behaviour: str, body: bytes):
+            self.close_connection = True
+            self.send_response(200)
+            if behaviour == "html":
+                page = b"<!DOCTYPE html><html><body>Please sign in</body></html>"
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
+            if behaviour == "badlength":
+                self.send_header("Content-Length", "abc")
+            self.end_headers()
+            try:
+                while True:  # badlength: the body, then more; endless: until the client hangs up
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                    if behaviour == "badlength":
+                        return
+            except OSError:
+                pass
 
         def _reply(self, code: int, body: bytes):
             self.send_response(code)
@@ -81,9 +125,10 @@ def _handler(state: ScriptedServer):
 
 
 @contextmanager
-def serve(files: dict[str, bytes], script: dict[str, list[str]] | None = None):
-    """``with serve({"/a.zip": data}) as (base_url, state): ...`` on 127.0.0.1, a free port, in a thread."""
-    state = ScriptedServer(files, script)
+def serve(files: dict[str, bytes], script: dict[str, list[str]] | None = None, **options):
+    """``with serve({"/a.zip": data}) as (base_url, state): ...`` on 127.0.0.1, a free port, in a thread;
+    ``options`` go to :class:`ScriptedServer` (``trickle_interval``)."""
+    state = ScriptedServer(files, script, **options)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -38,6 +38,7 @@ from PIL import Image
 from .errors import DatasetNotFoundError, ManualDownloadRequired
 from .images import array_to_image, load_image
 from .manifests import Manifest, dataset_dir, describe_unpopulated, layout_entries, load_manifest
+from .safepaths import path_problem
 
 
 @dataclass(frozen=True)
@@ -325,8 +326,13 @@ def load_csv(directory: str | os.PathLike, *, split_csvs: Optional[Mapping[str, 
         if missing:
             raise ValueError(f"{csv_path}: missing column(s) {missing} (has {list(table.columns)})")
         image_root = directory / spec.get("image_dir", "")
-        for row in table.to_dict("records"):
+        for number, row in enumerate(table.to_dict("records"), 1):
             rel = str(row[path_column]) if path_column else path_template.format(**row)
+            problem = path_problem(rel, allow_empty=False)
+            if problem:  # the manifest's confinement rule, for a path the data names
+                column = path_column or ", ".join(re.findall(r"{(\w+)}", path_template))
+                raise ValueError(f"{csv_path}: row {number} (column {column}): image path {rel!r} {problem}; "
+                                 f"image paths in a label CSV must stay inside {image_root}")
             label = _csv_label(row[label_column], classes, csv_path)
             group = str(row[group_column]) if group_column else None
             samples.append(Sample(str(image_root / rel), label, group, split))

@@ -16,6 +16,7 @@ import yaml
 from .. import paths
 from .errors import ManifestError
 from .manifest_schema import SCHEMA
+from .safepaths import manifest_path_errors
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,19 @@ def _field_path(error: jsonschema.ValidationError) -> str:
 
 
 def validate_manifest_dict(data: Any, source: Path | str) -> None:
-    """Raise :class:`ManifestError` naming ``source`` and the first offending field (all errors are listed)."""
+    """Raise :class:`ManifestError` naming ``source`` and the first offending field (all errors are listed): the
+    schema first, then the paths and URLs (:func:`histokit.data.safepaths.manifest_path_errors`)."""
     validator = jsonschema.Draft202012Validator(SCHEMA)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"  field {_field_path(e)}: {e.message}" for e in errors]
         raise ManifestError(f"invalid manifest {source}:\n" + "\n".join(lines))
+    # the confinement rule (histokit.data.safepaths): every path stays inside the dataset folder, URLs are http(s)
+    problems = manifest_path_errors(data)
+    if len(problems) == 1:
+        raise ManifestError(f"invalid manifest {source}: {problems[0]}")
+    if problems:
+        raise ManifestError(f"invalid manifest {source}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 # libyaml's C loader where PyYAML has it: the bundled manifest lists 100 files, 0.2 s a read in pure Python
