@@ -12,8 +12,8 @@ import importlib
 
 from .archive import safe_extract
 from .download import download, download_file, manual_instructions
-from .errors import (ChecksumMismatch, CorruptImageError, DataError, DatasetNotFoundError, DownloadError,
-                     ImageTooLargeError, ManifestError, ManualDownloadRequired, SplitMismatchError,
+from .errors import (ChecksumMismatch, CorruptArchiveError, CorruptImageError, DataError, DatasetNotFoundError,
+                     DownloadError, ImageTooLargeError, ManifestError, ManualDownloadRequired, SplitMismatchError,
                      UnsafeArchiveError)
 from .manifests import FileSpec, Layout, Manifest, dataset_dir, list_manifests, load_manifest
 from .prepare import prepare
@@ -32,7 +32,8 @@ _LAZY = {
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 __all__ = sorted(set(_WHERE) | {
-    "safe_extract", "download", "download_file", "manual_instructions", "ChecksumMismatch", "CorruptImageError",
+    "safe_extract", "download", "download_file", "manual_instructions", "ChecksumMismatch", "CorruptArchiveError",
+    "CorruptImageError",
     "DataError", "DatasetNotFoundError", "DownloadError", "ImageTooLargeError", "ManifestError",
     "ManualDownloadRequired", "SplitMismatchError", "UnsafeArchiveError", "FileSpec", "Layout", "Manifest",
     "dataset_dir", "list_manifests", "load_manifest", "prepare", "VerificationError", "VerifyReport", "verify",

@@ -40,7 +40,12 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
 
 
 class UnsafeArchiveError(DataError):
-    """An archive member would escape the destination (absolute path, ``..``), or is a link or a device file."""
+    """An archive member would escape the destination (absolute path, ``..``), is a link or a device file, or is
+    given twice; or the archive expands past the size, ratio or member-count limit (a decompression bomb)."""
+
+
+class CorruptArchiveError(DataError):
+    """An archive is truncated or damaged (bad CRC, cut-off stream); the message names it and the member."""
 
 
 class CorruptImageError(DataError):
