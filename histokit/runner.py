@@ -70,8 +70,9 @@ def _os_advice(code: Optional[int]) -> str:
     return "check that path and re-run"
 
 
-def describe_os_error(exc: OSError, fallback_path=None) -> str:
-    """One line for an ``OSError``: the path (its ``filename``, else ``fallback_path``), the reason, what to do."""
+def describe_os_error(exc: OSError, fallback_path=None, advice: Optional[str] = None) -> str:
+    """One line for an ``OSError``: the path (its ``filename``, else ``fallback_path``), the reason, what to do
+    (``advice``, else what fits its errno)."""
     path = exc.filename if exc.filename is not None else fallback_path
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno is not None:
@@ -79,7 +80,7 @@ def describe_os_error(exc: OSError, fallback_path=None) -> str:
     where = f"{os.fsdecode(path)}" if path is not None else "a file it did not name"
     if getattr(exc, "filename2", None) is not None:
         where += f" -> {os.fsdecode(exc.filename2)}"
-    return f"{where}: {reason}: {_os_advice(exc.errno)}"
+    return f"{where}: {reason}: {advice or _os_advice(exc.errno)}"
 
 
 _ERRNO_TEXT = re.compile(r"^\[Errno (\d+)\] (.*?)(?:: '(.*?)'(?: -> '(.*)')?)?$", re.S)
@@ -107,8 +108,12 @@ class StageOSError(RunnerError):
 
     def __init__(self, stage: str, executed: Path, exc: OSError):
         self.stage, self.notebook, self.error = stage, executed, exc
-        super().__init__(f"stage {stage} stopped: {describe_os_error(exc, executed)}; the executed notebook "
-                         f"{executed} may be cut short")
+        if exc.filename is None or Path(os.fsdecode(exc.filename)) == Path(executed):
+            reason = (exc.strerror or str(exc)) + (f" [errno {exc.errno}]" if exc.errno is not None else "")
+            super().__init__(f"stage {stage} stopped: papermill could not write the executed notebook {executed}: "
+                             f"{reason}: {_os_advice(exc.errno)} (the notebook there may be cut short)")
+        else:
+            super().__init__(f"stage {stage} stopped: {describe_os_error(exc)}; the executed notebook is {executed}")
 
 
 @dataclass
@@ -441,7 +446,7 @@ def ensure_directory(path: Path, what: str, advice: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunnerError(f"{what} {path} cannot be made: {describe_os_error(exc, path)}") from None
+        raise RunnerError(f"{what} {path} cannot be made: {describe_os_error(exc, path, advice)}") from None
     return path
 
 
@@ -693,7 +698,8 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
         except IdentityError as exc:
             raise RunnerError(str(exc)) from None
         except OSError as exc:
-            raise RunnerError(f"cannot use the run directory {run_path}: {describe_os_error(exc, run_path)}") from None
+            raise RunnerError(f"cannot use the run directory {run_path}: "
+                              f"{describe_os_error(exc, run_path, 'choose another --run-dir')}") from None
         log.say(f"run directory {portable(str(run_path.resolve()))}")
         if kernel is None and not fresh_kernels:
             from .kernel import WarmKernel
@@ -726,7 +732,13 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
             for stage in provenance["stages"]:
                 stage.pop("params", None)
                 stage.pop("identity", None)
-            result.results_dir = publish_results(run_path, paths.results_dir(paper, label), provenance, say=log.say)
+            target = paths.results_dir(paper, label)
+            try:
+                result.results_dir = publish_results(run_path, target, provenance, say=log.say)
+            except OSError as exc:
+                raise RunnerError(f"publishing to {target} failed: {describe_os_error(exc)} (the previous "
+                                  f"publication there is untouched; this run's results stay in {run_path / 'results'})"
+                                  ) from None
             log.say(f"results in {portable(str(result.results_dir.resolve()))}")
     return result
 
