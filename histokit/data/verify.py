@@ -5,9 +5,13 @@
 
 Two lists: ``checks`` has one entry per file the manifest lists (archives, or the bundled tiles); ``content`` has the
 layout check (``ok`` with the counts, ``missing`` when the folder is absent or holds only a README, ``invalid`` when
-the loader refuses it), one ``corrupt`` entry per image that does not decode, and ``warning`` entries for what
-differs from the full release (counts in ``expected_counts``, a class absent from a split, an image of another size
-than ``layout.image_size``). An archive that is not there while its extracted layout is (deleted after extraction,
+the loader refuses it: an unknown or absent class / split folder, a missing label CSV), a ``missing`` entry for each
+thing the manifest's layout promises and the folder lacks (any image at all, an official split, a class), one
+``corrupt`` entry per image that does not decode or fails PIL's ``verify()``, one ``too large`` entry per image over
+the decompression-bomb limit the loader applies (both name the file; the loader would stop on it), and ``warning``
+entries for what differs from the full release (counts in ``expected_counts``, a class absent from one split, an
+image of another size than ``layout.image_size``). Any entry but ``ok``, ``unchecked`` and ``warning`` fails the
+check (``histokit data verify`` exits 1). An archive that is not there while its extracted layout is (deleted after extraction,
 placed by hand, or written by ``histokit data mock``) is ``unchecked``: the content is what is verified then.
 """
 from __future__ import annotations
@@ -26,9 +30,9 @@ from .hashing import file_digests
 from .manifests import Manifest, dataset_dir, describe_unpopulated, layout_entries, load_manifest
 
 OK, MISSING, MISMATCH, UNCHECKED = "ok", "missing", "mismatch", "unchecked"
-CORRUPT, INVALID, WARNING = "corrupt", "invalid", "warning"
-ERRORS = (MISSING, MISMATCH, CORRUPT, INVALID)
-STATUSES = (OK, UNCHECKED, WARNING, MISSING, MISMATCH, CORRUPT, INVALID)
+CORRUPT, INVALID, WARNING, TOO_LARGE = "corrupt", "invalid", "warning", "too large"
+ERRORS = (MISSING, MISMATCH, CORRUPT, TOO_LARGE, INVALID)
+STATUSES = (OK, UNCHECKED, WARNING, MISSING, MISMATCH, CORRUPT, TOO_LARGE, INVALID)
 
 
 class VerificationError(DataError):
@@ -121,14 +125,30 @@ def _rel(path: str | Path, base: Path) -> str:
 
 
 def _decode(path: str):
-    """(size, None) when the image decodes, else (None, error)."""
+    """(size, None) when the image decodes as the loader reads it (``load_image``: a full decode under the kit's
+    decompression-bomb limit) and passes PIL's ``verify()`` (the file's structure and checksums: a PNG's chunk CRCs
+    and its IEND, which a decode does not need, so a PNG cut short near its end decodes but fails here); else
+    (None, error)."""
+    import warnings
+
+    from PIL import Image
+
     from .images import load_image
 
     try:
         with load_image(path) as img:
-            return img.size, None
+            size = img.size
     except (CorruptImageError, ImageTooLargeError, ValueError, OSError) as exc:
         return None, exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.verify()
+    except Exception as exc:  # PIL's plugins raise SyntaxError, OSError, struct.error, EOFError, ...
+        return None, CorruptImageError(f"{path}: damaged image file: it decodes, but PIL's verify fails "
+                                       f"({type(exc).__name__}: {exc})")
+    return size, None
 
 
 def _check_arrays(paths: list[str], image_size) -> list[FileCheck]:
@@ -173,13 +193,51 @@ def _count_warnings(manifest: Manifest, dataset, layout_dir: Path) -> list[FileC
                                  detail=f"split {split}: {split_counts.get(split, 0):,} images; the full release "
                                         f"has {want:,}"))
     if dataset.classes:
+        anywhere = {int(s.label) for s in dataset.samples}  # a class with no image at all is an error (_layout_errors)
         for split in sorted(split_counts, key=str):
             labels = {int(s.label) for s in dataset.samples if s.split == split}
-            absent = [c for i, c in enumerate(dataset.classes) if i not in labels]
+            absent = [c for i, c in enumerate(dataset.classes) if i not in labels and i in anywhere]
             if absent:
                 where = f" of split {split}" if split is not None else ""
                 out.append(FileCheck("classes", layout_dir, WARNING,
                                      detail=f"no images{where} in class(es) {absent}"))
+    return out
+
+
+def _split_location(manifest: Manifest, layout_dir: Path, split) -> Path:
+    """Where split ``split`` lives in the layout: its folder, its label CSV, or the layout folder."""
+    p = manifest.layout.params
+    if split in (p.get("split_dirs") or {}):
+        return layout_dir / p["split_dirs"][split]
+    if split in (p.get("split_csvs") or {}):
+        return layout_dir / p["split_csvs"][split]["csv"]
+    return layout_dir
+
+
+def _layout_errors(manifest: Manifest, dataset, layout_dir: Path) -> list[FileCheck]:
+    """What the manifest's layout promises and the folder lacks, as errors (``missing``): any image at all, each
+    official split the manifest names, each class (the manifest's, or the class folders found)."""
+    if not dataset.samples:
+        return [FileCheck("layout", layout_dir, MISSING,
+                          detail="the layout loads but holds no image at all (empty label CSVs or folders): the "
+                                 "dataset is not in place")]
+    out = []
+    splits = Counter(s.split for s in dataset.samples)
+    if manifest.splits.get("type") == "official":
+        for split in manifest.splits.get("names") or ():
+            if not splits.get(split):
+                where = _split_location(manifest, layout_dir, split)
+                out.append(FileCheck(f"split {split}", where, MISSING,
+                                     detail=f"official split {split} has no images ({_rel(where, layout_dir)})"))
+    if dataset.classes:
+        counts = Counter(int(s.label) for s in dataset.samples)
+        folder_of = {c: f for f, c in manifest.class_folders.items()}
+        for i, c in enumerate(dataset.classes):
+            if not counts.get(i):
+                folder = folder_of.get(c, c)
+                out.append(FileCheck(f"class {c}", layout_dir, MISSING,
+                                     detail=f"class {c} has no images (its folder {folder!r} is absent or empty in "
+                                            "every split)"))
     return out
 
 
@@ -215,6 +273,9 @@ def verify_content(manifest: Manifest, root: Optional[str | os.PathLike] = None,
         dataset = _from_manifest(manifest, layout_dir)
     except (DataError, ValueError, OSError) as exc:
         return [FileCheck("layout", layout_dir, INVALID, detail=str(exc))]
+    gaps = _layout_errors(manifest, dataset, layout_dir)
+    if not dataset.samples:
+        return gaps
     out: list[FileCheck] = []
     files = sorted({s.path for s in dataset.samples if s.row is None} - {str(p) for p in skip})
     arrays = sorted({s.path for s in dataset.samples if s.row is not None})
@@ -228,7 +289,7 @@ def verify_content(manifest: Manifest, root: Optional[str | os.PathLike] = None,
             if exc is None:
                 sizes[size] += 1
                 continue
-            status = WARNING if isinstance(exc, ImageTooLargeError) else CORRUPT
+            status = TOO_LARGE if isinstance(exc, ImageTooLargeError) else CORRUPT  # the loader would stop on both
             out.append(FileCheck(_rel(path, ddir), Path(path), status, detail=str(exc).replace(f"{path}: ", "")))
             bad.add(path)
     out += _check_arrays(arrays, manifest.layout.image_size)
@@ -249,6 +310,7 @@ def verify_content(manifest: Manifest, root: Optional[str | os.PathLike] = None,
                                      index_path=tile_index_path(ddir, size, stride, tissue), base_dir=ddir))
         except (DataError, ValueError, OSError) as exc:
             out.append(FileCheck("tiles", layout_dir, INVALID, detail=str(exc)))
+    out += gaps
     out += _count_warnings(manifest, dataset, layout_dir)
     head = FileCheck("layout", layout_dir, OK, detail=_describe(dataset, len(files) - len(bad), len(arrays), tiles))
     return [head] + out
