@@ -19,7 +19,7 @@ class ScriptedServer:
     ``"norange"`` (ignore Range, send 200). Hostile ones: ``"trickle"`` (one byte every ``trickle_interval`` s),
     ``"badlength"`` (``Content-Length: abc``), ``"badrange"`` (206 whose Content-Range starts at 0, whatever was
     asked), ``"endless"`` (no Content-Length, bytes until the client hangs up), ``"html"`` (200 with a small HTML
-    page instead of the file). After the script runs out every request is ``"ok"``.
+    page instead of the file), ``"redirect_ftp"`` (302 to an ftp:// URL). After the script runs out every request is ``"ok"``.
     ``requests`` logs (path, Range header or None) for every request."""
 
     def __init__(self, files: dict[str, bytes], script: dict[str, list[str]] | None = None,
@@ -57,6 +57,12 @@ def _handler(state: ScriptedServer):
                 return
             if behaviour == "wrong":
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
+            if behaviour == "redirect_ftp":
+                self.send_response(302)
+                self.send_header("Location", "ftp://127.0.0.1/etc/hostname")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if behaviour in ("badlength", "endless", "html"):
                 self._hostile(behaviour, body)
                 return

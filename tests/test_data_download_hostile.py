@@ -82,11 +82,14 @@ def test_a_dropped_body_says_how_much_arrived_and_to_run_again(tmp_path):
     assert (tmp_path / "f.bin").read_bytes() == DATA
 
 
-def test_a_dropped_body_is_not_reported_as_no_network(tmp_path, monkeypatch):
+@pytest.fixture
+def toy_manifest(tmp_path, monkeypatch):
+    """``write(url)``: a manifest dir holding toyset, one file served at ``<url>/toy.bin``."""
     mdir = tmp_path / "manifests"
     mdir.mkdir()
     monkeypatch.setattr(paths, "MANIFEST_DIR", mdir)
-    with serve({"/toy.bin": DATA}, {"/toy.bin": ["drop"] * 3}) as (url, _):
+
+    def write(url):
         (mdir / "toyset.yaml").write_text(yaml.safe_dump({
             "name": "toyset", "title": "toy", "homepage": url, "citation": "none", "access": "open",
             "license": {"name": "CC BY 4.0", "url": None, "redistributable": True},
@@ -96,9 +99,29 @@ def test_a_dropped_body_is_not_reported_as_no_network(tmp_path, monkeypatch):
             "splits": {"type": "none", "description": "none"},
             "groups": {"id": None, "source": None, "description": "none"},
         }))
+    return write
+
+
+def test_a_dropped_body_is_not_reported_as_no_network(tmp_path, toy_manifest):
+    with serve({"/toy.bin": DATA}, {"/toy.bin": ["drop"] * 3}) as (url, _):
+        toy_manifest(url)
         with pytest.raises(DownloadError, match="closed the connection after") as info:
             download("toyset", tmp_path / "data", progress=False, retries=1, backoff=0.01)
     assert not isinstance(info.value, ManualDownloadRequired) and "no network" not in str(info.value)
+
+
+def test_the_cli_takes_the_limits_and_reports_in_one_line(tmp_path, toy_manifest, capsys):
+    from histokit.data.cli import main
+
+    start = time.monotonic()
+    with serve({"/toy.bin": DATA}, {"/toy.bin": ["trickle"] * 9}, trickle_interval=0.05) as (url, _):
+        toy_manifest(url)
+        code = main(["data", "download", "toyset", "--root", str(tmp_path / "data"), "--quiet", "--deadline", "1",
+                     "--min-rate", "1000", "--stall-window", "0.3"])
+    err = capsys.readouterr().err
+    assert code == 1 and time.monotonic() - start < 5
+    assert err.count("\n") == 1 and "histokit data download" in err and "toy.bin" in err
+    assert "stalled" in err or "deadline of 1 s" in err
 
 
 @pytest.mark.parametrize("script, says", [

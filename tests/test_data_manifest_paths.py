@@ -90,6 +90,13 @@ def test_download_file_itself_refuses_a_file_url(tmp_path):
     assert not (tmp_path / "hostname").exists() and not (tmp_path / "hostname.part").exists()
 
 
+def test_a_redirect_to_another_scheme_is_not_followed(tmp_path):
+    with serve({"/f.bin": b"x"}, {"/f.bin": ["redirect_ftp"]}) as (url, state):
+        with pytest.raises(DownloadError, match=r"HTTP 302 \(redirect to 'ftp://127.0.0.1/etc/hostname' refused"):
+            download_file(f"{url}/f.bin", tmp_path / "f.bin", retries=2, backoff=0.01, progress=False)
+    assert len(state.requests) == 1 and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.bad_input
 def test_two_files_with_one_name_are_refused(tmp_path):
     def twice(data):

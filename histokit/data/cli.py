@@ -29,10 +29,15 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _limits(args) -> dict:
+    """The download limits given on the command line (the library's defaults for the others)."""
+    return {k: getattr(args, k) for k in ("deadline", "min_rate", "stall_window") if getattr(args, k, None) is not None}
+
+
 def _cmd_download(args) -> int:
     from .download import download
 
-    for p in download(args.name, args.root, progress=not args.quiet):
+    for p in download(args.name, args.root, progress=not args.quiet, **_limits(args)):
         print(p)
     return 0
 
@@ -48,7 +53,7 @@ def _cmd_verify(args) -> int:
 def _cmd_prepare(args) -> int:
     from .prepare import prepare
 
-    print(prepare(args.name, args.root, progress=not args.quiet))
+    print(prepare(args.name, args.root, progress=not args.quiet, **_limits(args)))
     return 0
 
 
@@ -124,6 +129,16 @@ def add_data_subcommands(subparsers) -> argparse.ArgumentParser:
         p.add_argument("--root", default=None, help="data root; the dataset lives in ROOT/NAME (default: "
                                                     "$HISTOKIT_DATA_ROOT or ~/histokit_data)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if cmd in ("download", "prepare"):
+            from .download import DEFAULT_DEADLINE, DEFAULT_MIN_RATE, DEFAULT_STALL_WINDOW
+
+            p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                           help=f"give up on a file after this long, retries included (default {DEFAULT_DEADLINE:g})")
+            p.add_argument("--min-rate", type=float, default=None, metavar="BYTES_PER_S",
+                           help=f"a transfer slower than this over --stall-window has stalled and is retried "
+                                f"(default {DEFAULT_MIN_RATE:g}; 0 turns the check off)")
+            p.add_argument("--stall-window", type=float, default=None, metavar="SECONDS",
+                           help=f"the window --min-rate is averaged over (default {DEFAULT_STALL_WINDOW:g})")
         if cmd == "verify":
             p.add_argument("--files-only", action="store_true",
                            help="check only the manifest's files (size, checksum), not the layout folder's images")

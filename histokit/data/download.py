@@ -92,8 +92,8 @@ class _Clock:
 
     def check_deadline(self, received: str) -> None:
         if self.left() <= 0:
-            raise _Fatal(f"the overall deadline of {self.deadline:g} s passed after {received} bytes (pass a larger "
-                         "deadline= for a slow link)")
+            raise _Fatal(f"the overall deadline of {self.deadline:g} s passed after {received} bytes (for a slow link, "
+                         "give a larger one: --deadline SECONDS, or deadline=)")
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -333,7 +333,7 @@ def download_file(url: str, dest: str | os.PathLike, *, size: Optional[int] = No
         pause = backoff * 2 ** (attempt - 1)
         if attempt > retries or pause >= clock.left():
             why = f"after {attempt} attempts" if attempt > retries else \
-                f"at the overall deadline of {clock.deadline:g} s ({attempt} attempts)"
+                f"after {attempt} attempts (a retry would pass the overall deadline of {clock.deadline:g} s)"
             raise DownloadError(f"giving up on {url} {why}: {last}; {_part_note(part)}", url, status)
         time.sleep(pause)
     digests = _verify_or_keep_aside(part, dest, size, expected, progress)
