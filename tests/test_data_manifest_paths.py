@@ -98,6 +98,23 @@ def test_a_redirect_to_another_scheme_is_not_followed(tmp_path):
 
 
 @pytest.mark.bad_input
+def test_a_folder_under_the_file_name_is_never_moved_aside(tmp_path, toy_dirs):
+    """A folder where the archive should be (unpacked by hand under the archive's name) stays as it is."""
+    mdir, root = toy_dirs
+    archive = class_folder_zip("toy", {"A": 1, "B": 1})
+    folder = root / "toyset" / "toy.zip"
+    (folder / "toy" / "A").mkdir(parents=True)
+    (folder / "toy" / "A" / "x.png").write_bytes(b"mine")
+    with serve({"/toy.zip": archive}) as (url, state):
+        _toy_manifest(mdir, url, archive, name="toy.zip")
+        with pytest.raises(DownloadError, match=r"toy.zip is a folder, not a file.*nothing was changed") as info:
+            download("toyset", root, progress=False)
+    assert not info.value.no_answer and state.requests == []
+    assert (folder / "toy" / "A" / "x.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in (root / "toyset").iterdir()) == ["toy.zip"]
+
+
+@pytest.mark.bad_input
 def test_two_files_with_one_name_are_refused(tmp_path):
     def twice(data):
         data["files"].append(dict(data["files"][0], url="https://example.org/other.zip"))

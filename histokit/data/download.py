@@ -286,8 +286,11 @@ def download_file(url: str, dest: str | os.PathLike, *, size: Optional[int] = No
     """
     problem = url_problem(url)
     if problem:
-        raise DownloadError(f"refusing to download {url!r}: it {problem}", url, None)
+        raise DownloadError(f"refusing to download {url!r}: it {problem}", url, None, no_answer=False)
     dest = Path(dest)
+    if dest.is_dir():  # never "moved aside" as a bad download: it may be an extracted copy
+        raise DownloadError(f"{dest} is a folder, not a file: the file the manifest names cannot be saved there "
+                            "(move or rename the folder); nothing was changed", url, None, no_answer=False)
     expected = _expected(sha256, md5)
     if dest.exists():
         if expected and _marker_matches(dest, expected):
@@ -397,7 +400,7 @@ def download(name: str, root: Optional[str | os.PathLike] = None, *, include_opt
             paths.append(download_file(f.url, ddir / f.name, size=f.size, sha256=f.checksums.get("sha256"),
                                        md5=f.checksums.get("md5"), progress=progress, **download_kwargs))
         except DownloadError as exc:
-            if exc.http_status is None:  # no server answered: offline or host unreachable
+            if exc.no_answer:  # no server answered: offline or host unreachable
                 raise ManualDownloadRequired(manual_instructions(manifest, root, f"no network ({exc})")) from exc
             raise
     return paths

@@ -14,11 +14,15 @@ class DownloadError(DataError):
     """A download failed for good (HTTP 4xx, or 5xx / connection errors after all retries); names the URL.
 
     ``http_status`` is the last HTTP status, or None when no server answered (offline, DNS, refused, timeout).
+    ``no_answer`` is True when the network is the likely cause (no server ever answered); False for a refusal made
+    before any request (a URL that is not http(s), a destination that is a folder).
     """
 
-    def __init__(self, message: str, url: str = "", http_status: int | None = None):
+    def __init__(self, message: str, url: str = "", http_status: int | None = None, *,
+                 no_answer: bool | None = None):
         super().__init__(message)
         self.url, self.http_status = url, http_status
+        self.no_answer = http_status is None if no_answer is None else no_answer
 
 
 class ChecksumMismatch(DataError):
