@@ -5,6 +5,11 @@ checksum), under which license, how to get it by hand when the host needs a logi
 extracted (which loader reads it), its classes, official splits, what a group id is (patient / slide / scan), and
 how large images are tiled, and how large the full release is (``expected_counts``: a hand-placed copy that differs
 is reported by ``verify`` as a warning, e.g. a subset or a mock).
+
+Beyond the schema, :func:`histokit.data.manifests.validate_manifest_dict` applies the confinement rule of
+:mod:`histokit.data.safepaths` to every path the manifest names (files' ``name`` / ``extract_to``, the layout's
+``subdir``, split folders, label CSVs, image folders, fold files, class folders: relative, no ``..``, inside the
+dataset folder) and accepts only ``http(s)`` URLs.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ FILE_SCHEMA = {
     "required": ["name", "url", "size", "checksums", "checksum_source"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "minLength": 1},  # path relative to the dataset directory
-        "url": {"type": ["string", "null"]},  # direct URL (open), or the page to fetch it from (login)
+        "name": {"type": "string", "minLength": 1},  # path relative to the dataset directory, inside it
+        "url": {"type": ["string", "null"]},  # direct http(s) URL (open), or the page to fetch it from (login)
         "size": {"type": ["integer", "null"], "minimum": 0},  # bytes; null when the host does not state it
         "checksums": {
             "type": "object",
