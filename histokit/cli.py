@@ -220,7 +220,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("papers:   ", ", ".join(list_papers()))
     print("stages:   ", ", ".join(STAGES))
     print("datasets: ", ", ".join(list_manifests()))
-    print("encoders: ", ", ".join(list_encoders()), "+ any timm model name")
+    # The papers' encoders first; the smoke profile's reduced variants and the kit's own tiny test variants
+    # (``*_test``, for CI) on their own lines, so a reader does not take them for models of the papers.
+    encoders = list_encoders()
+    tests = [e for e in encoders if e.endswith("_test")]
+    smoke = [e for e in encoders if e.endswith("_smoke")]
+    papers_own = [e for e in encoders if e not in tests and e not in smoke]
+    print("encoders: ", ", ".join(papers_own), "+ any timm model name")
+    print("smoke:    ", ", ".join(smoke), "(reduced variants the smoke profile trains)")
+    print("test:     ", ", ".join(tests), "(internal: tiny variants for the kit's own tests)")
     from .models.checkpoints import OFFICIAL_WEIGHTS
 
     print("weights:  ", ", ".join(sorted(OFFICIAL_WEIGHTS)), "(--checkpoint NAME=PATH)")
@@ -274,7 +282,10 @@ def cmd_gpucheck(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="histokit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"histokit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser("reproduce", help="run a paper's stage notebooks and publish its tables")
