@@ -359,3 +359,64 @@ def test_unreadable_checkpoint_file_is_named(weights_file, monkeypatch):
     with pytest.raises(CheckpointArgumentError, match="cannot be read") as err:
         validate_checkpoint_args({"esvit_swin_tiny": weights_file}, [get_recipe("esvit", "full")])
     assert str(weights_file) in str(err.value) and "Permission denied" in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------- load_into on saved files
+
+
+def _saved(obj, tmp_path, name: str) -> dict:
+    """torch.save to a file and back with weights_only=True, as a user's `load_into(enc, torch.load(...))` does."""
+    path = tmp_path / f"{name}.pth"
+    torch.save(obj, path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("label, wrap, unwrapped", [
+    ("bare", lambda sd: dict(sd), []),
+    ("model", lambda sd: {"model": dict(sd), "optimizer": {"state": {}}, "epoch": 7}, ["key 'model'"]),
+    ("state_dict_ddp", lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 2},
+     ["key 'state_dict'", "prefix 'module.' (N keys)"]),
+    ("teacher_dino", lambda sd: {"teacher": {f"backbone.{k}": v for k, v in sd.items()} | _dino_head("head.", 64),
+                                 "student": {f"module.backbone.{k}": v + 1 for k, v in sd.items()}, "epoch": 1},
+     ["key 'teacher'", "prefix 'backbone.' (N keys)"]),
+    ("module_only", lambda sd: {f"module.{k}": v for k, v in sd.items()}, ["prefix 'module.' (N keys)"]),
+])
+def test_load_into_unwraps_saved_training_checkpoints(vit_source, tmp_path, caplog, label, wrap, unwrapped):
+    sd = vit_source.model.state_dict()
+    obj = _saved(wrap(sd), tmp_path, label)
+    dst = create_encoder("vit_test")
+    with caplog.at_level("INFO", logger="histokit.models.checkpoints"):
+        report = load_into(dst, obj)
+    assert report.unwrapped == [u.replace("N keys", f"{len(sd)} keys") for u in unwrapped], label
+    assert report.missing == [] and len(report.loaded) == len(sd)
+    assert _same_outputs(vit_source, dst, size=224), label  # the teacher, not the student (+1)
+    if unwrapped:
+        assert "unwrapped=" in str(report)
+        assert any("unwrapped" in r.getMessage() and unwrapped[0].split(" (")[0] in r.getMessage()
+                   for r in caplog.records)
+    else:
+        assert not caplog.records
+
+
+@pytest.mark.bad_input
+def test_load_into_still_refuses_a_wrong_architecture_inside_a_wrapper(vit_source, tmp_path):
+    obj = _saved({"state_dict": {f"module.{k}": v for k, v in vit_source.model.state_dict().items()}},
+                 tmp_path, "vit_in_ddp")
+    with pytest.raises(CheckpointMismatch) as err:
+        load_into(create_encoder("resnet_test"), obj)
+    msg = str(err.value)
+    # nothing of the ViT fits a ResNet: module. is left on (no stripped key is the ResNet's), the report is key-level
+    assert "missing from the checkpoint" in msg and "unexpected in the checkpoint" in msg and "conv1.weight" in msg
+    assert "after unwrapping key 'state_dict'" in msg and "0 of" in msg
+    assert err.value.report.unwrapped == ["key 'state_dict'"] and err.value.report.loaded == []
+    wider = _saved({"model": create_encoder("vit_test", embed_dim=32).model.state_dict()}, tmp_path, "narrow")
+    with pytest.raises(CheckpointMismatch, match="shape mismatches") as err:
+        load_into(create_encoder("vit_test"), wider)
+    assert err.value.report.shape_mismatches and err.value.report.unwrapped == ["key 'model'"]
+
+
+@pytest.mark.bad_input
+def test_load_into_names_the_keys_when_no_weights_are_found(tmp_path):
+    obj = _saved({"optimizer": {"state": {}}, "epoch": 3, "weights": {"a": 1}}, tmp_path, "no_weights")
+    with pytest.raises(CheckpointError, match=r"no model state dict found.*'teacher', 'state_dict', 'model'.*epoch"):
+        load_into(create_encoder("vit_test"), obj)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pickle
 import re
@@ -58,6 +59,8 @@ MOCK_SUFFIX = ".MOCK.pth"
 # training arguments in every DINO / EsViT checkpoint; it is plain attribute storage, so allowing it keeps
 # weights_only=True usable for the official files.
 SAFE_GLOBALS: tuple = (argparse.Namespace,)
+
+_log = logging.getLogger(__name__)
 
 _SNIFF_BYTES = 1024
 _LIST_LIMIT = 10
@@ -331,7 +334,7 @@ class KeyReport:
     missing: list[str] = field(default_factory=list)       # in the model, absent from the state dict
     unexpected: list[str] = field(default_factory=list)    # in the state dict, absent from the model
     shape_mismatches: list[str] = field(default_factory=list)
-    unwrapped: list[str] = field(default_factory=list)     # nesting keys / prefixes taken off (load_official)
+    unwrapped: list[str] = field(default_factory=list)     # nesting keys / prefixes taken off
     dropped: list[str] = field(default_factory=list)       # heads left out on purpose (load_official)
     mock: bool = False                                     # the file is a *.MOCK.pth (official_layouts)
 
@@ -356,18 +359,64 @@ def _listing(title: str, items: list) -> str:
     return f"  {title} ({len(items)}): {items[:_LIST_LIMIT]}{more}"
 
 
-def load_into(encoder_or_module: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+# The nesting keys a training script most often saves the weights under, in the order they are tried: an EMA
+# ``teacher`` first (what DINO / EsViT / iBOT evaluate), then ``state_dict`` (Lightning, simclr-converter, most
+# scripts) and ``model`` (timm's / DeiT's / MAE's ``{'model': ..., 'optimizer': ...}``).
+WRAPPER_KEYS: tuple[str, ...] = ("teacher", "state_dict", "model")
+# Prefixes a wrapper puts on every key: DDP / DataParallel ``module.`` and DINO's MultiCropWrapper ``backbone.``.
+# (A histokit Encoder's own state dict, the kit's encoder.pt, loads with ``Encoder.load_state_dict``: it holds the
+# encoder's own parameters, e.g. iBOT's ``mask_token``, beside the timm network under ``model.``.)
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "backbone.")
+
+
+def unwrap_state_dict(obj: Mapping[str, Any], expected: Iterable[str],
+                      trace: Optional[Unwrapping] = None) -> dict[str, Any]:
+    """The weights inside a checkpoint as a model with the keys ``expected`` wants them.
+
+    A bare state dict is taken as it is; otherwise the first one under :data:`WRAPPER_KEYS` (nested up to 3 deep,
+    e.g. ``{'state_dict': {'model': ...}}``). Then each prefix of :data:`WRAPPER_PREFIXES` is taken off, repeatedly
+    (``module.backbone.``), but only where it is a wrapper's: no key carrying it is one of the model's own and at
+    least one key without it is. What was taken off is appended to ``trace.unwrapped`` (``"key 'state_dict'"``,
+    ``"prefix 'module.' (150 keys)"``). Nothing else is renamed: whether the result fits is :func:`load_into`'s
+    strict check.
+    """
+    expected = set(expected)
+    if not obj:
+        return {}
+    sd = dict(obj) if _is_state_dict(obj) else _select(obj, WRAPPER_KEYS, "model", trace)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            carrying = [k for k in sd if k.startswith(prefix)]
+            if (carrying and not any(k in expected for k in carrying)
+                    and any(k[len(prefix):] in expected for k in carrying)):
+                sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+                if trace is not None:
+                    trace.unwrapped.append(f"prefix {prefix!r} ({len(carrying)} keys)")
+                changed = True
+    return sd
+
+
+def load_into(encoder_or_module: nn.Module, state_dict: Mapping[str, Any], *,
               allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = ("head",)) -> KeyReport:
     """Copy ``state_dict`` into the encoder's timm model (or the module itself), strictly except for allowed prefixes.
 
-    A key missing from the state dict is tolerated only if it starts with one of ``allow_missing``; an extra key only
-    if it starts with one of ``allow_unexpected``; a shape mismatch never. Anything else raises
-    :class:`CheckpointMismatch` listing the offending keys, so a checkpoint for another architecture is an error,
-    not a silently half-initialised model.
+    ``state_dict`` may be a checkpoint as a training script saved it: the common wrappers are unwrapped first
+    (:func:`unwrap_state_dict`: a ``teacher`` / ``state_dict`` / ``model`` key, DDP's ``module.``, DINO's
+    ``backbone.``), and the report's ``unwrapped`` (and a log line on the
+    ``histokit.models.checkpoints`` logger) says which. A key missing from the state dict is then tolerated only if it
+    starts with one of ``allow_missing``; an extra key only if it starts with one of ``allow_unexpected``; a shape
+    mismatch never. Anything else raises :class:`CheckpointMismatch` listing the offending keys, so a checkpoint for
+    another architecture is an error, not a silently half-initialised model.
     """
     module = _timm_module(encoder_or_module)
     allow_missing, allow_unexpected = tuple(allow_missing), tuple(allow_unexpected)
     expected = module.state_dict()
+    trace = Unwrapping()
+    state_dict = unwrap_state_dict(state_dict, expected, trace)
+    if trace.unwrapped:
+        _log.info("checkpoint for %s: unwrapped %s", type(module).__name__, ", ".join(trace.unwrapped))
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
@@ -375,10 +424,13 @@ def load_into(encoder_or_module: nn.Module, state_dict: Mapping[str, torch.Tenso
     bad_missing = [k for k in missing if not (allow_missing and k.startswith(allow_missing))]
     bad_unexpected = [k for k in unexpected if not (allow_unexpected and k.startswith(allow_unexpected))]
     loaded = [k for k in expected if k in state_dict]
-    report = KeyReport(loaded=loaded, missing=missing, unexpected=unexpected, shape_mismatches=shapes)
+    report = KeyReport(loaded=loaded, missing=missing, unexpected=unexpected, shape_mismatches=shapes,
+                       unwrapped=list(trace.unwrapped))
     if bad_missing or bad_unexpected or shapes or not loaded:
         lines = [f"state dict does not fit {type(module).__name__} ({len(loaded)} of {len(expected)} model keys "
                  f"present): wrong architecture or converter?"]
+        if trace.unwrapped:
+            lines[0] += f" (after unwrapping {', '.join(trace.unwrapped)})"
         if bad_missing:
             lines.append(_listing("missing from the checkpoint", bad_missing))
         if bad_unexpected:
@@ -515,8 +567,8 @@ def load_official(name: str, path: str | Path, encoder: nn.Module, sha256: Optio
     ckpt = read_checkpoint(path, sha256=sha, size=size, trust_pickle=trust_pickle)
     trace = Unwrapping()
     state_dict = _CONVERTERS[entry.converter](ckpt, encoder, trace)
-    report = load_into(encoder, state_dict)
-    report.unwrapped, report.dropped, report.mock = trace.unwrapped, trace.dropped, mock
+    report = load_into(encoder, state_dict)  # the converter's output: load_into finds nothing more to unwrap
+    report.unwrapped, report.dropped, report.mock = trace.unwrapped + report.unwrapped, trace.dropped, mock
     return report
 
 
