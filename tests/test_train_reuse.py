@@ -50,3 +50,19 @@ def test_new_checkpoint_file_retrains_the_run_it_initialises(tmp_path, counted_t
     with_checkpoint = training_fingerprint(ctx, spec)
     ctx.checkpoints.clear()  # no checkpoint: the fallback (the kit's own pretraining) is another starting point
     assert training_fingerprint(ctx, spec) != with_checkpoint
+
+
+def test_a_changed_training_dataset_entry_changes_the_fingerprint(tmp_path):
+    """Which images a run trains on is decided by the recipe's dataset entry (split, training splits, validation
+    fraction), not only by its TrainSpec: changing the entry must not reuse the weights trained under the old one."""
+    from histokit.stages.common import training_fingerprint
+
+    ctx = open_stage("lgffem", "full", run_dir=str(tmp_path / "run"), device="cpu")
+    spec = ctx.recipe.train_spec("lgffem_C")
+    before = training_fingerprint(ctx, spec)
+    kimia = ctx.recipe.dataset(spec.dataset)
+    for change in (dict(val_fraction=0.1), dict(split="random")):
+        datasets = tuple(replace(d, **change) if d.key == kimia.key else d for d in ctx.recipe.datasets)
+        changed = replace(ctx, recipe=replace(ctx.recipe, datasets=datasets))
+        assert training_fingerprint(changed, spec) != before, change
+    assert training_fingerprint(ctx, spec) == before

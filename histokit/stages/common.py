@@ -200,6 +200,26 @@ def trained_weights_path(ctx: StageContext, run_name: str) -> Path:
     return ctx.path("train", run_name, "encoder.pt")
 
 
+def trained_weights_identity(ctx: StageContext, run_name: str) -> dict:
+    """What a training run's ``history.json`` (the sidecar of its ``encoder.pt``) records about the weights beside
+    it: the run's name and the file's sha256. Written by stage 02 / 03 with the weights; checked by every reader
+    (:func:`check_trained_weights`)."""
+    from ..io import sha256_file
+
+    return {"name": run_name, "encoder_sha256": sha256_file(trained_weights_path(ctx, run_name))}
+
+
+def check_trained_weights(ctx: StageContext, run_name: str) -> dict:
+    """Training run ``run_name``'s ``history.json``, checked to describe the ``encoder.pt`` beside it as this run's
+    weights (a run's folder copied over another's, or weights replaced, stop the reader by name)."""
+    from ..sidecars import check_sidecar
+
+    path = trained_weights_path(ctx, run_name)
+    return check_sidecar(path.parent / "history.json", trained_weights_identity(ctx, run_name),
+                         what=f"the weights of training run {run_name!r} ({path})",
+                         remedy=f"re-run the training stage (histokit reproduce), or delete {path.parent}")
+
+
 def load_encoder_weights(encoder: Encoder, path: Path) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     encoder.load_state_dict(state)
@@ -341,6 +361,7 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
             if not path.exists():
                 tried.append(f"training run {value} has not produced {path}")
                 continue
+            check_trained_weights(ctx, value)
             encoder = create_encoder(encoder_name, img_size=image_size, pooling=pooling)
             load_encoder_weights(encoder, path)
             return encoder, trained_source(ctx, value)
@@ -399,14 +420,21 @@ def init_identity(ctx: StageContext, spec: str, dataset: str, encoder: Optional[
 
 
 def training_fingerprint(ctx: StageContext, spec) -> str:
-    """Everything that decides a training run's weights: its TrainSpec, its resolved initialisation, the step cap
-    and the seed. Finished weights are reused only under the same fingerprint."""
+    """Everything that decides a training run's weights: its TrainSpec, the recipe's entry of the dataset it trains
+    on (split, training splits, validation fraction, merges, stain normalization decide which images it sees), its
+    resolved initialisation, the step and image caps and the seed. Finished weights are reused only under the same
+    fingerprint."""
     import hashlib
     import json
     from dataclasses import asdict
 
     init = init_identity(ctx, spec.init, spec.dataset, spec.encoder, spec.encoder_kwargs)
-    payload = {"spec": asdict(spec), "init": init, "seed": ctx.seed, "rehearse": ctx.rehearse or None}
+    try:
+        dataset = asdict(ctx.recipe.dataset(spec.dataset))
+    except KeyError:  # a run on a dataset the recipe does not list (a test's ad-hoc TrainSpec)
+        dataset = spec.dataset
+    payload = {"spec": asdict(spec), "dataset": dataset, "init": init, "seed": ctx.seed,
+               "rehearse": ctx.rehearse or None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
