@@ -1,11 +1,14 @@
 """Stage 04: extract each model's features for every image of each dataset, index the galleries, time it.
 
 Features are stored per image for the whole dataset (``features/<model>/<dataset>.npz``), so every split and
-split variant is an index array into them; a separate official test set gets its own file.
+split variant is an index array into them; a separate official test set gets its own file. Each file's ``.json``
+sidecar names what it is (model, dataset, official test set or not, the run: paper, profile, label, run directory,
+recipe digest) and which weights made it; every reader checks that against what it asked for
+(:func:`check_feature_sidecar`), so a feature file copied over another model's stops the run, naming it.
+The gallery index is built for the timings and not saved (stage 05 builds its own from the checked features).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +18,11 @@ import pandas as pd
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
-from ..retrieval.index import build_index, save_index
+from ..retrieval.index import build_index
 from ..retrieval.metrics import retrieval_latency_ms
-from .common import load_model, load_recipe_dataset, slug, split_indices, weights_normalization
+from ..run_identity import run_identity
+from ..sidecars import SidecarError, check_sidecar, mismatches, read_sidecar
+from .common import init_identity, load_model, load_recipe_dataset, slug, split_indices, weights_normalization
 from .context import StageContext
 
 
@@ -32,7 +37,10 @@ IMAGE_KINDS = {"label_fraction"}
 
 
 SMOKE_TIMING_REPEATS = 5
-REHEARSAL_TIMING_REPEATS = 2  # a rehearsal's timings prove the measurement runs; on a CPU they mean nothing
+# A rehearsal's timings prove the measurement runs; on a CPU they mean nothing, so one timed pass, no warm-up, and
+# the amortized figure at a batch of at most REHEARSAL_TIMING_BATCH images (the code path is the same at any batch).
+REHEARSAL_TIMING_REPEATS = 1
+REHEARSAL_TIMING_BATCH = 8
 # A CPU rehearsal extracts at this batch at most: an eval-mode forward gives the same features at any batch, and a
 # full-size ConvNeXt V2-B at the recipe's 256 x 224 px runs at half the speed per image (memory-bound) on a CPU.
 REHEARSAL_CPU_EXTRACTION_BATCH = 32
@@ -66,10 +74,37 @@ def feature_path(ctx: StageContext, model: str, dataset: str, test: bool = False
     return ctx.path("features", slug(model), slug(dataset) + ("__test" if test else "") + ".npz")
 
 
-def load_feature_set(ctx: StageContext, model: str, dataset: str, test: bool = False) -> FeatureSet:
+# What a feature sidecar must say for its file to be read as (model, dataset) of this run; the rest of the run's
+# identity (run directory, recipe digest) is vetted and re-stamped by stage 04 (:func:`_restamp`).
+OWN_RUN_KEYS = ("paper", "profile", "label")
+RERUN = "re-run stage 04 (histokit reproduce), or delete {path} and its .json sidecar"
+
+
+def feature_identity(ctx: StageContext, model: str, dataset: str, test: bool = False) -> dict:
+    """What every feature sidecar records about what the file is: the recipe model and dataset key, whether it
+    holds the official test set, and the run it was extracted in (:func:`histokit.run_identity.run_identity`:
+    paper, profile, label, run directory, recipe digest). Readers check it all (:func:`check_feature_sidecar`)."""
+    return {"model": model, "dataset": dataset, "test": bool(test),
+            "run": run_identity(ctx.paper, ctx.profile, ctx.label, ctx.run_dir, ctx.recipe)}
+
+
+def check_feature_sidecar(ctx: StageContext, model: str, dataset: str, test: bool = False) -> dict:
+    """The sidecar of (model, dataset)'s feature file, checked to describe exactly that file of this run; else
+    :class:`~histokit.sidecars.SidecarError` naming the sidecar, the field, the expected and the found value."""
     path = feature_path(ctx, model, dataset, test)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    return load_features(path, expected_sha256=meta["sha256"])
+    meta = check_sidecar(path.with_suffix(".json"), feature_identity(ctx, model, dataset, test),
+                         what=f"the features of {model!r} on {dataset!r}" + (" (official test set)" if test else "")
+                         + f" of this {ctx.paper} {ctx.label} run", remedy=RERUN.format(path=path))
+    if not isinstance(meta.get("sha256"), str):
+        raise SidecarError(f"sidecar {path.with_suffix('.json')} lacks field 'sha256'; {RERUN.format(path=path)}")
+    return meta
+
+
+def load_feature_set(ctx: StageContext, model: str, dataset: str, test: bool = False) -> FeatureSet:
+    """(model, dataset)'s features, after checking that the sidecar names this model, dataset and run and that the
+    file is the one the sidecar describes (sha256)."""
+    meta = check_feature_sidecar(ctx, model, dataset, test)
+    return load_features(feature_path(ctx, model, dataset, test), expected_sha256=meta["sha256"])
 
 
 def gallery_and_queries(ctx: StageContext, model: str, dataset: str, gallery: str = "train", queries: str = "test",
@@ -122,41 +157,91 @@ def extraction_settings(ctx: StageContext, model_name: str, dataset_key: str) ->
             "l2_normalized": bool(ctx.recipe.feature_l2_normalize)}
 
 
-def _current(ctx: StageContext, path, model_name: str, settings: dict) -> bool:
-    """A finished feature file extracted under ``settings``; a sidecar written before these fields were recorded
-    counts as the kit's behaviour then (recipe image size, the row's mean / std, L2-normalized)."""
+def weights_identity(ctx: StageContext, model_name: str, dataset_key: str) -> dict:
+    """Which weights extract (model, dataset), without building the model (:func:`~histokit.stages.common.
+    init_identity`: a checkpoint's or a training run's sha256, hub or random), recorded in every feature sidecar."""
+    spec = ctx.recipe.model(model_name)
+    return init_identity(ctx, spec.weights, dataset_key, spec.encoder, spec.encoder_kwargs)
+
+
+def _current(ctx: StageContext, path, model_name: str, settings: dict, weights: dict | None = None) -> bool:
+    """A finished feature file of this (model, dataset), extracted under ``settings`` (and ``weights``, its
+    :func:`weights_identity`, when given); a sidecar written before the settings were recorded counts as the kit's
+    behaviour then (recipe image size, the row's mean / std, L2-normalized), one written before the file's identity
+    was recorded is extracted again. A sidecar naming another model, dataset or run (a file copied here by hand)
+    stops the stage: :class:`~histokit.sidecars.SidecarError` names it."""
     if not _done(path):
         return False
+    side = path.with_suffix(".json")
+    try:
+        meta = read_sidecar(side)
+    except SidecarError:
+        return False  # damaged: extracted again, over it
+    test = path.stem.endswith("__test")
+    own = feature_identity(ctx, model_name, _dataset_of(ctx, path, test), test)
+    own["run"] = {k: own["run"][k] for k in OWN_RUN_KEYS}
+    if "run" not in meta or "test" not in meta:
+        return False  # written before the kit recorded what the file is: nothing vouches for it
+    check_sidecar(side, own, meta=meta, what=f"the features of {model_name!r} on {own['dataset']!r} of this "
+                                             f"{ctx.paper} {ctx.label} run", remedy=RERUN.format(path=path))
     spec = ctx.recipe.model(model_name)
     legacy = {"image_size": int(ctx.recipe.image_size), "mean": [float(v) for v in spec.mean],
               "std": [float(v) for v in spec.std], "l2_normalized": True}
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return False
+    if weights is not None and meta.get("weights_identity") != weights:
+        return False  # other weights (a retrained run, a checkpoint given now, hub weights reachable now)
     return all(meta.get(k, legacy[k]) == v for k, v in settings.items())
+
+
+def _dataset_of(ctx: StageContext, path, test: bool) -> str:
+    """The recipe dataset key whose feature file ``path`` is (feature files are named by its slug)."""
+    stem = path.stem[: -len("__test")] if test else path.stem
+    for spec in ctx.recipe.datasets:
+        if slug(spec.key) == stem:
+            return spec.key
+    return stem
+
+
+def _restamp(ctx: StageContext, model_name: str, dataset_key: str) -> None:
+    """After stage 04 found a feature file current (same model, dataset, paper, profile, settings and weights),
+    record this run's directory and recipe digest in its sidecar: a run directory moved, or a recipe edited in
+    what does not touch these features, keeps them; readers accept only sidecars stamped by this run's stage 04."""
+    for is_test, path in feature_files(ctx, model_name, dataset_key):
+        side = path.with_suffix(".json")
+        meta = read_sidecar(side)
+        run = feature_identity(ctx, model_name, dataset_key, is_test)["run"]
+        if mismatches({"run": run}, meta):
+            atomic_write_json(side, {**meta, "run": run})
 
 
 def extraction_targets(ctx: StageContext, model_name: str, dataset_key: str):
     """``(model, record, [(path, dataset)])``: the model with its weights resolved, the fields every feature
-    sidecar carries, and each feature file still to extract with its dataset under the evaluation transform. The
+    sidecar carries besides the file's identity (:func:`feature_sidecar` adds it), and each feature file still to extract with its dataset under the evaluation transform. The
     single-process stage and each torchrun rank (``histokit.distributed.extract stage``) both start here; seeded
     first, so a randomly initialised model is the same in every rank and in one process, whatever ran before."""
     from .context import seed_everything
 
     seed_everything(ctx.seed)
+    weights = weights_identity(ctx, model_name, dataset_key)  # before the model: a download would change it
     model = load_model(ctx, model_name, dataset_key)
     settings = extraction_settings(ctx, model_name, dataset_key)
     transform = eval_transform(settings["image_size"], settings["mean"], settings["std"])
-    record = {"model": model_name, "dataset": dataset_key, "weights": model.source, **settings}
+    record = {"model": model_name, "dataset": dataset_key, "weights": model.source, "weights_identity": weights,
+              **settings}
     targets = []
     for is_test, path in feature_files(ctx, model_name, dataset_key):
-        if _current(ctx, path, model_name, settings):
+        if _current(ctx, path, model_name, settings, weights):
             continue
         dataset = load_recipe_dataset(ctx, dataset_key, test=is_test)
         dataset.transform = transform
         targets.append((path, dataset))
     return model, record, targets
+
+
+def feature_sidecar(ctx: StageContext, record: dict, path) -> dict:
+    """The identity fields of feature file ``path`` (:func:`feature_identity`) over ``record``: what the
+    single-process stage and the torchrun merge write beside every feature file."""
+    test = Path(path).stem.endswith("__test")
+    return {**record, **feature_identity(ctx, record["model"], record["dataset"], test)}
 
 
 def _extract_under_torchrun(ctx: StageContext, model_name: str, dataset_key: str) -> None:
@@ -171,8 +256,9 @@ def _extract_under_torchrun(ctx: StageContext, model_name: str, dataset_key: str
     run_torchrun(cmd, what=f"feature extraction of {model_name!r} on {dataset_key!r}", log_dir=log_dir,
                  echo=ctx.progress)
     settings = extraction_settings(ctx, model_name, dataset_key)
+    weights = weights_identity(ctx, model_name, dataset_key)
     missing = [str(p) for _, p in feature_files(ctx, model_name, dataset_key)
-               if not _current(ctx, p, model_name, settings)]
+               if not _current(ctx, p, model_name, settings, weights)]
     if missing:
         raise TorchrunError(f"feature extraction of {model_name!r} on {dataset_key!r}: torchrun ended without error "
                             f"but {missing} are missing (rank 0 merges them; is the run directory on a filesystem "
@@ -188,31 +274,36 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
 
     batch = extraction_batch(ctx)
     settings = extraction_settings(ctx, model_name, dataset_key)
-    pending = [p for _, p in feature_files(ctx, model_name, dataset_key)
-               if not _current(ctx, p, model_name, settings)]
     if is_multiprocess(ctx.distributed):
+        weights = weights_identity(ctx, model_name, dataset_key)
+        pending = [p for _, p in feature_files(ctx, model_name, dataset_key)
+                   if not _current(ctx, p, model_name, settings, weights)]
         if pending:
             _extract_under_torchrun(ctx, model_name, dataset_key)
         if not head_node(ctx):  # the other nodes' notebooks only join the torchrun jobs; node 0 indexes and times
             return {"model": model_name, "dataset": dataset_key}
         model = load_model(ctx, model_name, dataset_key)
-        record = {"model": model_name, "dataset": dataset_key, "weights": model.source, **settings}
+        record = {"model": model_name, "dataset": dataset_key, "weights": model.source, "weights_identity": weights,
+                  **settings}
     else:
         model, record, targets = extraction_targets(ctx, model_name, dataset_key)
         for path, dataset in targets:
             fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device, num_workers="auto",
                                   progress=ctx.progress, normalize=record["l2_normalized"])
             sha = save_features(path, fs)
-            atomic_write_json(path.with_suffix(".json"), {"sha256": sha, **record, "timing": fs.timing})
+            atomic_write_json(path.with_suffix(".json"),
+                              {"sha256": sha, **feature_sidecar(ctx, record, path), "timing": fs.timing})
+    _restamp(ctx, model_name, dataset_key)
     gallery = feature_parts(ctx, model_name, dataset_key)["train"]
+    # Built here for the timings only and never saved: retrieval evaluation (stage 05) builds its own index from the
+    # checked feature files, so no index file exists that nothing would read (and whose checksum nothing would run).
     index = build_index(gallery.features, kind="flat", metric="ip", device=ctx.device)  # GPU FAISS if built
-    save_index(index, ctx.path("index", slug(model_name), slug(dataset_key) + ".faiss"))
     if not timed:
         return {**record, "gallery_size": int(index.ntotal)}
     repeats = {}
-    if ctx.rehearsal:  # a CPU rehearsal times a few passes at a batch no larger than its capped gallery
-        repeats = dict(repeats=REHEARSAL_TIMING_REPEATS, warmup=1)
-        batch = min(batch, int(index.ntotal))
+    if ctx.rehearsal:  # a rehearsal times one pass at a small batch, no larger than its capped gallery
+        repeats = dict(repeats=REHEARSAL_TIMING_REPEATS, warmup=0)
+        batch = min(batch, int(index.ntotal), REHEARSAL_TIMING_BATCH)
     elif ctx.profile == "smoke":  # smoke timings compare nothing (tiny images, CPU): a few passes show the column
         repeats = dict(repeats=SMOKE_TIMING_REPEATS, warmup=1)
     # feature_extraction_ms: one image at a time (batch 1), the per-image time a query pays and the figure compared
@@ -220,7 +311,7 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     single = measure_latency(model.encoder, ctx.recipe.image_size, device=ctx.device, batch_size=1, **repeats)
     amortized = measure_latency(model.encoder, ctx.recipe.image_size, device=ctx.device, batch_size=batch, **repeats)
     latency = retrieval_latency_ms(model.encoder, index, ctx.recipe.image_size, device=ctx.device, **repeats)
-    end_to_end = json.loads(feature_path(ctx, model_name, dataset_key).with_suffix(".json").read_text())["timing"]
+    end_to_end = check_feature_sidecar(ctx, model_name, dataset_key).get("timing") or {}
     # device: the run's; where each timed part ran is recorded apart (the search may stay on the CPU under CUDA);
     # device_name: the extraction device's model ("NVIDIA H200", "cpu"), which a table compares with the paper's.
     timing = {**record, "device": ctx.device, "extraction_device": latency["extraction_device"],
