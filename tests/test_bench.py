@@ -105,7 +105,7 @@ def test_numbers_are_finite_ratios_positive_and_rows_carry_conditions(bench_run)
 
 
 def test_per_query_loop_matches_hand_example_and_the_kit():
-    # REFERENCE.md worked example: relevance 1 0 1 0 0, R = 4, k = 5 -> AP (min(k, R)) 0.4167, P 0.4, nDCG 0.5856.
+    # docs/protocols.md worked example: relevance 1 0 1 0 0, R = 4, k = 5 -> AP (min(k, R)) 0.4167, P 0.4, nDCG 0.5856.
     g_labels = np.array([1, 0, 1, 0, 0, 1, 1])
     ids = np.array([[0, 1, 2, 3, 4]])
     loop = loop_metrics_from_ids(ids, np.array([1]), g_labels, class_counts_of(g_labels), 5)

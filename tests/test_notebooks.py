@@ -1,4 +1,4 @@
-"""The notebook rules of DESIGN.md: a tagged parameters cell with smoke defaults, no stored outputs except
+"""The notebook rules of docs/design.md: a tagged parameters cell with smoke defaults, no stored outputs except
 nbval-checked cells, one kernel name, no function or class definitions, the same parameters everywhere."""
 import ast
 import json

@@ -1,4 +1,4 @@
-"""Retrieval metrics: REFERENCE.md's worked example, parity with torchmetrics / scikit-learn, a per-query loop,
+"""Retrieval metrics: docs/protocols.md's worked example, parity with torchmetrics / scikit-learn, a per-query loop,
 self-exclusion in the leave-one-out protocol."""
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ from histokit.retrieval.metrics import (
     summarize,
 )
 
-# REFERENCE.md: relevance 1 0 1 0 0 in the top 5, R = 4.
+# docs/protocols.md: relevance 1 0 1 0 0 in the top 5, R = 4.
 EXAMPLE_REL = np.array([[1, 0, 1, 0, 0]], dtype=bool)
 EXAMPLE_R = np.array([4])
 

@@ -1,6 +1,6 @@
 """A decoded-tile cache: decode a dataset once into a uint8 ``(N, H, W, 3)`` array on disk, then serve tensors.
 
-Why: PIL decodes a 224 px PNG or TIFF in several milliseconds per core (REFERENCE.md, speed references) while a GPU
+Why: PIL decodes a 224 px PNG or TIFF in several milliseconds per core (docs/protocols.md, speed references) while a GPU
 embeds tens of thousands of tiles per second, so decoding every epoch starves the model. The cache keeps the
 *resized* RGB pixels as uint8 (4x smaller than float32, and what crosses PCIe); ``extract_features`` scales and
 normalizes them on the device with the cache's ``mean_std``, the same arithmetic as torchvision's ToTensor +

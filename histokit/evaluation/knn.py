@@ -4,7 +4,7 @@
   Acc@1 / Acc@3): cosine similarity on L2-normalized features, the k most similar training items vote for their
   class with weight ``exp(sim / T)``, class scores are summed, classes ranked by score. DINO splits the test set into
   exactly 100 chunks of ``N // 100`` images, which is a zero step (a crash) under 100 test images; here chunks
-  have a fixed size, so any test-set size works (REFERENCE.md).
+  have a fixed size, so any test-set size works (docs/protocols.md).
 * :func:`sklearn_knn_auc` — Chen & Krishnan 2022 (``patch_evaluation.ipynb``): ``KNeighborsClassifier()`` with
   scikit-learn's defaults (k = 5, Euclidean, uniform weights), macro one-vs-rest ROC-AUC of ``predict_proba``.
 * :func:`majority_knn` — the unweighted vote (every neighbour counts 1), for comparison with the weighted one.

@@ -1,7 +1,7 @@
 """Official pretrained weights: read a checkpoint file safely, convert its layout to the timm model inside our encoders,
 and load it with an explicit report of what matched.
 
-The official files (REFERENCE.md, "Official weights"), under the one name each that recipes (``checkpoint:NAME``),
+The official files (docs/protocols.md, "Official weights"), under the one name each that recipes (``checkpoint:NAME``),
 ``--checkpoint NAME=PATH`` and this registry share, and their layouts (transcribed, with the source lines, in
 :mod:`histokit.models.official_layouts`, which writes mock files in exactly these layouts):
 

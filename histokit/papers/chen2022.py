@@ -2,7 +2,7 @@
 (LMRL workshop, NeurIPS 2021; arXiv:2203.00585).
 
 What the reference code does (``Richarizardd/Self-Supervised-ViT-Path``: ``patch_extraction_utils.py`` embeds,
-``patch_evaluation.ipynb`` evaluates; see REFERENCE.md): frozen features — the last-layer [CLS] token of DINO
+``patch_evaluation.ipynb`` evaluates; see docs/protocols.md): frozen features — the last-layer [CLS] token of DINO
 ViT-S/16 (384-d), the pooled SimCLR ResNet-50 (2,048-d), and for ImageNet ``resnet50_trunc_baseline`` (torchvision's
 ResNet-50 cut after layer3, 1,024-d) — of native-size tiles (ToTensor + Normalize only: mean = std = 0.5 for the
 TCGA weights, ImageNet statistics for the ImageNet model; 224 px CRC, 512 px BreastPathQ); scikit-learn

@@ -9,7 +9,7 @@ features and "MA + MS-loss". Figures: a query and its retrievals (Fig. 3), Grad-
 (Figs. 4-6), the 2-D projection of the test embeddings by scan (Fig. 7).
 
 Open points, stated in the footnotes and each table's protocol card: the public code (camilo-nunez/ffnir) passes
-the margin as the scale (m = s = 17.5) and computes eta differently from the Kimia standard (REFERENCE.md); the kit
+the margin as the scale (m = s = 17.5) and computes eta differently from the Kimia standard (docs/protocols.md); the kit
 trains with the paper's m and s, reports eta in both protocols (one table each), and keeps "MA + MS-loss" as the
 paper's number only: it has no public code, so it is marked not reproduced. Epochs (Sec. 4.1.3): strategy A 60,
 strategies B and C 300. Where the paper is silent the full profile follows the public code: each dataset's whole

@@ -6,7 +6,7 @@ the encoder (``histokit.models.base.Encoder.forward`` already returns each paper
 for EsViT, [CLS] for DINO ViT, mean [cls] tokens for CypherViT, GAP for CNNs); this module only applies the
 L2 normalization, so inner product on the stored vectors equals the paper's cosine similarity (Eq. 1).
 
-Timings follow the kit's rule (DESIGN.md): every number says its batch size, precision, device and whether image
+Timings follow the kit's rule (docs/design.md): every number says its batch size, precision, device and whether image
 decoding was included, and CUDA is synchronized before a clock is read.
 
 Speed (``histokit bench`` measures each): bf16 autocast on request, channels_last for convolutional networks,
@@ -324,7 +324,7 @@ def measure_latency(
     passes first (cuDNN autotuning, lazy allocations); ``channels_last`` as in :func:`extract_features`. Returns
     ``ms_per_batch`` (median over repeats), ``ms_per_batch_p90``, ``ms_per_image`` (= median / batch_size),
     ``images_per_s`` and the conditions (device, batch size, precision, image size, ``decode_included=False``). Habijan et al.'s "feature extraction time" per
-    image is compared against ``batch_size=1`` here (REFERENCE.md, speed references).
+    image is compared against ``batch_size=1`` here (docs/protocols.md, speed references).
     """
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError(

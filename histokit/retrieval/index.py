@@ -2,7 +2,7 @@
 
 Habijan et al. (Sec. III-D/E) index L2-normalized descriptors with FAISS and rank the gallery by cosine similarity
 (Eq. 1). On unit vectors cosine = inner product, so the default is an exact ``IndexFlatIP``: exact search is the
-kit's default so that an approximate index's recall loss never leaks into a reported metric (DESIGN.md). IVF and
+kit's default so that an approximate index's recall loss never leaks into a reported metric (docs/design.md). IVF and
 HNSW are there for scale; :func:`recall_at_k` measures what they lose against the flat index.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Habijan et al. (EUSIPCO 2025, Sec. IV-A, Tables I-II) report mAP@10, Precision@10 and nDCG@10 on labelled sets,
 without an equation or public code; a gallery item is relevant to a query when it has the query's class label.
 The field uses several AP@k normalizations, so the kit implements them all and every result names its own
-(REFERENCE.md, "Retrieval metric definitions"). With ``rel_i`` = 1 if the item at rank i is relevant,
+(docs/protocols.md, "Retrieval metric definitions"). With ``rel_i`` = 1 if the item at rank i is relevant,
 ``P@i`` = (relevant items in the top i) / i, ``R`` = number of relevant items in the gallery for that query:
 
     AP@k = (sum_{i <= k, rel_i = 1} P@i) / Z
@@ -14,7 +14,7 @@ The field uses several AP@k normalizations, so the kit implements them all and e
     "min_k_R"      min(k, R)     kit default: reaches 1 exactly when the top k is as relevant as it can be
     "k"            k             Patho-Bench
 
-Worked example (REFERENCE.md): relevance 1 0 1 0 0 in the top 5, R = 4, k = 5: sum of P@i over hits =
+Worked example (docs/protocols.md): relevance 1 0 1 0 0 in the top 5, R = 4, k = 5: sum of P@i over hits =
 1/1 + 2/3 = 1.6667, so AP = 0.8333 (hits, Z = 2) / 0.4167 (R = 4) / 0.4167 (min(5, 4) = 4) / 0.3333 (k = 5).
 nDCG@k uses binary gains, log2 discount ``1 / log2(i + 1)`` and an ideal ranking of min(k, R) relevant items:
 DCG = 1 + 1/log2(4) = 1.5, IDCG = 1 + 1/log2 3 + 1/2 + 1/log2 5 = 2.5616, nDCG@5 = 0.5856 (torchmetrics and ranx

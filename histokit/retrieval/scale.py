@@ -2,7 +2,7 @@
 (``index_cpu_to_all_gpus`` with ``shard=True``), and IVF lists merged on disk (``OnDiskInvertedLists`` through
 ``faiss.contrib.ondisk.merge_ondisk``) for collections larger than memory.
 
-Exact search stays the kit's default for reported metrics (DESIGN.md); an approximate index is for galleries where
+Exact search stays the kit's default for reported metrics (docs/design.md); an approximate index is for galleries where
 exact search is too slow or too big. So every builder here measures what it loses: recall@10 of the index against
 exact search (``faiss.knn``, or ``faiss.contrib.exhaustive_search.knn_ground_truth`` block by block for data that
 does not fit in memory) on a sample of queries, returned with the index in an :class:`ApproxIndex`.
