@@ -9,15 +9,18 @@ import numpy as np
 
 from histokit.crosspaper import run_benchmark
 from histokit.data.datasets import load_dataset
+from histokit.papers import get_recipe
 from histokit.retrieval.features import FeatureSet, save_features
+from histokit.run_identity import recipe_digest
 
 
 def _write(runs, model, feats, labels, weights):
     slug = re.sub(r"[^a-z0-9._-]+", "_", model.lower()).strip("_")
     path = runs / "esvit" / "smoke" / "features" / slug / "crc.npz"
     sha = save_features(path, FeatureSet(feats, labels, np.arange(len(labels)), {"device": "cpu"}))
-    path.with_suffix(".json").write_text(json.dumps({"sha256": sha, "model": model, "dataset": "CRC",
-                                                     "weights": weights, "timing": {}}))
+    run = {"paper": "esvit", "profile": "smoke", "recipe": recipe_digest(get_recipe("esvit", "smoke"))}
+    path.with_suffix(".json").write_text(json.dumps({"sha256": sha, "model": model, "dataset": "CRC", "test": False,
+                                                     "run": run, "weights": weights, "timing": {}}))
 
 
 def test_a_tie_of_most_methods_gets_a_footnote_that_counts_it(tmp_path):

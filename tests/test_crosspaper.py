@@ -16,8 +16,10 @@ from histokit.crosspaper.benchmark import KEY_COLUMNS, METRICS
 from histokit.data.datasets import PatchDataset, load_dataset
 from histokit.data.splits import make_split
 from histokit.evaluation.knn import weighted_knn
+from histokit.papers import get_recipe
 from histokit.retrieval.features import FeatureFileError, FeatureSet, save_features
 from histokit.retrieval.metrics import evaluate_retrieval
+from histokit.run_identity import recipe_digest
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = "kather2016_tiny"
@@ -27,8 +29,9 @@ def write_features(runs, paper, profile, model, key, feats, labels, test=False):
     slug = lambda s: re.sub(r"[^a-z0-9._-]+", "_", s.lower()).strip("_")  # noqa: E731  (histokit.stages' slug)
     path = runs / paper / profile / "features" / slug(model) / (slug(key) + ("__test" if test else "") + ".npz")
     sha = save_features(path, FeatureSet(feats, labels, np.arange(len(labels)), {"device": "cpu"}))
-    path.with_suffix(".json").write_text(json.dumps({"sha256": sha, "model": model, "dataset": key,
-                                                     "weights": "fake", "timing": {}}))
+    run = {"paper": paper, "profile": profile, "recipe": recipe_digest(get_recipe(paper, profile))}
+    path.with_suffix(".json").write_text(json.dumps({"sha256": sha, "model": model, "dataset": key, "test": test,
+                                                     "run": run, "weights": "fake", "timing": {}}))
     return path
 
 

@@ -172,6 +172,7 @@ def test_chen2022_extraction_uses_the_weights_normalization_native_sizes_and_raw
     monkeypatch.setattr(common, "resolve_weights",
                         lambda ctx, *a, **k: (create_encoder("resnet_test", img_size=64), "stub"))
     imagenet_std = [0.229, 0.224, 0.225]
+    (tmp_path / "w.pt").write_bytes(b"stub")  # a given checkpoint exists (its sha256 goes into the sidecar)
     for given, mean, std in (({"chen2022_simclr_resnet50_tcga_brca": str(tmp_path / "w.pt")}, half, half),
                              ({}, imagenet, imagenet_std)):   # no checkpoint: the kit-trained stand-in, row's own
         ctx = open_stage("chen2022", "smoke", run_dir=str(tmp_path / f"run{len(given)}"), device="cpu",
@@ -186,15 +187,20 @@ def test_feature_files_of_other_extraction_settings_are_redone(tmp_path):
     import json
 
     from histokit.papers import get_recipe
-    from histokit.stages.index import _current
+    from histokit.stages.index import _current, feature_identity
 
-    npz = tmp_path / "f.npz"
+    npz = tmp_path / "crc-nonorm.npz"
     npz.write_bytes(b"x")
-    ctx = SimpleNamespace(recipe=get_recipe("chen2022", "full"))
+    ctx = SimpleNamespace(recipe=get_recipe("chen2022", "full"), paper="chen2022", profile="full", label="full",
+                          run_dir=tmp_path)
+    model = "DINO ViT-S/16 (TCGA)"
+    own = {"sha256": "0", **feature_identity(ctx, model, "CRC-NONORM")}
     now = {"image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "l2_normalized": False}
-    npz.with_suffix(".json").write_text(json.dumps({"sha256": "0"}))       # written before the settings were kept:
-    assert not _current(ctx, npz, "DINO ViT-S/16 (TCGA)", now)            # it holds L2-normalized features
-    assert _current(ctx, npz, "DINO ViT-S/16 (TCGA)", {**now, "l2_normalized": True})
-    npz.with_suffix(".json").write_text(json.dumps({"sha256": "0", **now}))
-    assert _current(ctx, npz, "DINO ViT-S/16 (TCGA)", now)
-    assert not _current(ctx, npz, "DINO ViT-S/16 (TCGA)", {**now, "image_size": 512})
+    npz.with_suffix(".json").write_text(json.dumps({"sha256": "0", **now}))  # nothing says what the file is:
+    assert not _current(ctx, npz, model, now)                                # extracted again
+    npz.with_suffix(".json").write_text(json.dumps(own))        # written before the settings were kept:
+    assert not _current(ctx, npz, model, now)                   # it holds L2-normalized features
+    assert _current(ctx, npz, model, {**now, "l2_normalized": True})
+    npz.with_suffix(".json").write_text(json.dumps({**own, **now}))
+    assert _current(ctx, npz, model, now)
+    assert not _current(ctx, npz, model, {**now, "image_size": 512})

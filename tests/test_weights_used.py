@@ -109,7 +109,8 @@ def test_trained_weights_say_what_they_were_trained_on_and_started_from(tmp_path
     path.parent.mkdir(parents=True)
     torch.save(create_encoder("resnet_test", img_size=32).state_dict(), path)
     start = f"{common.WEIGHTS_UNREACHABLE} (hub offline, not in the local cache)"
-    (path.parent / "history.json").write_text(json.dumps({"init": start, "history": []}))
+    (path.parent / "history.json").write_text(json.dumps({"init": start, "history": [],
+                                                           **common.trained_weights_identity(ctx, RUN.name)}))
     _, source = common.resolve_weights(ctx, "resnet_test", "train:simclr_tiles", "TILES", image_size=32)
     # 80 of the 100 bundled tiles are the stratified 80/10/10 training split
     assert source == f"trained here on 80 bundled Kather 2016 tiles (simclr_tiles) ← {start}"

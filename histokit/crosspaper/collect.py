@@ -1,8 +1,10 @@
 """Every feature set the papers' runs stored for one profile, grouped by the data underneath.
 
 Each run keeps ``runs/<paper>/<profile>/features/<model-slug>/<dataset-slug>.npz`` with a ``.json`` sidecar
-``{sha256, model, dataset, weights, timing}`` (histokit.stages.index); a dataset with an official test set adds
-``<dataset-slug>__test.npz``. Papers name the same images differently (esvit "CRC", chen2022 "CRC-NONORM", lgffem
+``{sha256, model, dataset, test, run, weights, timing}`` (histokit.stages.index); a dataset with an official test
+set adds ``<dataset-slug>__test.npz``. A sidecar must name the recipe model and dataset its place names, and the
+paper, profile and recipe digest of the run it lies in; one that does not (a file copied over another model's)
+is refused by name. Papers name the same images differently (esvit "CRC", chen2022 "CRC-NONORM", lgffem
 "Kimia" are all the bundled tiles in smoke), so feature sets are grouped by what the recipe says is underneath:
 the manifest, the stain normalization, the protocol's class merges and the official test set (:func:`data_key`).
 Feature sets of one group share their images and labels, hence one split (:func:`common_split`) serves every
@@ -22,6 +24,8 @@ from .. import paths
 from ..data.splits import make_split
 from ..papers.recipe import DatasetSpec
 from ..retrieval.features import FeatureFileError, FeatureSet, l2_normalize, load_features
+from ..run_identity import recipe_digest
+from ..sidecars import SidecarError, check_sidecar
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SPLIT_SEED = 0
@@ -140,6 +144,7 @@ def _read_sidecar(path: Path) -> dict:
 def collect_feature_sets(profile: str, runs_dir: Optional[Path] = None) -> Collection:
     """Every ``features/*/*.npz`` of every paper's run for ``profile`` under ``runs_dir`` (default runs/)."""
     from ..papers import get_recipe, list_papers
+    from ..stages.common import slug
 
     runs_dir = Path(paths.RUNS_DIR if runs_dir is None else runs_dir)
     groups: dict = {}
@@ -151,17 +156,34 @@ def collect_feature_sets(profile: str, runs_dir: Optional[Path] = None) -> Colle
             continue
         recipe = get_recipe(paper, profile)
         found.append(paper)
+        models = {slug(m.name): m.name for m in recipe.models}
+        datasets = {slug(d.key): d.key for d in recipe.datasets}
+        digest = recipe_digest(recipe)
         for sidecar in sorted(feature_dir.glob("*/*.json")):
             if sidecar.stem.endswith(TEST_SUFFIX):
                 continue  # read with its dataset's main file below
             meta = _read_sidecar(sidecar)
-            try:
-                spec = recipe.dataset(meta["dataset"])
-            except KeyError:
-                notes.append(f"{shown_path(sidecar)}: dataset {meta['dataset']!r} is not in the {paper} {profile} recipe; "
-                             "skipped")
-                continue
+            # what the file is, by where stage 04 wrote it (features/<model slug>/<dataset slug>.npz): the sidecar
+            # must say the same, and that this paper's run of this profile under today's recipe wrote it
             npz = sidecar.with_suffix(".npz")
+            remedy = (f"re-run stage 04 of the {paper} {profile} run (histokit reproduce {paper}), or delete {npz} "
+                      "and its sidecar")
+            key = datasets.get(sidecar.stem)
+            if key is None:
+                notes.append(f"{shown_path(sidecar)}: dataset file {sidecar.stem!r} is not one of the {paper} "
+                             f"{profile} recipe's datasets; skipped")
+                continue
+            model = models.get(sidecar.parent.name)
+            if model is None:  # no row of today's recipe: the sidecar's model must still be its folder's
+                model = str(meta.get("model"))
+                if slug(model) != sidecar.parent.name:
+                    raise SidecarError(f"sidecar {sidecar} describes another artifact than the features in model "
+                                       f"folder {sidecar.parent.name!r}: field 'model' is {model!r} (folder "
+                                       f"{slug(model)!r}); {remedy}")
+            spec = recipe.dataset(key)
+            expected = {"model": model, "dataset": key, "run": {"paper": paper, "profile": profile, "recipe": digest}}
+            check_sidecar(sidecar, {**expected, "test": False}, meta=meta, remedy=remedy,
+                          what=f"the features of {model!r} on {key!r} of the {paper} {profile} run")
             if not npz.is_file():
                 raise FeatureFileError(f"feature sidecar {sidecar} has no feature file beside it ({npz.name})")
             test_path = test_sha = None
@@ -171,7 +193,10 @@ def collect_feature_sets(profile: str, runs_dir: Optional[Path] = None) -> Colle
                     notes.append(f"{paper}: {meta['model']} on {meta['dataset']}: no features of the official test "
                                  f"set {spec.test_dataset} ({test_sidecar.name} missing); skipped")
                     continue
-                test_path, test_sha = test_sidecar.with_suffix(".npz"), _read_sidecar(test_sidecar)["sha256"]
+                test_meta = check_sidecar(test_sidecar, {**expected, "test": True}, meta=_read_sidecar(test_sidecar),
+                                          remedy=remedy, what=f"the features of {model!r} on the official test set "
+                                                              f"of {key!r} of the {paper} {profile} run")
+                test_path, test_sha = test_sidecar.with_suffix(".npz"), test_meta["sha256"]
             ranks = {m.name: i for i, m in enumerate(recipe.models)}
             entry = FeatureEntry(paper, str(meta["model"]), spec.key, spec, npz, str(meta["sha256"]),
                                  str(meta.get("weights", "")), test_path, test_sha,

@@ -314,7 +314,7 @@ def run_stage_extraction(ctx, model_name: str, dataset_key: str, *,
     and transform (:func:`histokit.stages.index.extraction_targets`), whole groups per rank into
     ``features/<model>/<dataset>.shards/``; after a barrier rank 0 merges each into the feature file the
     single-process stage writes (same rows, same sidecar fields). Returns the merged files (rank 0) or []."""
-    from histokit.stages.index import extraction_batch, extraction_targets
+    from histokit.stages.index import extraction_batch, extraction_targets, feature_sidecar
 
     from .stage import mute_notes_off_main
 
@@ -336,7 +336,9 @@ def run_stage_extraction(ctx, model_name: str, dataset_key: str, *,
     merged = []
     if env.is_main:
         for path, shard_dir, count in jobs:
-            merge_shards(shard_dir, env.world_size, expected_count=count, out_path=path, meta=record)
+            # the sidecar the single-process stage writes: record + what the file is (model, dataset, test, run)
+            merge_shards(shard_dir, env.world_size, expected_count=count, out_path=path,
+                         meta=feature_sidecar(ctx, record, path))
             merged.append(path)
     barrier()
     return merged

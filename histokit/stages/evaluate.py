@@ -152,17 +152,24 @@ def weights_used(ctx: StageContext, model: str, dataset: str) -> str:
     """The weights (model, dataset)'s numbers were computed with, in words (resolve_weights' ``source``): the feature
     sidecar's ``weights``, written when the features were extracted; else a label-fraction result's (the weights
     its fine-tuning started from); "" when neither exists."""
-    from .index import feature_path
+    from ..sidecars import check_sidecar
+    from .index import RERUN, feature_path
 
-    candidates = [feature_path(ctx, model, dataset).with_suffix(".json")]
+    features = feature_path(ctx, model, dataset)
+    candidates = [features.with_suffix(".json")]
     candidates += sorted(ctx.path("label_fraction", slug(model), slug(dataset)).glob("*.json"))
     for path in candidates:
         try:
-            weights = json.loads(path.read_text()).get("weights")
-        except (OSError, ValueError, AttributeError):
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
             continue
-        if weights:
-            return str(weights)
+        if not isinstance(meta, dict):
+            continue
+        if path == candidates[0]:  # the feature sidecar must be (model, dataset)'s, or its weights are another's
+            check_sidecar(path, {"model": model, "dataset": dataset}, meta=meta,
+                          what=f"the features of {model!r} on {dataset!r}", remedy=RERUN.format(path=features))
+        if meta.get("weights"):
+            return str(meta["weights"])
     return ""
 
 

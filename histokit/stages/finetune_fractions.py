@@ -1,13 +1,13 @@
 """Fine-tuning on a class-balanced fraction of the training labels (Ye et al. Table 2), cached per run."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from ..data.splits import class_balanced_fraction
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json
+from ..run_identity import OWNER_KEYS, run_identity
+from ..sidecars import SidecarError, check_sidecar, read_sidecar
 from ..train.supervised import finetune_classifier, predict
 from .common import load_recipe_dataset, resolve_weights, slug, split_indices, training_rows, weights_normalization
 from .context import StageContext
@@ -23,8 +23,19 @@ def finetune_transform(size: int, mean, std):
 
 def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction: float, params: dict) -> dict:
     path = ctx.path("label_fraction", slug(model_name), slug(dataset), f"{fraction:g}.json")
+    run = run_identity(ctx.paper, ctx.profile, ctx.label, ctx.run_dir, ctx.recipe)
     if path.exists():
-        return json.loads(path.read_text())
+        try:
+            saved = read_sidecar(path)
+        except SidecarError:
+            saved = None  # damaged: fine-tuned again, over it
+        if saved is not None:  # a result of another (model, dataset, fraction) or run, copied here, is refused
+            expected = {"model": model_name, "dataset": dataset, "fraction": fraction}
+            if "run" in saved:  # written before the run was recorded: the kit's cache then, kept
+                expected["run"] = {k: run[k] for k in OWNER_KEYS}
+            return check_sidecar(path, expected, meta=saved, remedy=f"delete {path} (stage 05 fine-tunes it again)",
+                                 what=f"the {fraction:g} label-fraction result of {model_name!r} on {dataset!r} of "
+                                      f"this {ctx.paper} {ctx.label} run")
     model = ctx.recipe.model(model_name)
     encoder, source = resolve_weights(ctx, model.encoder, model.weights, dataset, image_size=ctx.recipe.image_size,
                                       pooling=model.pooling, encoder_kwargs=model.encoder_kwargs,
@@ -50,7 +61,7 @@ def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction
         progress=ctx.progress, amp=ctx.device.startswith("cuda"), max_steps=ctx.max_steps)
     preds = predict(classifier, test_ds, batch_size=64, device=ctx.device, progress=False)
     correct = (preds.logits.argmax(1) == preds.labels).astype(float) * 100.0
-    result = {"model": model_name, "dataset": dataset, "fraction": fraction, "weights": source,
+    result = {"model": model_name, "dataset": dataset, "fraction": fraction, "run": run, "weights": source,
               "n_train": int(len(picked)), "epochs": epochs, "max_steps": ctx.max_steps, "accuracy": float(correct.mean()),
               "correct": correct.tolist(), "history": history}
     atomic_write_json(path, result)

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from ..io import atomic_torch_save, atomic_write_json
 from ..papers.recipe import TrainSpec
-from .common import (load_recipe_dataset, resolve_weights, split_indices, trained_weights_path,
-                     training_fingerprint, training_rows)
+from .common import (check_trained_weights, load_recipe_dataset, resolve_weights, split_indices,
+                     trained_weights_identity, trained_weights_path, training_fingerprint, training_rows)
 from .context import StageContext
 
 
@@ -172,6 +172,9 @@ def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
     if final.exists() and history_file.exists():
         saved = json.loads(history_file.read_text())
         if saved.get("fingerprint") == fingerprint:
+            if "encoder_sha256" not in saved or "name" not in saved:  # written before they were recorded
+                atomic_write_json(history_file, {**saved, **trained_weights_identity(ctx, spec.name)})
+            check_trained_weights(ctx, spec.name)  # weights replaced under their history: stop, naming them
             return TrainOutcome(spec.name, "reused", saved["init"], saved["history"], figure if figure.exists() else None)
         # other inputs (a new checkpoint, a retrained upstream run): neither the weights nor a resume point are valid
         shutil.rmtree(final.parent, ignore_errors=True)
@@ -215,7 +218,8 @@ def _finish(ctx, spec, encoder, init, history, final, history_file, figure) -> T
 
     atomic_torch_save(encoder.state_dict(), final)
     atomic_write_json(history_file, {"init": init, "history": history, "spec": spec.__dict__,
-                                     "fingerprint": training_fingerprint(ctx, spec), "world_size": world_size()})
+                                     "fingerprint": training_fingerprint(ctx, spec), "world_size": world_size(),
+                                     **trained_weights_identity(ctx, spec.name)})
     loss_curve(history, figure, title=f"{spec.name}: {spec.method} on {spec.dataset} (init: {init})")
     return TrainOutcome(spec.name, "trained", init, history, figure)
 
