@@ -39,9 +39,9 @@ def test_weighted_knn_matches_slow_loop_on_37_test_images(k, chunk):
     out = weighted_knn(ftr, ytr, fte, yte, k=k, T=0.07, chunk=chunk)
     ranked = _slow_weighted_knn(ftr, ytr, fte, k, 0.07, 5)
     np.testing.assert_array_equal(out["predictions"], ranked[:, 0])
-    assert out["top1"] == pytest.approx(100 * np.mean(ranked[:, 0] == yte))
-    assert out["top3"] == pytest.approx(100 * np.mean((ranked[:, :3] == yte[:, None]).any(1)))
-    assert out["top3"] >= out["top1"] > 100 / 5  # better than chance on separable clusters
+    assert out["top1"] == pytest.approx(np.mean(ranked[:, 0] == yte))  # a fraction in [0, 1]
+    assert out["top3"] == pytest.approx(np.mean((ranked[:, :3] == yte[:, None]).any(1)))
+    assert 1.0 >= out["top3"] >= out["top1"] > 1 / 5  # better than chance on separable clusters
 
 
 def test_weighted_knn_matches_sklearn_with_exp_weights():
@@ -94,4 +94,4 @@ def test_majority_knn_against_manual_vote():
     nn = np.argsort(-(fte_n @ ftr_n.T), axis=1)[:, :7]
     manual = np.array([np.bincount(ytr[row], minlength=5).argmax() for row in nn])
     np.testing.assert_array_equal(out["predictions"], manual)
-    assert out["top1"] == pytest.approx(100 * np.mean(manual == yte))
+    assert out["top1"] == pytest.approx(np.mean(manual == yte))

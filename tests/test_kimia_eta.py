@@ -1,4 +1,5 @@
-"""Kimia η_p / η_w / η_tot: the standard protocol and the ffnir notebook's variant on hand-computed toy sets."""
+"""Kimia η_p / η_w / η_tot: the standard protocol and the ffnir notebook's variant on hand-computed toy sets (the
+functions return fractions; the stage's records, what the tables show, are in percent)."""
 import numpy as np
 import pytest
 
@@ -15,17 +16,17 @@ def test_standard_protocol_hand_computed():
     test, test_scans = col(1, 9, 11, 19, 2), ["A", "A", "B", "B", "B"]
     # A: 1->0 (A) hit, 9->10 (B) miss => 1/2.   B: 11->10 hit, 19->20 hit, 2->0 (A) miss => 2/3.
     eta = eta_standard(train, train_scans, test, test_scans)
-    assert eta["eta_p"] == pytest.approx(100 * 3 / 5)
-    assert eta["eta_w"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)
-    assert eta["eta_tot"] == pytest.approx(60.0 * 100 * (1 / 2 + 2 / 3) / 2 / 100)
+    assert eta["eta_p"] == pytest.approx(3 / 5)
+    assert eta["eta_w"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert eta["eta_tot"] == pytest.approx(0.6 * (1 / 2 + 2 / 3) / 2)
 
 
 def test_standard_protocol_cosine_metric():
     train = np.array([[1, 0], [0, 1]], dtype=np.float32)
     test = np.array([[10, 1], [1, 3], [3, 1]], dtype=np.float32)  # by angle: scan 0, 1, 0
     eta = eta_standard(train, [0, 1], test, [0, 1, 1], metric="cosine")
-    assert eta["eta_p"] == pytest.approx(200 / 3)
-    assert eta["eta_w"] == pytest.approx(75.0)
+    assert eta["eta_p"] == pytest.approx(2 / 3)
+    assert eta["eta_w"] == pytest.approx(0.75)
     # Scaling the queries changes L2 distances but not angles.
     assert eta_standard(train, [0, 1], test * 10, [0, 1, 1], metric="cosine") == eta
 
@@ -41,9 +42,9 @@ def test_public_code_variant_hand_computed():
     # s1: query r2, depth 5 -> {r2, r0, r3, r1, r4}: all 3 of s1 (depth grew past s1's own size).
     # s2: query r5, depth 6 (everything): 1 of 1.
     eta = eta_public_code(PUBLIC_FEATS, PUBLIC_SCANS)
-    assert eta["eta_p"] == pytest.approx(100 * 5 / 6)
-    assert eta["eta_w"] == pytest.approx(100 * (1 / 2 + 1 + 1) / 3)
-    assert eta["eta_tot"] == pytest.approx(eta["eta_p"] * eta["eta_w"] / 100)
+    assert eta["eta_p"] == pytest.approx(5 / 6)
+    assert eta["eta_w"] == pytest.approx((1 / 2 + 1 + 1) / 3)
+    assert eta["eta_tot"] == pytest.approx(eta["eta_p"] * eta["eta_w"])
 
 
 def test_public_code_variant_groups_scans_keeping_within_scan_order():
@@ -55,9 +56,9 @@ def test_public_code_variant_groups_scans_keeping_within_scan_order():
 def test_public_code_variant_first_patch_of_each_scan_is_the_query():
     scans = [0, 0, 1, 1, 1, 2]
     # s0's query 0.0: its nearest other patch is 1.0 (s0) -> 2 of 2; s1 (query 1.8, depth 5) 3 of 3; s2 1 of 1.
-    assert eta_public_code(col(0.0, 1.0, 1.8, 6.0, 10.0, 11.0), scans)["eta_p"] == pytest.approx(100.0)
+    assert eta_public_code(col(0.0, 1.0, 1.8, 6.0, 10.0, 11.0), scans)["eta_p"] == pytest.approx(1.0)
     # Same patches, 1.0 listed first: its nearest other patch is 1.8 (s1) -> s0 gets 1 of 2.
-    assert eta_public_code(col(1.0, 0.0, 1.8, 6.0, 10.0, 11.0), scans)["eta_p"] == pytest.approx(100 * 5 / 6)
+    assert eta_public_code(col(1.0, 0.0, 1.8, 6.0, 10.0, 11.0), scans)["eta_p"] == pytest.approx(5 / 6)
 
 
 def test_public_code_variant_name_identity_reproduces_collisions():
@@ -65,15 +66,15 @@ def test_public_code_variant_name_identity_reproduces_collisions():
     names = ["a", "b", "b", "c", "d", "e"]
     eta = eta_public_code(PUBLIC_FEATS, PUBLIC_SCANS, test_paths=names)
     # s0: retrieved names {a (r0), b (r2)} ∩ {a, b} = 2 -> full credit; s1: 3 of 3; s2: 1 of 1.
-    assert eta["eta_p"] == pytest.approx(100.0)
-    assert eta["eta_w"] == pytest.approx(100.0)
+    assert eta["eta_p"] == pytest.approx(1.0)
+    assert eta["eta_w"] == pytest.approx(1.0)
 
 
 def test_standard_and_public_code_differ_on_the_same_features():
     # Standard with the test set as its own "training" set would always hit (self-match); the protocols differ.
     std = eta_standard(PUBLIC_FEATS, PUBLIC_SCANS, col(0.4, 4.0, 2.0), [0, 0, 1])
     # 0.4->0.0 (s0) hit; 4.0->5.0 (s0) hit; 2.0->2.5 (s1) hit.
-    assert std == {"eta_p": pytest.approx(100.0), "eta_w": pytest.approx(100.0), "eta_tot": pytest.approx(100.0)}
+    assert std == {"eta_p": 1.0, "eta_w": 1.0, "eta_tot": 1.0, "n_correct": 3.0, "n_queries": 3.0}
 
 
 def test_bad_inputs_name_the_argument():
@@ -107,16 +108,16 @@ def test_public_code_query_is_the_first_patch_in_natural_order():
     scans = [0, 0, 1, 1, 1, 2]
     paths = ["test/s0/s0_10.jpg", "test/s0/s0_2.jpg", "test/s1/s1_1.jpg", "test/s1/s1_2.jpg", "test/s1/s1_3.jpg",
              "test/s2/s2_1.jpg"]
-    assert eta_public_code(feats, scans, test_paths=paths)["eta_p"] == pytest.approx(100.0)
-    assert eta_public_code(feats, scans)["eta_p"] == pytest.approx(100 * 5 / 6)  # given (lexicographic) order
+    assert eta_public_code(feats, scans, test_paths=paths)["eta_p"] == pytest.approx(1.0)
+    assert eta_public_code(feats, scans)["eta_p"] == pytest.approx(5 / 6)  # given (lexicographic) order
 
 
 def test_public_code_visits_scans_in_natural_order():
     # s2 before s10 (the notebook's range(24)): s2's query 0.0 searches depth 2 -> {0.0, 1.0 (s10)}: 1 of 2; s10's
     # query then searches everything: 1 of 1. In string order s10 would come first and both scans score full.
     eta = eta_public_code(col(0.0, 5.0, 1.0), ["s2", "s2", "s10"])
-    assert eta["eta_p"] == pytest.approx(100 * 2 / 3)
-    assert eta["eta_w"] == pytest.approx(100 * (1 / 2 + 1) / 2)
+    assert eta["eta_p"] == pytest.approx(2 / 3)
+    assert eta["eta_w"] == pytest.approx((1 / 2 + 1) / 2)
 
 
 def test_eval_stage_passes_the_test_paths(monkeypatch):
@@ -138,3 +139,23 @@ def test_eval_stage_passes_the_test_paths(monkeypatch):
     eta_p = [r["value"] for r in records if r["metric"] == "eta_p"]
     assert len(eta_p) == 3  # one per strategy row
     assert eta_p == pytest.approx([100.0] * 3)  # natural order: s0_2.jpg queries (lexicographic order gives 83.3)
+
+
+def test_records_in_percent_are_the_floats_the_percent_api_returned():
+    """The table layer's percent (eta_percent) is bit for bit what eta_* computed when it returned percent itself
+    (100 * hits / n, 100 * mean, p * w / 100), so switching the API to fractions moved no table value."""
+    from histokit.stages.eval_kimia import eta_percent
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n_scans = int(rng.integers(1, 25))
+        sizes = rng.integers(1, 80, n_scans).astype(np.float64)
+        hits = np.floor(rng.random(n_scans) * (sizes + 1))
+        old_p = 100.0 * hits.sum() / sizes.sum()
+        old_w = 100.0 * float(np.mean(hits / sizes))
+        old = {"eta_p": float(old_p), "eta_w": old_w, "eta_tot": float(old_p * old_w / 100.0)}
+        from histokit.evaluation.kimia import _etas
+
+        fractions = _etas(hits, sizes)
+        assert eta_percent(fractions) == old  # exact equality, not approx
+        assert fractions["eta_tot"] == pytest.approx(old["eta_tot"] / 100, rel=1e-12)

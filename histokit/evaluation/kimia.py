@@ -10,7 +10,10 @@ the same scan. With R the correct test patches, Γ_s the test patches of scan s 
 **Public-code variant** (camilo-nunez/ffnir ``ntbk_02_extract-features-kimia.ipynb``, which produced the LGFFEM
 tables) — see :func:`eta_public_code`.
 
-All values are returned in percent (η_tot = η_p · η_w / 100, matching the paper's tables, e.g. 99.40 · 99.47 -> 98.87).
+All values are returned as fractions in [0, 1] (η_tot = η_p · η_w; the kit's one convention, docs/api.md), with
+the counts behind η_p (``n_correct`` = Σ_s |R ∩ Γ_s|, ``n_queries`` = n_tot). The paper's tables are in percent
+(99.40 · 99.47 / 100 -> 98.87): the table layer (``histokit.stages.eval_kimia.eta_percent``) converts, from the counts
+for η_p.
 """
 from __future__ import annotations
 
@@ -48,14 +51,15 @@ def _flat_index(feats: np.ndarray, metric: str) -> tuple[faiss.Index, np.ndarray
 
 
 def _etas(hits_per_scan: np.ndarray, size_per_scan: np.ndarray) -> dict[str, float]:
-    eta_p = 100.0 * hits_per_scan.sum() / size_per_scan.sum()
-    eta_w = 100.0 * float(np.mean(hits_per_scan / size_per_scan))
-    return {"eta_p": float(eta_p), "eta_w": eta_w, "eta_tot": float(eta_p * eta_w / 100.0)}
+    n_correct, n_queries = float(hits_per_scan.sum()), float(size_per_scan.sum())
+    eta_p = n_correct / n_queries
+    eta_w = float(np.mean(hits_per_scan / size_per_scan))
+    return {"eta_p": eta_p, "eta_w": eta_w, "eta_tot": eta_p * eta_w, "n_correct": n_correct, "n_queries": n_queries}
 
 
 def eta_standard(train_feats, train_scans: Sequence, test_feats, test_scans: Sequence, *,
                  metric: str = "l2") -> dict[str, float]:
-    """Kimia standard η_p, η_w, η_tot (%): each test patch's top-1 neighbour among the *training* patches.
+    """Kimia standard η_p, η_w, η_tot (fractions): each test patch's top-1 neighbour among the *training* patches.
 
     ``metric``: ``"l2"`` (FAISS ``IndexFlatL2``, the paper's) or ``"cosine"``. Exact search. Scans are the test
     set's distinct ``test_scans`` (24 for Kimia Path24C).
@@ -87,7 +91,7 @@ def natural_key(text) -> tuple:
 
 def eta_public_code(test_feats, test_scans: Sequence, *, test_paths: Optional[Sequence[str]] = None,
                     metric: str = "l2") -> dict[str, float]:
-    """η_p, η_w, η_tot (%) exactly as the ffnir notebook computes them (which is *not* the Kimia standard).
+    """η_p, η_w, η_tot (fractions) exactly as the ffnir notebook computes them (which is *not* the Kimia standard).
 
     The notebook's procedure (``ntbk_02_extract-features-kimia.ipynb``, ``kimia_metrics_from_checkpoint``),
     reproduced step by step:

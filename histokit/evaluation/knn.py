@@ -8,6 +8,9 @@
 * :func:`sklearn_knn_auc` — Chen & Krishnan 2022 (``patch_evaluation.ipynb``): ``KNeighborsClassifier()`` with
   scikit-learn's defaults (k = 5, Euclidean, uniform weights), macro one-vs-rest ROC-AUC of ``predict_proba``.
 * :func:`majority_knn` — the unweighted vote (every neighbour counts 1), for comparison with the weighted one.
+
+Units: every accuracy and AUC here is a fraction in [0, 1] (the kit's one convention: fractions in code, percent
+only where a table renders them; docs/api.md).
 """
 from __future__ import annotations
 
@@ -54,7 +57,8 @@ def weighted_knn(
     num_classes: Optional[int] = None,
     chunk: int = 1024,
 ) -> dict[str, Any]:
-    """DINO's weighted k-NN classifier; returns ``top1`` and ``top3`` accuracy in %, and the top-1 ``predictions``.
+    """DINO's weighted k-NN classifier; returns ``top1`` and ``top3`` accuracy as fractions in [0, 1], and the top-1
+    ``predictions``.
 
     Labels are integer class ids in ``[0, num_classes)`` (default: max label + 1). Features are L2-normalized here
     (as DINO's extraction does), so the similarity is cosine. Tied class scores rank the lower class id first.
@@ -85,8 +89,8 @@ def weighted_knn(
     ranked = torch.cat(ranked).numpy()
     correct = ranked == test_y[:, None]
     return {
-        "top1": 100.0 * float(correct[:, 0].mean()),
-        "top3": 100.0 * float(correct[:, :3].any(axis=1).mean()),
+        "top1": float(correct[:, 0].mean()),
+        "top3": float(correct[:, :3].any(axis=1).mean()),
         "predictions": ranked[:, 0].astype(np.int64),
         "k": k,
         "T": T,
@@ -97,7 +101,7 @@ def sklearn_knn_auc(
     train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray, k: int = 5
 ) -> dict[str, Any]:
     """Chen & Krishnan's protocol: ``KNeighborsClassifier(n_neighbors=k)`` (defaults otherwise: Euclidean,
-    uniform), macro one-vs-rest ROC-AUC of ``predict_proba`` and top-1 ``accuracy`` (a fraction, as they report).
+    uniform), macro one-vs-rest ROC-AUC of ``predict_proba`` and top-1 ``accuracy`` (fractions, as they report).
 
     Rule for classes absent from the test set: a one-vs-rest AUC needs positives and negatives, so classes with no
     (or only) test samples are left out of the macro average and listed in ``auc_skipped_classes``; with every class
@@ -138,9 +142,10 @@ def majority_knn(
 ) -> dict[str, Any]:
     """Plain majority vote of the k nearest training items (scikit-learn, uniform weights; ties -> lowest label).
 
-    Returns ``top1`` accuracy in % and the ``predictions``. ``metric`` is any scikit-learn metric name.
+    Returns ``top1`` accuracy as a fraction in [0, 1] and the ``predictions``. ``metric`` is any scikit-learn metric
+    name.
     """
     train_f, train_y, test_f, test_y = _check_pair(train_f, train_y, test_f, test_y, k)
     clf = KNeighborsClassifier(n_neighbors=k, weights="uniform", metric=metric, algorithm="brute")
     pred = clf.fit(train_f, train_y).predict(test_f)
-    return {"top1": 100.0 * float(np.mean(pred == test_y)), "predictions": pred, "k": k, "metric": metric}
+    return {"top1": float(np.mean(pred == test_y)), "predictions": pred, "k": k, "metric": metric}

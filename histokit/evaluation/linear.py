@@ -14,6 +14,8 @@ epochs, and the best test accuracy over the epochs is reported; Ye et al. sweep 
 the feature (last-4-block concatenation vs the pooled embedding), the regularization (none vs L2 with C chosen on
 validation) and the model selection (best epoch on the test set vs C chosen on validation) all differ, so the
 numbers are comparable in kind only: the two protocols differ.
+
+Units: accuracies are fractions in [0, 1] (fractions in code, percent only where a table renders them; docs/api.md).
 """
 from __future__ import annotations
 
@@ -53,10 +55,11 @@ def linear_probe(
     seed: int = 0,
     max_iter: int = 1000,
 ) -> dict[str, Any]:
-    """Sweep ``C`` (inverse L2 strength) on the validation split; return test ``accuracy`` (%) at ``best_C``.
+    """Sweep ``C`` (inverse L2 strength) on the validation split; return test ``accuracy`` at ``best_C``.
 
     ``sweep`` lists ``{C, val_accuracy, converged}`` per value; ties in validation accuracy keep the smaller ``C``
-    (the stronger regularization). The returned ``val_accuracy`` is the best one, in %.
+    (the stronger regularization). The returned ``val_accuracy`` is the best one. Accuracies are fractions in
+    [0, 1].
     """
     train_f, train_y = _check_xy(train_f, train_y, "train")
     val_f, val_y = _check_xy(val_f, val_y, "val", train_f.shape[1])
@@ -73,11 +76,11 @@ def linear_probe(
             warnings.simplefilter("always", ConvergenceWarning)
             model = LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(train_f, train_y)
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        val_acc = 100.0 * float(np.mean(model.predict(val_f) == val_y))
+        val_acc = float(np.mean(model.predict(val_f) == val_y))
         sweep.append({"C": C, "val_accuracy": val_acc, "converged": converged})
         if best is None or val_acc > best["val_accuracy"]:
             best, best_model = sweep[-1], model
-    test_acc = 100.0 * float(np.mean(best_model.predict(test_f) == test_y))
+    test_acc = float(np.mean(best_model.predict(test_f) == test_y))
     return {
         "accuracy": test_acc,
         "best_C": best["C"],

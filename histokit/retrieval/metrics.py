@@ -19,6 +19,9 @@ Worked example (docs/protocols.md): relevance 1 0 1 0 0 in the top 5, R = 4, k =
 nDCG@k uses binary gains, log2 discount ``1 / log2(i + 1)`` and an ideal ranking of min(k, R) relevant items:
 DCG = 1 + 1/log2(4) = 1.5, IDCG = 1 + 1/log2 3 + 1/2 + 1/log2 5 = 2.5616, nDCG@5 = 0.5856 (torchmetrics and ranx
 agree). A query with no relevant item (R = 0) scores 0 on every metric (torchmetrics' default ``"neg"`` action).
+
+Units: every metric is a fraction in [0, 1] (per query and averaged; the kit's one convention, docs/api.md); tables
+show them in percent.
 """
 from __future__ import annotations
 
@@ -202,7 +205,8 @@ def evaluate_retrieval(
     Features are L2-normalized here (idempotent for extracted features). ``same_set=True``: the queries are the
     gallery itself (leave-one-out); each query's own image is never a hit, and ``R`` is the number of *other*
     gallery items with its label. ``search_seconds`` times the search of all queries (batched), excluding the index
-    build; ``device`` is the run's: on CUDA the index searches on the GPU (:func:`build_index`).
+    build; ``device`` is the run's: on CUDA the index searches on the GPU (:func:`build_index`). The metrics
+    (``means``, ``per_query``) are fractions in [0, 1].
     """
     if ap_normalization not in AP_NORMALIZATIONS:
         raise ValueError(f"ap_normalization must be one of {AP_NORMALIZATIONS}, got {ap_normalization!r}")

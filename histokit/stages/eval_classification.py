@@ -11,6 +11,10 @@ predictions). Row labels per model come from ``params["rows"] = {model: {key col
 are fitted on — ``"train"`` (default: the training split, the validation split held out) or ``"train+val"`` (every
 training tile, in dataset order, as Chen & Krishnan's notebook fits ``KNeighborsClassifier`` / ``LinearRegression``
 on the whole training set).
+
+Units: the evaluation functions return fractions (histokit.evaluation); the records these stages write, which the
+tables render, hold accuracies in percent, converted here with :func:`percent` (``100.0 * fraction``, the same
+float the functions returned before they returned fractions, so no table value moved).
 """
 from __future__ import annotations
 
@@ -30,12 +34,20 @@ from .index import feature_parts, load_feature_set
 DINO_KS = (10, 20, 100, 200)   # facebookresearch/dino eval_knn.py's nb_knn
 
 
+def percent(fraction):
+    """A fraction (a float or an array of per-item values) as the percent a table shows: ``100.0 * fraction``."""
+    return 100.0 * fraction
+
+
 def row_labels(spec: EvalSpec, model: str) -> dict:
     return {**spec.labels, **spec.params.get("rows", {}).get(model, {})}
 
 
 def knn_with_k_sweep(parts: dict, ks=DINO_KS, T: float = 0.07) -> dict:
-    """DINO weighted k-NN; Ye et al. sweep k, so k is chosen on the validation split and the test set scored once."""
+    """DINO weighted k-NN; Ye et al. sweep k, so k is chosen on the validation split and the test set scored once.
+
+    Returns :func:`~histokit.evaluation.knn.weighted_knn`'s result (``top1`` / ``top3`` fractions) with ``correct``
+    (1.0 / 0.0 per test item) and ``k_candidates``."""
     train, val, test = parts["train"], parts.get("val"), parts["test"]
     usable = [k for k in ks if k <= len(train)] or [len(train)]
     chosen = usable[0]
@@ -45,7 +57,7 @@ def knn_with_k_sweep(parts: dict, ks=DINO_KS, T: float = 0.07) -> dict:
         chosen = max(usable, key=lambda k: (scores[k], -k))
     n_cls = int(max(train.labels.max(), test.labels.max())) + 1
     out = weighted_knn(train.features, train.labels, test.features, test.labels, k=chosen, T=T, num_classes=n_cls)
-    out["correct"] = (out["predictions"] == test.labels).astype(float) * 100.0
+    out["correct"] = (out["predictions"] == test.labels).astype(float)
     out["k_candidates"] = usable
     return out
 
@@ -103,14 +115,14 @@ def probe_measures(ctx: StageContext, spec: EvalSpec, model: str, dataset: str, 
     if {"knn", "knn_top3"} & set(columns):
         knn = knn_with_k_sweep(parts, spec.params.get("knn_ks", DINO_KS))
         note = f"weighted k-NN, T = 0.07, k = {knn['k']} chosen on val from {knn['k_candidates']}"
-        add("knn", knn["top1"], per_item=knn["correct"], note=note)
-        add("knn_top3", knn["top3"], note=note)
+        add("knn", percent(knn["top1"]), per_item=percent(knn["correct"]), note=note)
+        add("knn_top3", percent(knn["top3"]), note=note)
     if "linear" in columns:
         val = parts.get("val")
         lin = linear_probe(train.features, train.labels, val.features, val.labels, test.features, test.labels,
                            seed=ctx.seed)
-        correct = (lin["predictions"] == test.labels).astype(float) * 100.0
-        add("linear", lin["accuracy"], per_item=correct,
+        correct = percent((lin["predictions"] == test.labels).astype(float))
+        add("linear", percent(lin["accuracy"]), per_item=correct,
             note=f"logistic regression, C = {lin['best_C']:g} chosen on val")
     if "knn_auc" in columns:
         auc = sklearn_knn_auc(fit.features, fit.labels, test.features, test.labels, k=5)
@@ -142,8 +154,9 @@ def resplit_scores(ctx: StageContext, model: str, dataset: str, n_splits: int, t
     re-split (BreastPathQ: MSE and Kendall tau of the regression probe). ``test_fraction``: "original" (the
     dataset's own official test share, :func:`original_test_fraction`), a number, or {dataset: either}.
 
-    Returns {measure: [one value per re-split]} plus ``test_fraction`` (the share used) and ``labels`` (the pooled
-    labels: two models with equal labels were scored on the same re-splits, so their values pair up)."""
+    Returns {measure: [one value per re-split]} (``acc`` in percent, as the table shows it) plus ``test_fraction``
+    (the share used) and ``labels`` (the pooled labels: two models with equal labels were scored on the same
+    re-splits, so their values pair up)."""
     full = load_feature_set(ctx, model, dataset)
     parts = [full]
     if ctx.recipe.dataset(dataset).test_dataset:
@@ -169,7 +182,7 @@ def resplit_scores(ctx: StageContext, model: str, dataset: str, n_splits: int, t
             scores["tau"].append(reg["kendall_tau"])
         else:
             k = min(20, len(tr))
-            scores["acc"].append(weighted_knn(feats[tr], labels[tr], feats[te], labels[te], k=k)["top1"])
+            scores["acc"].append(percent(weighted_knn(feats[tr], labels[tr], feats[te], labels[te], k=k)["top1"]))
     out = {k: v for k, v in scores.items() if v}
     out.update(test_fraction=test_fraction, fraction_source=source, labels=labels)
     return out

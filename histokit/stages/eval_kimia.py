@@ -1,6 +1,9 @@
 """Kimia Path24C retrieval (Nuñez-Fernández et al. Tables 1-2): eta_p, eta_w, eta_tot, in the protocol a table
 names — ``standard`` (every test patch queries the training patches; Babaie 2017, Shafiei 2021) or
-``public_code`` (the ffnir notebook: test patches searched against themselves, one query per scan)."""
+``public_code`` (the ffnir notebook: test patches searched against themselves, one query per scan).
+
+The eta functions return fractions; the records (what the tables render) are in percent, as the paper's tables:
+:func:`eta_percent`."""
 from __future__ import annotations
 
 from ..evaluation.kimia import eta_public_code, eta_standard
@@ -15,6 +18,15 @@ PROTOCOL_NOTES = {
                    "file order within each scan, first patch of each scan as its query, search depth growing with "
                    "the scan index, hits counted by file name, FAISS L2",
 }
+
+
+def eta_percent(etas: dict) -> dict[str, float]:
+    """The fractions of :mod:`histokit.evaluation.kimia` in percent: η_p from the counts (``100 * n_correct /
+    n_queries``), η_w as ``100 * η_w``, η_tot = η_p · η_w / 100 — the same floats the functions returned when they
+    computed percent themselves, so no table value moves."""
+    eta_p = 100.0 * etas["n_correct"] / etas["n_queries"]
+    eta_w = 100.0 * etas["eta_w"]
+    return {"eta_p": eta_p, "eta_w": eta_w, "eta_tot": eta_p * eta_w / 100.0}
 
 
 def query_image_paths(ctx: StageContext, dataset: str, test) -> list[str]:
@@ -40,8 +52,9 @@ def eval_kimia_eta(ctx: StageContext, spec: EvalSpec) -> list[dict]:
             else:
                 etas = eta_public_code(test.features, test.labels, test_paths=query_image_paths(ctx, dataset, test),
                                        metric="l2")
+            shown = eta_percent(etas)
             for metric in ("eta_p", "eta_w", "eta_tot"):
                 out.append({"table": spec.table, "model": model, "dataset": dataset, "metric": metric,
-                            "value": float(etas[metric]), "n": len(test), "note": PROTOCOL_NOTES[protocol],
+                            "value": float(shown[metric]), "n": len(test), "note": PROTOCOL_NOTES[protocol],
                             **row_labels(spec, model)})
     return out
