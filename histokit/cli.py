@@ -105,10 +105,16 @@ def _reproduce(args: argparse.Namespace, kernel) -> int:
     label = result_label(args.profile, bool(args.rehearse))
     stages = select_stages(args.only, args.start)
     estimates = [estimate_seconds(p, label, stages) for p in papers]
-    started, published = time.monotonic(), []
+    started, published, verify_status = time.monotonic(), [], 0
     for i, (paper, recipe) in enumerate(zip(papers, recipes)):
         own = {k: v for k, v in checkpoints.items() if k in checkpoint_names(recipe)}
         later = estimates[i + 1:]
+        if args.verify:  # read before anything runs: the publication this run will replace (the committed one)
+            from . import paths
+            from .results_verify import read_run_json, snapshot_tables
+
+            committed = snapshot_tables(paths.results_dir(paper, label))
+            committed_run = read_run_json(paths.results_dir(paper, label))
         try:
             result = reproduce(paper, args.profile, data_root=args.data_root,
                                run_dir=args.run_dir if len(papers) == 1 else None,
@@ -125,11 +131,20 @@ def _reproduce(args: argparse.Namespace, kernel) -> int:
             print(f"histokit: {paper}: {describe_os_error(exc)}", file=sys.stderr)
             return 1
         published.append((paper, result.results_dir))
+        if args.verify:
+            from .results_verify import verify_publication
+
+            if result.results_dir is None:
+                print(f"histokit: --verify {paper}: the run published nothing to compare", file=sys.stderr)
+                verify_status = 1
+            else:
+                verify_status |= verify_publication(paper, committed, committed_run, result.results_dir,
+                                                    say=lambda line: print(line, flush=True))
     if kernel is not None:
         kernel.shutdown()  # the benchmark, audit and report below run here, not in the kernel
     status = _after_reproduce(args)
     _print_summary(published, time.monotonic() - started)
-    return status
+    return status or verify_status
 
 
 def _print_summary(published: list, seconds: float) -> None:
@@ -317,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rehearsal: images per class in each split (default 10)")
     rep.add_argument("--rehearse-train-images", type=int, default=None, metavar="N",
                      help="rehearsal: images a training run reads, which bounds its batch (default 8)")
+    rep.add_argument("--verify", action="store_true",
+                     help="after the run, compare each paper's published CSV tables cell by cell with the ones "
+                          "that were at results/<paper>/<profile>/ when the command started (in a fresh clone: the "
+                          "committed ones, read before the run replaces them) and name every cell that differs "
+                          "(table, row, column, committed and new value); exit 1 if any differs. Not compared: "
+                          "timing.csv, and columns / records.csv metrics naming ms, seconds, latency, timing, "
+                          "duration, throughput, device or backend")
     rep.add_argument("--check", action="store_true",
                      help="list every missing dataset and weight file (with the manual steps) and exit; runs nothing")
     dist = rep.add_argument_group("multi-GPU / multi-node (torchrun) for the training runs and the extraction")

@@ -17,8 +17,17 @@ Workers (:func:`worker_count`): the cores this process may run on (``os.sched_ge
 
 Reproducibility with workers: the pretraining datasets draw each item's views and masks from an RNG seeded by
 (seed, epoch, index) (:class:`histokit.distributed.sampler.PerSampleSeed`, whose epoch persistent workers share), so
-they are the same whatever the worker count. Other datasets with random transforms (fine-tuning) draw from torch's
-per-worker seeds, which come from the loader's generator: the same for a given worker count, not across counts.
+they are the same whatever the worker count; so are Sub-center ArcFace's (``stages.train_metric``). Supervised
+fine-tuning's crops draw from torch's per-worker seeds, which come from the loader's generator: the same for a given
+worker count, not across counts (tests/test_determinism_training.py).
+
+Seeding (:func:`seed_everything`, the kit's one): Python's ``random``, NumPy's global RNG and torch's (CPU and
+every CUDA device) from one seed; the engine, every stage (``open_stage``) and each training run call it. A loader
+whose draws matter beyond its sampler gets its own :func:`loader_generator`, so its workers' base seed never comes
+from (nor advances) the global RNG the model's dropout and masks draw from, and :func:`seed_worker`, which adds
+OpenCV's RNG to what torch seeds in each worker (Python, NumPy, torch: ``base_seed + worker_id``).
+:func:`set_loader_epoch` tells a per-epoch sampler and a per-sample seeded dataset the epoch, and
+:func:`draw_skipped_base_seed` keeps the global stream of a loader with persistent workers as it is without workers.
 
 Spawn-safe: every dataset and transform the kit hands a loader is a module-level class (no lambdas or closures), so
 the loaders also work under the ``spawn`` / ``forkserver`` start methods (macOS, Windows, Python >= 3.14 on Linux).
@@ -27,8 +36,11 @@ from __future__ import annotations
 
 import numbers
 import os
+import random
+import sys
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 MAX_WORKERS = 16       # per rank: DINO / iBOT run 10 per GPU; more mostly adds memory (each holds prefetched batches)
@@ -76,3 +88,47 @@ def loader_kwargs(device: Union[str, torch.device], *, train: bool = True,
     if num_workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=PREFETCH_FACTOR)
     return kwargs
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and CUDA) with ``seed`` (the kit's one seeding
+    function: ``histokit.train.engine.seed_everything`` and ``histokit.stages.context.seed_everything`` are this)."""
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of the kit's training loaders. torch has already seeded Python, NumPy and torch in the
+    worker from the loader's base seed (``base_seed + worker_id``); this seeds OpenCV's own RNG from the same seed
+    when OpenCV is loaded (the LGFFEM blurs call it), so no library in a worker starts from an unseeded state."""
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and hasattr(cv2, "setRNGSeed"):
+        cv2.setRNGSeed(int(torch.initial_seed() % 2**31))
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """A loader's own generator, seeded: its shuffling (a ``RandomSampler``) and its workers' base seed come from
+    it, not from the global RNG."""
+    return torch.Generator().manual_seed(int(seed))
+
+
+def set_loader_epoch(loader, epoch: int) -> None:
+    """Tell ``loader``'s sampler (a ``DistributedSampler`` reshuffles with ``seed + epoch``) and its dataset (a
+    :class:`~histokit.distributed.sampler.PerSampleSeed` seeds each item with (seed, epoch, index)) the epoch."""
+    for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+                getattr(loader, "dataset", None)):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+def draw_skipped_base_seed(loader) -> None:
+    """Call before each epoch's ``iter(loader)``: a DataLoader without a generator of its own draws its workers' base
+    seed from the global torch RNG each time it makes an iterator - every epoch with no workers or non-persistent
+    ones, only the first epoch with persistent workers (``_iterator`` kept). The main process's stream, which
+    dropout, drop-path and MAE's noise draw from, would then depend on the worker count; this makes the one draw a
+    persistent loader skips, so a run is the same with 0 or N workers (and a CPU run's numbers are unchanged)."""
+    if (getattr(loader, "num_workers", 0) > 0 and getattr(loader, "persistent_workers", False)
+            and getattr(loader, "generator", None) is None and getattr(loader, "_iterator", None) is not None):
+        torch.empty((), dtype=torch.int64).random_()

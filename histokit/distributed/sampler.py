@@ -68,8 +68,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class PerSampleSeed(Dataset):
-    """Wrap a dataset whose transform draws random numbers (multi-crop views): item ``i`` of epoch ``e`` is built
-    with Python's and torch's RNG seeded from ``(seed, e, i)`` and the outer RNG state restored afterwards.
+    """Wrap a dataset whose transform draws random numbers (multi-crop views, LGFFEM's augmentation): item ``i`` of
+    epoch ``e`` is built with Python's, NumPy's and torch's RNG seeded from ``(seed, e, i)`` and the outer RNG states
+    restored afterwards (the main process's global streams, which dropout and masks draw from, are left as they were).
 
     torchvision transforms draw from torch's global RNG and histokit's ``RandomRotate90`` from ``random``; seeding
     both makes the views of an image identical whichever rank or worker loads it. The engine calls
@@ -94,11 +95,13 @@ class PerSampleSeed(Dataset):
 
     def __getitem__(self, index: int):
         s = sample_seed(self.seed, self.epoch, int(index))
-        py_state = random.getstate()
+        py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             random.seed(s)
+            np.random.seed(s % 2**32)
             torch.manual_seed(s)
             try:
                 return self.dataset[index]
             finally:
                 random.setstate(py_state)
+                np.random.set_state(np_state)

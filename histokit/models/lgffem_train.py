@@ -218,16 +218,23 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
     Without ``optimizer``/``scheduler`` the paper's :func:`make_optimizer` is used. After each epoch the trainable
     weights (:meth:`LGFFEM.trainable_state_dict` when available), loss, optimizer, scheduler and history are saved
     atomically to ``checkpoint_path``; with ``resume`` an existing checkpoint there is loaded
-    (``weights_only=True``) and training continues after its last epoch. ``grad_clip`` 1.0 as in the ffnir scripts.
+    (``weights_only=True``) and training continues after its last epoch, with the RNG states (Python, NumPy, torch,
+    the loader's generator) the checkpoint saved, so a resumed run draws what an uninterrupted one would (the head's
+    dropout). Before each epoch the loader's sampler and dataset are told the epoch (``set_epoch``: a
+    ``DistributedSampler``'s order, a ``PerSampleSeed``'s augmentation). ``grad_clip`` 1.0 as in the ffnir scripts.
     ``max_steps``: stop after this many optimizer steps in all (a rehearsal), counting those of a resumed checkpoint.
     """
     if optimizer is None:
         if scheduler is not None:
             raise ValueError("pass scheduler only together with its optimizer")
         optimizer, scheduler = make_optimizer(model, loss_fn, epochs)
+    from ..data.loading import draw_skipped_base_seed, set_loader_epoch
+    from ..train.checkpoint import capture_rng, restore_rng
+
     device = torch.device(device)
     model.to(device)
     loss_fn.to(device)
+    generator = getattr(loader, "generator", None)
     history: list[dict] = []
     start = 0
     path = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -246,11 +253,15 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
             loss_optimizer.load_state_dict(ckpt["loss_optimizer"])
         history = list(ckpt["history"])
         start = int(ckpt["epoch"]) + 1
+        if ckpt.get("rng") is not None:  # absent from checkpoints written before the RNG states were kept
+            restore_rng(ckpt["rng"], generator, device)
     params = [p for p in model.parameters() if p.requires_grad]  # ffnir clips the model, not the loss centres
     done = sum(int(h.get("steps", 0)) for h in history)
     for epoch in range(start, epochs):
         if max_steps is not None and done >= max_steps:
             break
+        set_loader_epoch(loader, epoch)  # a per-epoch sampler / per-sample seeded dataset (stages.train_metric)
+        draw_skipped_base_seed(loader)
         model.train()
         total, steps = 0.0, 0
         bar = progress_bar(loader, desc=f"LGFFEM epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
@@ -287,5 +298,6 @@ def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs:
                                "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                "loss_optimizer": loss_optimizer.state_dict() if loss_optimizer is not None else None,
-                               "epoch": epoch, "history": history}, path)
+                               "epoch": epoch, "history": history,
+                               "rng": capture_rng(generator, device)}, path)
     return history

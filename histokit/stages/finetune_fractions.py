@@ -10,7 +10,7 @@ from ..run_identity import OWNER_KEYS, run_identity
 from ..sidecars import SidecarError, check_sidecar, read_sidecar
 from ..train.supervised import finetune_classifier, predict
 from .common import load_recipe_dataset, resolve_weights, slug, split_indices, training_rows, weights_normalization
-from .context import StageContext
+from .context import StageContext, seed_everything
 
 
 def finetune_transform(size: int, mean, std):
@@ -37,6 +37,7 @@ def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction
                                  what=f"the {fraction:g} label-fraction result of {model_name!r} on {dataset!r} of "
                                       f"this {ctx.paper} {ctx.label} run")
     model = ctx.recipe.model(model_name)
+    seed_everything(ctx.seed)  # a random start (or fallback) must not depend on what ran before in this kernel
     encoder, source = resolve_weights(ctx, model.encoder, model.weights, dataset, image_size=ctx.recipe.image_size,
                                       pooling=model.pooling, encoder_kwargs=model.encoder_kwargs,
                                       scope=params.get("table", "all"))

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from ..progress import progress_bar
 
+from histokit.data.loading import draw_skipped_base_seed, seed_everything, set_loader_epoch
 from histokit.distributed.launch import assert_replicas_equal, rank, world_size
 from histokit.distributed.sampler import distributed_loader
 from histokit.io import atomic_write_json
@@ -38,13 +37,6 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "lars")
 GRAD_CLIP_MODES = ("global", "per_param")
 LR_REFERENCE_BATCH = 256  # the linear scaling rule's reference batch (Goyal et al. 2017; DINO main_dino.py)
 TRAIN_CONFIG_NAME = "train_config.json"
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _distributed() -> bool:
@@ -184,12 +176,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _set_epoch(loader, epoch: int) -> None:
-    """DistributedSampler (and any sampler / dataset with ``set_epoch``) reshuffles per epoch."""
-    for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-                getattr(loader, "dataset", None)):
-        if hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
+_set_epoch = set_loader_epoch  # DistributedSampler (and any sampler / dataset with ``set_epoch``) per epoch
 
 
 def _resolve_device(device) -> torch.device:
@@ -325,6 +312,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         if epoch * steps_per_epoch >= stop_at:
             break
         _set_epoch(loader, epoch)
+        draw_skipped_base_seed(loader)  # the global stream (dropout, drop-path, MAE noise) whatever the workers
         method.train()
         window = _LogWindow(device)
         bar = progress_bar(total=steps_per_epoch, desc=f"{label + ' ' if label else ''}epoch {epoch + 1}/{epochs}",
