@@ -47,12 +47,18 @@ def _plain(obj):
     return repr(obj)
 
 
-def recipe_digest(recipe) -> str:
-    """sha256 of everything a recipe says (datasets, models, training specs, tables, notes), independent of the
-    process (set order) and of the clone (repository paths are written relative to it)."""
+def recipe_document(recipe) -> dict:
+    """The resolved recipe as plain JSON (datasets, models, training specs, evaluations, tables, notes), repository
+    paths written relative to it: what ``results/<paper>/<label>/recipe.json`` publishes beside the tables."""
     from .runner import portable
 
-    text = json.dumps(portable(_plain(recipe)), sort_keys=True, default=repr)
+    return portable(_plain(recipe))
+
+
+def recipe_digest(recipe) -> str:
+    """sha256 of everything a recipe says (:func:`recipe_document`), independent of the process (set order) and of
+    the clone (repository paths are written relative to it)."""
+    text = json.dumps(recipe_document(recipe), sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Iterable, Optional
 from . import paths
 from .io import atomic_write_json
 from .provenance import device_info, git_commit, now_iso, package_versions
-from .run_identity import IDENTITY_NAME, OWNER_KEYS, RUNNER_ENV, IdentityError, differences, read_identity, run_identity
+from .run_identity import (IDENTITY_NAME, OWNER_KEYS, RUNNER_ENV, IdentityError, differences, read_identity,
+                           recipe_document, run_identity)
 from .run_lock import RunLock, RunLocked
 from .run_log import RunLog, format_duration, snapshot, written_since
 
@@ -522,8 +523,10 @@ def _keep_aside(aside: Path, keep: Path) -> Optional[str]:
     return None if left is None else f"copied to {keep}, but its copy at {aside} stays ({left})"
 
 
-def publish_results(run_dir: Path, target: Path, provenance: dict, say=None, warn=None) -> Path:
-    """Publish ``run_dir/results`` at ``target`` with ``run.json``, never losing the previous publication.
+def publish_results(run_dir: Path, target: Path, provenance: dict, say=None, warn=None,
+                    recipe: Optional[dict] = None) -> Path:
+    """Publish ``run_dir/results`` at ``target`` with ``run.json`` (and ``recipe.json``, the resolved recipe the run
+    ran, when given), never losing the previous publication.
 
     The new publication is built complete in a staging folder beside ``target``; then the previous one is renamed
     aside and the staging folder renamed onto ``target`` (a failure there renames the previous one back). Only then
@@ -547,6 +550,8 @@ def publish_results(run_dir: Path, target: Path, provenance: dict, say=None, war
             os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; results are meant to be read by others
             shutil.copytree(source, staging, dirs_exist_ok=True)
             atomic_write_json(staging / "run.json", provenance)
+            if recipe is not None:  # the configuration next to its output, as dinov2 writes its merged config
+                atomic_write_json(staging / "recipe.json", recipe)
         except shutil.Error as exc:  # copytree's collected failures: name the first
             _remove_tree(staging)
             first = exc.args[0][0] if exc.args and isinstance(exc.args[0], list) and exc.args[0] else (None, None, exc)
@@ -734,7 +739,8 @@ def reproduce(paper: str, profile: str = "smoke", *, data_root: Optional[str] = 
                 stage.pop("identity", None)
             target = paths.results_dir(paper, label)
             try:
-                result.results_dir = publish_results(run_path, target, provenance, say=log.say)
+                result.results_dir = publish_results(run_path, target, provenance, say=log.say,
+                                                     recipe=recipe_document(recipe))
             except OSError as exc:
                 raise RunnerError(f"publishing to {target} failed: {describe_os_error(exc)} (the previous "
                                   f"publication there is untouched; this run's results stay in {run_path / 'results'})"

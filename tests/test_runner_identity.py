@@ -115,3 +115,22 @@ def test_a_damaged_identity_file_is_named(tmp_path, damage):
         runner.establish_identity(tmp_path / "run", _identity(tmp_path))
     assert "\n" not in str(err.value)
     assert (tmp_path / "run" / "identity.json").read_text() == damage  # not overwritten
+
+
+def test_the_resolved_recipe_is_published_beside_the_tables_and_is_the_one_the_digest_names(fake_stages, tmp_path):
+    """Config next to its output: ``recipe.json`` is the recipe the run ran (its digest is run.json's), with
+    repository paths written relative, so a reader sees every model, dataset, schedule and table spec used."""
+    import hashlib
+
+    from histokit.papers import get_recipe
+
+    run(tmp_path)
+    target = tmp_path / "results" / "esvit" / "smoke"
+    document = json.loads((target / "recipe.json").read_text())
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True, default=repr).encode()).hexdigest()
+    assert digest == json.loads((target / "run.json").read_text())["recipe"]
+    assert document == run_identity.recipe_document(get_recipe("esvit", "smoke"))
+    assert document["paper"] == "esvit" and {t["name"] for t in document["pretrain"]} >= {"esvit_pretrain"}
+    from pathlib import Path
+
+    assert str(Path(__file__).resolve().parents[1]) not in json.dumps(document)  # no absolute repository path
