@@ -1,5 +1,5 @@
 """The ``histokit`` command: ``reproduce``, ``data``, ``list``, ``report``, ``benchmark``, ``audit``, ``bench``,
-``doctor``, ``gpucheck``."""
+``doctor``, ``gpucheck``, ``init``."""
 from __future__ import annotations
 
 import argparse
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="histokit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"histokit {__version__}")
+    parser.add_argument("--workdir", default=None, metavar="DIR",
+                        help="where runs/ and results/ live (default: the clone's own; for an installed histokit "
+                             "the directory `histokit init` made, else the current one)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser("reproduce", help="run a paper's stage notebooks and publish its tables")
@@ -392,12 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     gpucheck.set_defaults(func=cmd_gpucheck)
 
     from .data.cli import add_data_subcommands
+    from .workdir import add_init_subcommand
 
     add_data_subcommands(sub)
+    add_init_subcommand(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .workdir import apply_workdir
+
+    apply_workdir(argv)  # before any folder default is read (histokit/workdir.py)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -7,17 +7,20 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 
-from .paths import REPO_DIR
+from . import paths
 
 TRACKED_PACKAGES = ("histokit", "torch", "torchvision", "timm", "faiss-cpu", "scikit-learn", "scipy", "numpy",
                     "pandas", "pytorch-metric-learning", "torchstain", "grad-cam", "umap-learn", "papermill")
 
 
 def git_commit() -> dict:
-    """The repository's HEAD and whether the working tree had uncommitted changes (``None`` outside a checkout)."""
+    """The repository's HEAD and whether the working tree had uncommitted changes (``None`` outside a checkout: an
+    installed histokit is identified by its version, and the work directory may sit in some other repository)."""
     def git(*args: str) -> str | None:
+        if not paths.IN_CLONE:
+            return None
         try:
-            return subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10,
+            return subprocess.run(["git", *args], cwd=paths.REPO_DIR, capture_output=True, text=True, timeout=10,
                                   check=True).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None

@@ -52,3 +52,31 @@ def test_list_keeps_test_variants_apart_from_the_papers_encoders(capsys):
     assert set(smoke) == {e for e in list_encoders() if e.endswith("_smoke")} and "vit_smoke" in smoke
     assert set(encoders) | set(tests) | set(smoke) == set(list_encoders())  # every encoder on exactly one line
     assert "internal" in lines["test"]
+
+
+def test_workdir_and_init_in_process(tmp_path, monkeypatch, capsys):
+    """--workdir moves runs/ and results/ (here, in the clone, too); `histokit init DIR` marks DIR and copies the
+    stage notebooks, keeping a user's edited copy unless --force."""
+    from histokit import paths
+
+    monkeypatch.delenv("HISTOKIT_WORKDIR", raising=False)
+    try:
+        work = tmp_path / "study"
+        assert main(["--workdir", str(work), "init", str(work)]) == 0
+        assert paths.RESULTS_DIR == work.resolve() / "results" and paths.RUNS_DIR == work.resolve() / "runs"
+        notebooks = sorted(p.name for p in (work / "notebooks").glob("*.ipynb"))
+        assert notebooks == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")) and len(notebooks) == 7
+        assert (work / paths.WORKDIR_MARKER).is_file()
+        assert paths.find_workdir(work / "notebooks") == work.resolve()  # JupyterLab's kernels start in notebooks/
+        edited = work / "notebooks" / notebooks[0]
+        edited.write_text("{}")
+        capsys.readouterr()
+        assert main(["init", str(work)]) == 0 and edited.read_text() == "{}"
+        assert "7 already there kept" in capsys.readouterr().out
+        assert main(["init", str(work), "--force"]) == 0 and edited.read_text() != "{}"
+    finally:
+        import os
+
+        os.environ.pop("HISTOKIT_WORKDIR", None)
+        paths._resolve()
+    assert paths.RESULTS_DIR == ROOT / "results"

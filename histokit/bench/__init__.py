@@ -21,7 +21,7 @@ import faiss
 import torch
 
 from ..device import resolve_device
-from ..paths import RESULTS_DIR
+from .. import paths
 from .config import BenchConfig
 from .environment import bench_threads, environment
 from .extraction import run_extraction_section
@@ -59,7 +59,7 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     env.update(torch_threads=threads, faiss_threads=threads, threads_reason=why)
-    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR / "benchmarks"
+    out_dir = Path(out_dir) if out_dir is not None else paths.RESULTS_DIR / "benchmarks"
     slug = env["slug"] if cfg.mode == "full" else f"{env['slug']}-{cfg.mode}"
     start = time.perf_counter()
     from ..device import configure_backends, current_backends
