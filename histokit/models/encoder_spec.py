@@ -1,0 +1,392 @@
+"""Bring your own encoder: one naming scheme and one loader for a model the kit did not train.
+
+Four schemes (``histokit evaluate --encoder SPEC``, ``histokit benchmark --encoder SPEC``):
+
+* ``timm:<name>`` — ``timm.create_model(name, pretrained=True)``, e.g. ``timm:vit_small_patch16_224.dino``; weights
+  from the local Hugging Face cache first (no request leaves the machine), else the hub.
+* ``hf-hub:<org>/<repo>`` — a model on the Hugging Face hub as timm loads it (``config.json`` + weights in timm's
+  layout: UNI, Virchow 2, H-optimus, Prov-GigaPath, Phikon ...), the local cache first, else the hub.
+* ``local:/path/x.pth@<timm architecture>`` — a checkpoint file through the kit's safe path
+  (:func:`histokit.models.checkpoints.read_checkpoint`: ``weights_only=True``, Git-LFS pointers and HTML pages
+  refused; ``.safetensors`` read with safetensors) loaded by :func:`~histokit.models.checkpoints.load_into`, which
+  unwraps the common wrappers and refuses a state dict that does not fit the architecture, listing the keys.
+* ``module:function`` (``package.module:function``) — a Python entry point returning an ``nn.Module`` or
+  ``(nn.Module, transform or None)``; the module's ``forward`` must give one ``(B, D)`` embedding per image.
+
+Every resolved encoder records its pooling, native input size and input normalisation (timm's ``pretrained_cfg``
+through ``timm.data.resolve_data_config`` where there is one; a transform's ``Normalize`` for an entry point) and
+its weights in words (``source``, the tables' ``weights used`` column). Weights a hub cannot give (gated, offline
+and not cached) are refused with a message saying how to provide them by hand; only ``timm:`` names in a lenient
+(smoke) run fall back to a random initialisation, and then ``source`` starts with "random init" and says why.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .base import Encoder, TokenOutput
+
+SCHEMES = ("timm", "hf-hub", "local", "module")
+# Classifier heads a local checkpoint may carry beside the trunk (the embedding is the pre-logits features).
+HEAD_PREFIXES = ("head", "fc.", "classifier.", "head_dist.", "last_linear.")
+_ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class EncoderSpecError(ValueError):
+    """A spec that cannot be parsed or resolved; the message names the spec and what to do."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    text: str           # as the user typed it
+    scheme: str         # timm | hf-hub | local | module
+    target: str         # timm name, org/repo, file path, or module:function
+    arch: str = ""      # local: the timm architecture after @
+
+    @property
+    def label(self) -> str:
+        """The row label in a table: the spec itself, a local file by its name."""
+        if self.scheme == "local":
+            return f"local:{Path(self.target).name}@{self.arch}"
+        return self.text
+
+
+@dataclass
+class ResolvedEncoder:
+    spec: EncoderSpec
+    encoder: Encoder
+    source: str                      # the weights as used, in words
+    pooling: str
+    input_size: Optional[int]        # the model's native input size (pretrained_cfg), None if unknown
+    mean: tuple
+    std: tuple
+    normalisation_from: str          # where mean / std come from
+    identity: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        size = f"{self.input_size} px native" if self.input_size else "input size not recorded"
+        return (f"{self.spec.label}: pooling {self.pooling}; {size}; mean {tuple(round(v, 4) for v in self.mean)}, "
+                f"std {tuple(round(v, 4) for v in self.std)} ({self.normalisation_from}); weights: {self.source}")
+
+
+def parse_encoder_spec(text: str) -> EncoderSpec:
+    """``timm:NAME`` | ``hf-hub:ORG/REPO`` | ``local:PATH@ARCH`` | ``package.module:function``."""
+    text = str(text).strip()
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in ("timm", "hf-hub", "local"):
+        if not rest:
+            raise EncoderSpecError(f"encoder spec {text!r}: nothing after {scheme}:")
+        if scheme == "hf-hub" and rest.count("/") != 1:
+            raise EncoderSpecError(f"encoder spec {text!r}: hf-hub needs ORG/REPO, e.g. hf-hub:MahmoodLab/UNI")
+        if scheme == "local":
+            path, at, arch = rest.rpartition("@")
+            if not at or not path or not arch:
+                raise EncoderSpecError(f"encoder spec {text!r}: a local checkpoint needs its timm architecture, "
+                                       "local:/path/weights.pth@vit_small_patch16_224")
+            return EncoderSpec(text, "local", str(Path(path).expanduser()), arch)
+        return EncoderSpec(text, scheme, rest)
+    if _ENTRY.match(text):
+        return EncoderSpec(text, "module", text)
+    raise EncoderSpecError(f"encoder spec {text!r} is none of timm:NAME, hf-hub:ORG/REPO, local:PATH@ARCH or "
+                           "package.module:function")
+
+
+# --------------------------------------------------------------------------------------------- the wrappers
+
+
+class TimmEncoder(Encoder):
+    """Any timm model (``num_classes=0``) as a kit Encoder, pooled as the model itself pools (``forward_head`` with
+    ``pre_logits=True``: the [CLS] token of a ViT with ``global_pool='token'``, the average of a CNN ...)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.embed_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> TokenOutput:
+        if mask is not None:
+            raise NotImplementedError("a user encoder does not support token masking")
+        feats = self.model.forward_features(x)
+        return TokenOutput(pooled=self.model.forward_head(feats, pre_logits=True), patch_tokens=None,
+                           cls_tokens=None)
+
+
+class ModuleEncoder(Encoder):
+    """An entry point's ``nn.Module`` whose ``forward`` gives ``(B, D)``."""
+
+    def __init__(self, module: nn.Module, embed_dim: int):
+        super().__init__()
+        self.model = module
+        self.embed_dim = int(embed_dim)
+
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> TokenOutput:
+        if mask is not None:
+            raise NotImplementedError("a user encoder does not support token masking")
+        return TokenOutput(pooled=self.model(x), patch_tokens=None, cls_tokens=None)
+
+
+def timm_pooling(model: nn.Module) -> str:
+    pool = getattr(model, "global_pool", None)
+    pool = getattr(pool, "pool_type", pool)  # CNNs: a SelectAdaptivePool2d module
+    if isinstance(pool, str) and pool:
+        return {"token": "cls token (timm global_pool='token')"}.get(pool, f"timm global_pool={pool!r}")
+    return "the model's own forward_head (pre-logits)"
+
+
+def timm_data_config(model: nn.Module) -> tuple[Optional[int], tuple, tuple, str]:
+    """(native input size, mean, std, where from): timm's data config of the model's pretrained_cfg."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    size = cfg.get("input_size")
+    has_cfg = bool(getattr(model, "pretrained_cfg", None))
+    return (int(size[-1]) if size else None, tuple(float(v) for v in cfg["mean"]),
+            tuple(float(v) for v in cfg["std"]), "timm pretrained_cfg" if has_cfg else "timm defaults")
+
+
+def _create_timm(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
+    try:  # a ViT takes any input size (the protocol's) with dynamic_img_size; other families have no such argument
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True)
+    except TypeError:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+
+
+# --------------------------------------------------------------------------------------------- the hub
+
+
+def _hub_repo(spec: EncoderSpec) -> Optional[str]:
+    """The hub repository the weights of a timm / hf-hub spec live in (None: timm knows no hub id for it)."""
+    if spec.scheme == "hf-hub":
+        return spec.target
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(spec.target)
+    except Exception:
+        return None
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def manual_weights_help(spec: EncoderSpec) -> str:
+    """How to provide a hub model's weights by hand (gated, or this machine offline)."""
+    from ..stages.common import hub_cache_dir
+
+    repo = _hub_repo(spec) or "<org>/<repo>"
+    folder = "models--" + repo.replace("/", "--")
+    return (f"To provide the weights by hand: on a machine with access, accept the model's terms at "
+            f"https://huggingface.co/{repo} if it is gated, run `huggingface-cli login`, then "
+            f"`huggingface-cli download {repo} --cache-dir DIR` and copy DIR/{folder} into this machine's Hugging "
+            f"Face cache {hub_cache_dir()} (or point HF_HUB_CACHE at DIR); or save the weights to a file and pass "
+            f"--encoder local:/path/to/weights.pth@<timm architecture> instead.")
+
+
+def _hub_failure(spec: EncoderSpec, exc: BaseException) -> str:
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    chain, e = [], exc
+    while e is not None and len(chain) < 6:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if any(isinstance(e, GatedRepoError) for e in chain):
+        why = "the repository is gated: its terms must be accepted and the request authenticated (HF_TOKEN)"
+    elif any(isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for e in chain) or \
+            os.environ.get("HF_HUB_OFFLINE") == "1":
+        why = "the hub is offline here (HF_HUB_OFFLINE, or no network) and the weights are not in the local cache"
+    else:
+        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+    return f"encoder {spec.text}: the pretrained weights could not be loaded — {why}. {manual_weights_help(spec)}"
+
+
+def hub_weights_cached(spec: EncoderSpec) -> bool:
+    """Whether the weights of a timm / hf-hub spec are in the local Hugging Face cache (no request)."""
+    from ..stages.common import hub_cache_dir
+
+    repo = _hub_repo(spec)
+    if not repo:
+        return False
+    folder = Path(hub_cache_dir()) / ("models--" + repo.replace("/", "--")) / "snapshots"
+    names = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+    return folder.is_dir() and any((snap / n).exists() for snap in folder.iterdir() for n in names)
+
+
+def _resolve_hub(spec: EncoderSpec, lenient: bool) -> tuple[nn.Module, str]:
+    from ..stages.common import hub_reachable, hub_session
+
+    name = spec.target if spec.scheme == "timm" else f"hf-hub:{spec.target}"
+    try:
+        with hub_session(offline=True):
+            return _create_timm(name, True), f"pretrained weights from the local Hugging Face cache ({spec.text})"
+    except Exception as exc:  # not cached, gated, no such model, no pretrained weights for it
+        first = exc
+    text = str(first)
+    if "Unknown model" in text:
+        raise EncoderSpecError(f"encoder {spec.text}: timm knows no model {spec.target!r} ({text})") from first
+    if "No pretrained weights exist" in text or "pretrained weights" in text.lower() and "no " in text.lower():
+        raise EncoderSpecError(f"encoder {spec.text}: timm has no pretrained weights for {spec.target!r} ({text}); "
+                               "name a pretrained tag (timm.list_pretrained()) or pass local:PATH@ARCH") from first
+    if not hub_reachable():
+        if lenient and spec.scheme == "timm":
+            return (_create_timm(name, False),
+                    f"random init: {spec.text} weights unreachable (hub offline, not in the local cache)")
+        raise EncoderSpecError(_hub_failure(spec, first)) from first
+    try:
+        with hub_session(offline=False):
+            return _create_timm(name, True), f"pretrained weights downloaded from the Hugging Face hub ({spec.text})"
+    except Exception as exc:
+        if lenient and spec.scheme == "timm" and not _is_gated(exc):
+            return _create_timm(name, False), f"random init: {spec.text} weights unreachable ({type(exc).__name__})"
+        raise EncoderSpecError(_hub_failure(spec, exc)) from exc
+
+
+def _is_gated(exc: BaseException) -> bool:
+    from huggingface_hub.errors import GatedRepoError
+
+    while exc is not None:
+        if isinstance(exc, GatedRepoError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+# --------------------------------------------------------------------------------------------- local files
+
+
+def read_local_weights(path: Path) -> dict:
+    """A checkpoint file through the kit's safe path (``weights_only=True``, LFS / HTML refused); safetensors too."""
+    from .checkpoints import check_checkpoint_file, read_checkpoint
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        check_checkpoint_file(path, "an interrupted copy or download; fetch it again")
+        return dict(load_file(str(path)))
+    return read_checkpoint(path)
+
+
+def _resolve_local(spec: EncoderSpec) -> tuple[nn.Module, str, dict]:
+    import timm
+
+    from ..io import sha256_file
+    from .checkpoints import CheckpointMismatch, load_into
+
+    path = Path(spec.target)
+    if spec.arch not in timm.list_models() and spec.arch.split(".")[0] not in timm.list_models():
+        raise EncoderSpecError(f"encoder {spec.text}: {spec.arch!r} after @ is not a timm architecture "
+                               "(timm.list_models() lists them)")
+    model = _create_timm(spec.arch, False)
+    state = read_local_weights(path)
+    try:
+        report = load_into(TimmEncoder(model), state, allow_unexpected=HEAD_PREFIXES)
+    except CheckpointMismatch as exc:
+        raise EncoderSpecError(f"encoder {spec.text}: the checkpoint {path} does not fit the architecture "
+                               f"{spec.arch!r} — is the name after @ the one it was trained as?\n{exc}") from exc
+    digest = sha256_file(path)
+    extra = [k for k in report.unexpected]
+    words = f"local checkpoint {path.name} (sha256 {digest[:12]}, {len(report.loaded)} tensors"
+    words += f", {len(extra)} head keys left out)" if extra else ")"
+    return model, words, {"sha256": digest}
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def _transform_normalisation(transform) -> Optional[tuple[tuple, tuple, Optional[int]]]:
+    """(mean, std, size) read off a torchvision transform (a Compose's Normalize and Resize / CenterCrop)."""
+    steps = list(getattr(transform, "transforms", [transform]))
+    mean = std = size = None
+    for step in steps:
+        if hasattr(step, "mean") and hasattr(step, "std"):
+            mean, std = tuple(float(v) for v in step.mean), tuple(float(v) for v in step.std)
+        got = getattr(step, "size", None)
+        if got is not None:
+            size = int(got if isinstance(got, int) else list(got)[-1])
+    return (mean, std, size) if mean is not None else None
+
+
+def _resolve_module(spec: EncoderSpec, image_size: int) -> tuple[Encoder, dict]:
+    module_name, _, function = spec.target.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as exc:
+        raise EncoderSpecError(f"encoder {spec.text}: cannot import {function} from {module_name} ({exc}); the "
+                               "module must be importable (on PYTHONPATH or installed)") from exc
+    kwargs = {"image_size": image_size} if "image_size" in inspect.signature(fn).parameters else {}
+    out = fn(**kwargs)
+    transform = None
+    if isinstance(out, tuple):
+        if len(out) != 2:
+            raise EncoderSpecError(f"encoder {spec.text}: the entry point returned a {len(out)}-tuple; expected an "
+                                   "nn.Module or (nn.Module, transform or None)")
+        out, transform = out
+    if not isinstance(out, nn.Module):
+        raise EncoderSpecError(f"encoder {spec.text}: the entry point returned {type(out).__name__}, not an "
+                               "nn.Module")
+    info: dict = {"transform": transform}
+    if isinstance(out, Encoder):
+        return out, info
+    if getattr(out, "pretrained_cfg", None) and hasattr(out, "forward_head"):
+        return TimmEncoder(out), info
+    out.eval()
+    with torch.no_grad():
+        probe = out(torch.zeros(1, 3, image_size, image_size))
+    if not torch.is_tensor(probe) or probe.ndim != 2:
+        shape = tuple(probe.shape) if torch.is_tensor(probe) else type(probe).__name__
+        raise EncoderSpecError(f"encoder {spec.text}: forward gave {shape}; an entry point's module must return one "
+                               "(B, D) embedding per image (pool inside it, or return a histokit Encoder)")
+    return ModuleEncoder(out, probe.shape[1]), info
+
+
+# --------------------------------------------------------------------------------------------- resolving
+
+
+def encoder_identity(text: str) -> dict:
+    """What decides the weights of a spec, without building it (feature sidecars, fingerprints): the spec, a local
+    file's sha256, whether hub weights are in the local cache."""
+    from ..io import sha256_file
+
+    spec = parse_encoder_spec(text)
+    out: dict = {"kind": "encoder", "spec": spec.text}
+    if spec.scheme == "local" and Path(spec.target).is_file():
+        out["sha256"] = sha256_file(Path(spec.target))
+    elif spec.scheme in ("timm", "hf-hub"):
+        out["cached"] = hub_weights_cached(spec)
+    return out
+
+
+def resolve_encoder(text: str, *, image_size: int = 224, lenient: bool = False) -> ResolvedEncoder:
+    """Build the encoder a spec names, with its weights; ``lenient`` (the smoke profile) lets a ``timm:`` name whose
+    weights are unreachable stand as a random initialisation, said so in ``source``."""
+    spec = parse_encoder_spec(text)
+    identity = encoder_identity(text)
+    if spec.scheme in ("timm", "hf-hub"):
+        model, source = _resolve_hub(spec, lenient)
+        encoder: Encoder = TimmEncoder(model)
+    elif spec.scheme == "local":
+        model, source, extra = _resolve_local(spec)
+        identity.update(extra)
+        encoder = TimmEncoder(model)
+    else:
+        encoder, info = _resolve_module(spec, image_size)
+        source = f"entry point {spec.target}"
+        transform = info.get("transform")
+        if not isinstance(encoder, TimmEncoder):
+            norm = _transform_normalisation(transform) if transform is not None else None
+            from ..papers.recipe import IMAGENET_MEAN, IMAGENET_STD
+
+            mean, std, size = norm if norm else (IMAGENET_MEAN, IMAGENET_STD, None)
+            where = "the entry point's transform (Normalize)" if norm else "ImageNet statistics (no transform given)"
+            return ResolvedEncoder(spec, encoder.eval(), source, "the module's own forward", size, tuple(mean),
+                                   tuple(std), where, identity)
+    size, mean, std, where = timm_data_config(encoder.model)
+    return ResolvedEncoder(spec, encoder.eval(), source, timm_pooling(encoder.model), size, mean, std, where,
+                           identity)
