@@ -55,6 +55,18 @@ def test_few_groups_still_disjoint():
         make_split(labels[:4], groups[:4])
 
 
+def test_grouped_split_with_every_class_smaller_than_the_folds_uses_fewer_folds():
+    """6 groups of 2 tiles, 3 tiles a class: 1 / 0.15 would ask for 6 folds, more than any class has members
+    (StratifiedGroupKFold refuses that); the split uses fewer, larger folds and stays a group-disjoint partition."""
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2])
+    groups = [f"slide{i // 2}" for i in range(12)]
+    parts = make_split(labels, groups, fractions=(0.7, 0.15, 0.15), seed=0)
+    assert _is_partition(parts, 12)
+    assert all(len(v) for v in parts.values())
+    seen = {k: {groups[i] for i in v} for k, v in parts.items()}
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+
+
 def test_tiny_classes_do_not_crash():
     labels = np.array([0] * 10 + [1] * 2 + [2])  # a 2-sample and a 1-sample class
     with warnings.catch_warnings():

@@ -67,6 +67,9 @@ def _grouped(labels: np.ndarray, groups: np.ndarray, fractions: tuple[float, ...
     if n_groups < len(nonzero):
         raise ValueError(f"make_split: {n_groups} group(s) cannot fill {len(nonzero)} disjoint splits")
     n_folds = min(max(2, int(round(1 / min(nonzero)))), n_groups)
+    # StratifiedGroupKFold refuses more folds than the largest class has members: fewer, larger folds then (a tiny
+    # dataset, a rehearsal's capped one); held-out splits still get whole groups, train at least one fold
+    n_folds = max(2, min(n_folds, int(np.unique(labels, return_counts=True)[1].max())))
     # held-out splits get whole folds (at least one each when their fraction > 0); train keeps the rest
     held_folds = [max(1, int(round(f * n_folds))) if f > 0 else 0 for f in fractions[1:]]
     while sum(held_folds) >= n_folds:  # never leave train without a fold
