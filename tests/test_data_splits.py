@@ -56,7 +56,7 @@ def test_few_groups_still_disjoint():
 
 
 def test_grouped_split_with_every_class_smaller_than_the_folds_uses_fewer_folds():
-    """6 groups of 2 tiles, 3 tiles a class: 1 / 0.15 would ask for 6 folds, more than any class has members
+    """6 groups of 2 tiles, 4 tiles a class: 1 / 0.15 would ask for 6 folds, more than any class has members
     (StratifiedGroupKFold refuses that); the split uses fewer, larger folds and stays a group-disjoint partition."""
     labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2])
     groups = [f"slide{i // 2}" for i in range(12)]
