@@ -5,9 +5,9 @@ The loaders run with DataLoader workers (two, as the kit's loader policy gives a
 patched, since a CPU training loader has none), because that is where unseeded randomness hides: Python's
 ``random`` (PIL blur of the DINO-family views), torch's RNG in each worker (crops, flips, iBOT masks, LGFFEM's
 90-degree turns and OpenCV blur draws) and the loader's shuffling. Per-sample seeding makes the augmentation a
-function of (seed, epoch, index) alone, so pretraining and Sub-center ArcFace also give the same weights whatever
-the worker count, and an interrupted Sub-center ArcFace run resumed from its checkpoint ends where an uninterrupted
-one does. (Supervised fine-tuning draws its crops from each worker's seed: the same for a given worker count.)
+function of (seed, epoch, index) alone, so pretraining, supervised (and label-fraction) fine-tuning and Sub-center
+ArcFace also give the same weights whatever the worker count, and an interrupted Sub-center ArcFace run resumed from
+its checkpoint ends where an uninterrupted one does.
 
 Paths: each SSL method (DINO, EsViT, iBOT, MoCo v3, SimCLR, MAE) through ``stages.train.fit`` (the pretraining
 stage), supervised fine-tuning (``train.supervised.finetune_classifier``), Sub-center ArcFace
@@ -175,6 +175,15 @@ def test_supervised_finetuning_twice_from_one_seed_is_bit_identical(one_thread, 
     assert losses == again_losses and len(losses) >= 2
 
 
+def test_supervised_finetuning_is_the_same_whatever_the_worker_count(one_thread, workers):
+    """Crops per-sample seeded by (seed, epoch, index), the order by seed + epoch: 0 or 2 workers, one run."""
+    with_workers, losses = _supervised_run()
+    workers(0)
+    in_process, in_process_losses = _supervised_run()
+    _assert_identical(with_workers, in_process)
+    assert losses == in_process_losses and len(losses) >= 2
+
+
 def test_label_fraction_finetuning_twice_from_one_seed_is_identical(tmp_path, one_thread, workers):
     from histokit.stages.finetune_fractions import finetune_fraction
 
@@ -183,3 +192,14 @@ def test_label_fraction_finetuning_twice_from_one_seed_is_identical(tmp_path, on
     second = finetune_fraction(_ctx(tmp_path / "second"), "tiny", "TILES", 0.5, params)
     assert _losses(first["history"]) == _losses(second["history"]) and first["history"]
     assert first["correct"] == second["correct"] and first["accuracy"] == second["accuracy"]
+
+
+def test_label_fraction_finetuning_is_the_same_whatever_the_worker_count(tmp_path, one_thread, workers):
+    from histokit.stages.finetune_fractions import finetune_fraction
+
+    params = {"epochs": 2, "batch_size": 4, "lr": 1e-3}
+    with_workers = finetune_fraction(_ctx(tmp_path / "two"), "tiny", "TILES", 0.5, params)
+    workers(0)
+    in_process = finetune_fraction(_ctx(tmp_path / "none"), "tiny", "TILES", 0.5, params)
+    assert _losses(with_workers["history"]) == _losses(in_process["history"]) and in_process["history"]
+    assert with_workers["correct"] == in_process["correct"]

@@ -17,9 +17,9 @@ Workers (:func:`worker_count`): the cores this process may run on (``os.sched_ge
 
 Reproducibility with workers: the pretraining datasets draw each item's views and masks from an RNG seeded by
 (seed, epoch, index) (:class:`histokit.distributed.sampler.PerSampleSeed`, whose epoch persistent workers share), so
-they are the same whatever the worker count; so are Sub-center ArcFace's (``stages.train_metric``). Supervised
-fine-tuning's crops draw from torch's per-worker seeds, which come from the loader's generator: the same for a given
-worker count, not across counts (tests/test_determinism_training.py).
+they are the same whatever the worker count; so are supervised fine-tuning's (``train.supervised``, the
+label-fraction fine-tuning's too) and Sub-center ArcFace's (``stages.train_metric``), whose loaders
+:func:`seeded_loader` builds (tests/test_determinism_training.py).
 
 Seeding (:func:`seed_everything`, the kit's one): Python's ``random``, NumPy's global RNG and torch's (CPU and
 every CUDA device) from one seed; the engine, every stage (``open_stage``) and each training run call it. A loader
@@ -121,6 +121,29 @@ def set_loader_epoch(loader, epoch: int) -> None:
                 getattr(loader, "dataset", None)):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
+
+
+def seeded_loader(dataset, *, batch_size: int, seed: int, device: Union[str, torch.device], drop_last: bool = False,
+                  num_workers: Union[int, str, None] = "auto"):
+    """A training ``DataLoader`` whose batches are the same whatever its worker count, resumed or not: ``dataset``
+    wrapped in :class:`~histokit.distributed.sampler.PerSampleSeed` (item ``i`` of epoch ``e`` built with Python's,
+    NumPy's and torch's RNG seeded from (seed, e, i), the main process's streams left as they were), each epoch's
+    order from ``seed + epoch`` (a ``DistributedSampler``: the whole permutation in one process, this rank's share
+    under torchrun; ``drop_last`` also cuts it to a multiple of the world size instead of padding), the workers' base
+    seed from its own :func:`loader_generator` (never from the global RNG dropout draws from), :func:`seed_worker`,
+    and workers / pinned memory / prefetching by :func:`loader_kwargs`. The training loop calls
+    :func:`set_loader_epoch` before each epoch (the engine and ``models.lgffem_train.train_lgffem`` do) and
+    checkpoints the loader's generator. Supervised fine-tuning and Sub-center ArcFace train from it."""
+    from torch.utils.data import DataLoader
+
+    from ..distributed.sampler import PerSampleSeed, rank_sampler
+
+    if not isinstance(dataset, PerSampleSeed):
+        dataset = PerSampleSeed(dataset, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, drop_last=drop_last,
+                      sampler=rank_sampler(dataset, shuffle=True, seed=seed, drop_last=drop_last),
+                      generator=loader_generator(seed), worker_init_fn=seed_worker,
+                      **loader_kwargs(device, num_workers=num_workers))
 
 
 def draw_skipped_base_seed(loader) -> None:

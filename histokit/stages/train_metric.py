@@ -2,10 +2,7 @@
 the frozen backbone untouched; one run per strategy, each starting from the previous strategy's weights."""
 from __future__ import annotations
 
-from torch.utils.data import DataLoader
-
-from ..data.loading import loader_generator, loader_kwargs, seed_worker
-from ..distributed.sampler import PerSampleSeed, rank_sampler
+from ..data.loading import seeded_loader
 from ..models.lgffem_train import (PUBLIC_CODE_CENTRES_LR, lgffem_train_transform, make_centres_optimizer,
                                    make_optimizer, make_subcenter_arcface, train_lgffem)
 from ..papers.recipe import TrainSpec
@@ -49,14 +46,12 @@ def train_subcenter_arcface(ctx: StageContext, spec: TrainSpec, encoder, checkpo
     rows = training_rows(ctx, split_indices(ctx, spec.dataset)["train"])
     transform = lgffem_train_transform(cfg["augmentation"], spec.image_size, spec.mean, spec.std)
     # Deterministic for the seed whatever the worker count, and across a resume: each image's flips, turns and blur
-    # draws come from (seed, epoch, index) (PerSampleSeed), each epoch's order from seed + epoch (the sampler), the
-    # workers' base seed from the loader's own generator (never from the global RNG the head's dropout draws from);
+    # draws come from (seed, epoch, index), each epoch's order from seed + epoch, the workers' base seed from the
+    # loader's own generator (never from the global RNG the head's dropout draws from): seeded_loader;
     # train_lgffem tells sampler and dataset the epoch and checkpoints the RNG states.
-    train = PerSampleSeed(dataset.subset(rows).with_transform(transform), seed=ctx.seed)
-    loader = DataLoader(train, batch_size=min(spec.batch_size, len(train)), drop_last=True,
-                        sampler=rank_sampler(train, shuffle=True, seed=ctx.seed, drop_last=True),
-                        generator=loader_generator(ctx.seed), worker_init_fn=seed_worker,
-                        **loader_kwargs(ctx.device))
+    train = dataset.subset(rows).with_transform(transform)
+    loader = seeded_loader(train, batch_size=min(spec.batch_size, len(train)), seed=ctx.seed, device=ctx.device,
+                           drop_last=True)
     loss, optimizer, scheduler, centres = loss_and_optimizers(spec, encoder, len(dataset.classes))
     history = train_lgffem(encoder, loss, loader, spec.epochs, optimizer=optimizer, scheduler=scheduler,
                            device=ctx.device, checkpoint_path=checkpoint_path, resume=True, progress=ctx.progress,

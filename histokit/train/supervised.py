@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from ..data.loading import loader_kwargs
+from ..data.loading import loader_kwargs, seeded_loader
 from ..progress import progress_bar
 
 from histokit.models.base import Encoder
@@ -134,11 +134,12 @@ def finetune_classifier(encoder: Encoder, train_ds, val_ds, num_classes: int, *,
                         log_every: int = 10, max_steps: Optional[int] = None) -> tuple[Classifier, list[dict]]:
     """Fine-tune ``encoder`` + a new linear head on ``train_ds``; evaluate on ``val_ds`` (may be None) each epoch.
 
-    ``num_workers="auto"``: the kit's loader policy (:mod:`histokit.data.loading`; none on a CPU, so a CPU run is
-    bit-reproducible). ``freeze_backbone=False`` trains every encoder parameter (they are unfrozen first: an EMA
-    teacher arrives frozen);
-    True trains the head only. ``max_steps`` caps the optimizer steps (a rehearsal), schedules kept at full length.
-    History entries of each epoch end carry ``val_loss`` and ``val_acc``.
+    ``num_workers="auto"``: the kit's loader policy (:mod:`histokit.data.loading`; none on a CPU). The weights are
+    the same for a seed whatever the worker count: the training loader is a
+    :func:`~histokit.data.loading.seeded_loader` (per-sample seeded augmentation, order by seed + epoch).
+    ``freeze_backbone=False`` trains every encoder parameter (they are unfrozen first: an EMA teacher arrives
+    frozen); True trains the head only. ``max_steps`` caps the optimizer steps (a rehearsal), schedules kept at
+    full length. History entries of each epoch end carry ``val_loss`` and ``val_acc``.
     Returns the trained :class:`Classifier` (on ``device``, eval mode) and the history.
     """
     if len(train_ds) == 0:
@@ -154,9 +155,11 @@ def finetune_classifier(encoder: Encoder, train_ds, val_ds, num_classes: int, *,
     # a last batch of one image breaks BatchNorm in train mode; drop it only then
     drop_last = len(train_ds) > bs and len(train_ds) % bs == 1
     resolved = _resolve_device(device)
-    loader = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=drop_last,
-                        generator=torch.Generator().manual_seed(seed),
-                        **loader_kwargs(resolved, num_workers=num_workers))
+    # the same batches whatever the worker count (and after a resume): each image's crop and flips from
+    # (seed, epoch, index), each epoch's order from seed + epoch, the workers' base seed from the loader's own
+    # generator, not from the global RNG the model's dropout draws from (histokit.data.loading.seeded_loader)
+    loader = seeded_loader(train_ds, batch_size=bs, seed=seed, device=resolved, drop_last=drop_last,
+                           num_workers=num_workers)
 
     def validate(epoch: int) -> dict:
         if val_ds is None or len(val_ds) == 0:
