@@ -399,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_subcommands(sub)
     add_init_subcommand(sub)
+    from .byo import add_parser as add_evaluate_subcommand  # histokit evaluate --encoder SPEC (histokit/byo.py)
+
+    add_evaluate_subcommand(sub)
     return parser
 
 

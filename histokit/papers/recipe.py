@@ -13,7 +13,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-WEIGHT_KINDS = ("random", "timm", "train", "checkpoint")
+WEIGHT_KINDS = ("random", "timm", "train", "checkpoint", "encoder")  # encoder:SPEC = a user's (models.encoder_spec)
 
 
 def weight_sources(spec: str, dataset: str = "") -> list[tuple[str, str]]:

@@ -390,6 +390,14 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
                         f"{WEIGHTS_UNREACHABLE} ({type(exc).__name__})")
         if kind == "random":
             return create_encoder(encoder_name, img_size=image_size, pooling=pooling), "random initialisation"
+        if kind == "encoder":  # a user's encoder (histokit evaluate / benchmark --encoder SPEC)
+            from ..models.encoder_spec import resolve_encoder
+
+            resolved = resolve_encoder(value, image_size=image_size, lenient=ctx.profile == "smoke" or ctx.rehearsal)
+            if resolved.source.startswith("random init"):
+                ctx.add_note(scope, f"{value}: pretrained weights unreachable (hub offline, not in the local "
+                                    f"cache); the {ctx.label} run uses random initialisation instead.")
+            return resolved.encoder, resolved.source
     raise RuntimeError(f"no weights available for {encoder_name} from {spec!r}: " + "; ".join(tried))
 
 
@@ -416,6 +424,10 @@ def init_identity(ctx: StageContext, spec: str, dataset: str, encoder: Optional[
             return {"kind": "random (hub offline)" if offline else kind}
         elif kind == "random":
             return {"kind": kind}
+        elif kind == "encoder":
+            from ..models.encoder_spec import encoder_identity
+
+            return encoder_identity(value)
     return {"kind": "unavailable", "spec": spec}
 
 
