@@ -235,7 +235,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 def _published_tables(results: Path) -> dict[str, bytes]:
     folder = results / "esvit" / "smoke"
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "run.json"}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name not in ("run.json", "recipe.json")}
 
 
 def test_reproduce_killed_inside_a_stage_resumes_there_and_publishes_the_same_tables(tmp_path, monkeypatch):
