@@ -23,7 +23,7 @@ from .recipe import DatasetSpec, EvalSpec, ModelSpec, ProtocolPoint, Recipe, Tab
 
 PROFILES = ("smoke", "full")
 TITLE = "Ye et al. 2024 — CypherViT: multi-[cls]-token clustering ViT in DINO, SimCLR, MoCo v3 and MAE"
-CITATION = ("K. Ye, S. Kalra, M. S. Miri, \"Cluster-based histopathology phenotype representation learning by "
+CITATION = ("J. Ye, S. Kalra, M. S. Miri, \"Cluster-based histopathology phenotype representation learning by "
             "self-supervised multi-class-token hierarchical ViT\", Scientific Reports 14, 3202 (2024).")
 VIT = "vit_small_patch16_224"
 CYPHER = "cyphervit_small"

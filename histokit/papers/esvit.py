@@ -245,7 +245,7 @@ def build(profile: str) -> Recipe:
     notes = ()
     if smoke:
         notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC; "
-                 "BracS and BATCH need registration and are not run; 64 px images, 2 epochs, CPU; EsViT heads with 4,096 "
+                 "BracS (registration needed) and BACH (an open 10 GB download) are not run; 64 px images, 2 epochs, CPU; EsViT heads with 4,096 "
                  "prototypes instead of 65,536; the trained encoders are the registered smoke variants swin_smoke "
                  "(Swin, 48-d, 2 blocks per stage) for EsViT and timm's resnet26 (ResNet-50's bottleneck blocks, 2 per stage) for SimCLR (ResNet50 and "
                  "DenseNet121 rows: the full-size timm models); official checkpoints are a full-profile option.",)
