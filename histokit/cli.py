@@ -330,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "with only the optimisation steps and images per class capped, e.g. on `histokit data "
                           "mock` data; results go to results/<paper>/rehearsal/")
     rep.add_argument("--rehearse-steps", type=int, default=None, metavar="N",
-                     help="rehearsal: optimisation steps per training run (default 2)")
+                     help="rehearsal: optimisation steps per training run (default 1)")
     rep.add_argument("--rehearse-images", type=int, default=None, metavar="N",
-                     help="rehearsal: images per class in each split (default 10)")
+                     help="rehearsal: images per class in each split (default 3)")
     rep.add_argument("--rehearse-train-images", type=int, default=None, metavar="N",
-                     help="rehearsal: images a training run reads, which bounds its batch (default 8)")
+                     help="rehearsal: images a training run reads, which bounds its batch (default 4)")
     rep.add_argument("--verify", action="store_true",
                      help="after the run, compare each paper's published CSV tables cell by cell with the ones "
                           "that were at results/<paper>/<profile>/ when the command started (in a fresh clone: the "

@@ -610,7 +610,10 @@ def _umask() -> int:
 # 80/10/10 split possible), and images a training run reads (which bounds its batch, so a full-size EsViT with
 # 65,536 prototypes fits a CPU machine's memory).
 # (Timings in a rehearsal: 2 passes, not 20, at a batch no larger than the capped gallery; stages/index.py.)
-REHEARSAL_CAPS = {"max_steps": 2, "max_images_per_class": 10, "max_train_images": 8}
+# One step a training run, 3 images a class and split, 4 images a training run: the smallest rehearsal in which
+# every protocol still has what it needs (5 re-splits, group-aware splits, a class in each split); CI runs exactly
+# this and the committed results/<paper>/rehearsal/ are its output.
+REHEARSAL_CAPS = {"max_steps": 1, "max_images_per_class": 3, "max_train_images": 4}
 
 
 def result_label(profile: str, rehearse: bool) -> str:
