@@ -15,7 +15,11 @@ TRACKED_PACKAGES = ("histokit", "torch", "torchvision", "timm", "faiss-cpu", "sc
 
 def git_commit() -> dict:
     """The repository's HEAD and whether the working tree had uncommitted changes (``None`` outside a checkout: an
-    installed histokit is identified by its version, and the work directory may sit in some other repository)."""
+    installed histokit is identified by its version, and the work directory may sit in some other repository).
+
+    ``results/`` does not count: it is what runs write (``histokit reproduce all`` publishes one paper, then the
+    report, before the next paper's run.json is written), so only changes to the code, recipes, notebooks and
+    manifests make a run "dirty"."""
     def git(*args: str) -> str | None:
         if not paths.IN_CLONE:
             return None
@@ -26,7 +30,7 @@ def git_commit() -> dict:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
