@@ -34,7 +34,10 @@ def paper_table(spec: TableSpec) -> pd.DataFrame:
                        keep_default_na=False, na_values=[""])
 
 
-def _fmt(value, digits: int = 2) -> str:
+def format_cell(value, digits: int = 2) -> str:
+    """The one cell formatter of every rendered table (the ``.md`` files and the notebooks' HTML): text as it is
+    (``"not run"``), a missing value as ``—``, a number with ``digits`` decimals (3 below 1; scientific notation
+    below 1e-3, so a p-value such as 9.759e-05 never prints as 0.000)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, str):
@@ -42,6 +45,9 @@ def _fmt(value, digits: int = 2) -> str:
     if value != 0 and abs(value) < 1e-3:  # p-values such as 9.759e-05 must not print as 0.000
         return f"{value:.3e}"
     return f"{value:.{digits if abs(value) >= 1 else 3}f}"
+
+
+_fmt = format_cell  # the name build_table and older callers use
 
 
 def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
@@ -83,8 +89,8 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
             if metric in spec.extra_metrics:  # a kit-only column: no paper value, no difference to show
                 entry[metric] = value
                 if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
-                    entry[f"{metric} 95% CI"] = (f"[{_fmt(float(hit['ci_low'].iloc[0]))}, "
-                                                  f"{_fmt(float(hit['ci_high'].iloc[0]))}]")
+                    entry[f"{metric} 95% CI"] = (f"[{format_cell(float(hit['ci_low'].iloc[0]))}, "
+                                                  f"{format_cell(float(hit['ci_high'].iloc[0]))}]")
                 continue
             paper_value = float(paper.loc[p_mask, metric].iloc[0]) if p_mask.any() and metric in paper else None
             if paper_value is not None and math.isnan(paper_value):
@@ -95,8 +101,8 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
                 value_cell = value if value is not None else blocked.get(row[0], NOT_RUN)
             entry[metric] = value_cell
             if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
-                entry[f"{metric} 95% CI"] = (f"[{_fmt(float(hit['ci_low'].iloc[0]))}, "
-                                              f"{_fmt(float(hit['ci_high'].iloc[0]))}]")
+                entry[f"{metric} 95% CI"] = (f"[{format_cell(float(hit['ci_low'].iloc[0]))}, "
+                                              f"{format_cell(float(hit['ci_high'].iloc[0]))}]")
             entry[f"{metric} (paper)"] = paper_value
             comparable = value is not None and paper_value is not None
             if comparable and "device" in hit and pd.notna(hit["device"].iloc[0]) and str(hit["device"].iloc[0]):
@@ -119,37 +125,75 @@ def same_device(measured: str, paper: str) -> bool:
     return bool(want) and any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
 
 
+def formatted_rows(df: pd.DataFrame) -> list[list[str]]:
+    """Every cell of ``df`` through :func:`format_cell`, row by row: what the ``.md`` and the HTML both show."""
+    return [[format_cell(row[c]) for c in df.columns] for _, row in df.iterrows()]
+
+
 def to_markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) if not isinstance(row[c], str) else row[c] for c in cols) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in formatted_rows(df)]
     return "\n".join(lines)
 
 
-def write_table(spec: TableSpec, table: pd.DataFrame, out_dir: Path, *, profile: str,
-                notes: Iterable[str] = (), paper_title: str = "") -> tuple[Path, Path]:
-    """``<id>.csv`` (machine-readable) and ``<id>.md`` (title, profile banner, table, footnotes), atomically."""
-    out_dir = Path(out_dir)
-    csv_path = atomic_write_text(out_dir / f"{spec.id}.csv", table.to_csv(index=False))
-    parts = [f"# {spec.title}", ""]
-    if paper_title:
-        parts += [f"*{paper_title}* — profile `{profile}`", ""]
-    if profile == "smoke":
-        parts += ["> **Smoke profile: not a reproduction.** Tiny bundled data, small images, few epochs on CPU. "
-                  "The paper's numbers are shown for layout only; the differences measure nothing yet.", ""]
-    if profile == "rehearsal":
-        parts += ["> **Rehearsal of the full profile: not a reproduction.** The paper's recipe at full size with the "
+# The banner that heads a table of a profile that is not a reproduction: (headline, text), the same sentence in the
+# .md (``> **headline** text``) and in a notebook's HTML.
+PROFILE_BANNERS = {
+    "smoke": ("Smoke profile: not a reproduction.",
+              "Tiny bundled data, small images, few epochs on CPU. "
+              "The paper's numbers are shown for layout only; the differences measure nothing yet."),
+    "rehearsal": ("Rehearsal of the full profile: not a reproduction.",
+                  "The paper's recipe at full size with the "
                   "optimisation steps and the images per class capped, on the data named in the notes (mock data "
-                  "unless stated otherwise). It shows every cell can be computed; the numbers measure nothing.", ""]
-    parts += [to_markdown(table), ""]
+                  "unless stated otherwise). It shows every cell can be computed; the numbers measure nothing."),
+}
+# Where write_table leaves a table's title, profile and footnotes on the frame (``DataFrame.attrs``), so a notebook
+# shows the table as the .md does: histokit.stages.display.show_tables.
+TABLE_META = "histokit.table"
+
+
+def table_footnotes(spec: TableSpec, table: pd.DataFrame, notes: Iterable[str] = ()) -> list[str]:
+    """The table's numbered footnotes, in order: the spec's, the run's notes, the not-reproducible rows, 'not run'."""
     foot = list(spec.all_footnotes) + [n for n in notes if n not in spec.all_footnotes]
     foot += [f"'{NOT_REPRODUCIBLE}' ({label}): {why}" for label, why in spec.not_reproducible]
     if NOT_RUN in table.astype(str).values:
         foot.append(f"'{NOT_RUN}': this profile did not measure that row; the paper's value is shown beside it, "
                     "never in its place.")
-    parts += [f"{i}. {n}" for i, n in enumerate(foot, 1)]
-    md_path = atomic_write_text(out_dir / f"{spec.id}.md", "\n".join(parts) + "\n")
+    return foot
+
+
+def table_meta(spec: TableSpec, table: pd.DataFrame, *, profile: str, notes: Iterable[str] = (),
+               paper_title: str = "") -> dict:
+    """What a rendered table shows around its cells: title, paper title, profile and footnotes."""
+    return {"id": spec.id, "title": spec.title, "paper_title": paper_title, "profile": profile,
+            "footnotes": table_footnotes(spec, table, notes)}
+
+
+def render_markdown(table: pd.DataFrame, meta: dict) -> str:
+    """The ``.md`` document: title, paper title and profile, the profile banner, the table, numbered footnotes."""
+    parts = [f"# {meta['title']}", ""]
+    if meta.get("paper_title"):
+        parts += [f"*{meta['paper_title']}* — profile `{meta['profile']}`", ""]
+    if meta.get("profile") in PROFILE_BANNERS:
+        headline, text = PROFILE_BANNERS[meta["profile"]]
+        parts += [f"> **{headline}** {text}", ""]
+    parts += [to_markdown(table), ""]
+    parts += [f"{i}. {n}" for i, n in enumerate(meta.get("footnotes", ()), 1)]
+    return "\n".join(parts) + "\n"
+
+
+def write_table(spec: TableSpec, table: pd.DataFrame, out_dir: Path, *, profile: str,
+                notes: Iterable[str] = (), paper_title: str = "") -> tuple[Path, Path]:
+    """``<id>.csv`` (machine-readable) and ``<id>.md`` (title, profile banner, table, footnotes), atomically.
+
+    The title, profile and footnotes are also left on ``table.attrs[TABLE_META]``, so that a notebook shows the
+    frame with the same banner and footnotes (:func:`histokit.stages.display.show_tables`)."""
+    out_dir = Path(out_dir)
+    csv_path = atomic_write_text(out_dir / f"{spec.id}.csv", table.to_csv(index=False))
+    meta = table_meta(spec, table, profile=profile, notes=notes, paper_title=paper_title)
+    md_path = atomic_write_text(out_dir / f"{spec.id}.md", render_markdown(table, meta))
+    table.attrs[TABLE_META] = meta
     return csv_path, md_path
 
 
