@@ -57,14 +57,6 @@ def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: tiny tensors gain nothing from two, and a CPU shared with other jobs loses a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_same_seed_twice_gives_bit_identical_results_and_another_seed_does_not(one_thread):
     first, second = smoke_chain(seed=11), smoke_chain(seed=11)

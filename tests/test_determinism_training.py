@@ -57,13 +57,6 @@ def _ctx(run_dir, seed=0) -> StageContext:
                         device="cpu", seed=seed, progress=False, rehearse={"max_images_per_class": 2})
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def workers(monkeypatch):

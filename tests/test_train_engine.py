@@ -54,15 +54,6 @@ TRAIN_KW = dict(epochs=2, lr=1e-3, min_lr=1e-5, weight_decay=0.04, weight_decay_
                 progress=False, seed=3)
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-identical resume is promised for one thread count (docs/guarantees.md): both runs use one intra-op thread,
-    so the comparison does not depend on OMP_NUM_THREADS or on how many cores the machine has."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("name", ["dino", "ibot"])
 @pytest.mark.fault
