@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -54,6 +55,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.rehearse and args.profile != "full":
         print("histokit: --rehearse rehearses the full profile: add --profile full", file=sys.stderr)
         return 2
+    if args.keep_checkpoints:  # read by stages/train.py in the kernels and torchrun ranks this process starts
+        os.environ["HISTOKIT_KEEP_CHECKPOINTS"] = "1"
     # One kernel for every stage of every paper: torch, timm and the kit are imported once, not 28 times, and
     # while this process reads the recipes and runs its checks.
     kernel = None
@@ -322,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--verbose", action="store_true", help="stream the notebooks' output as well")
     talk.add_argument("--quiet", action="store_true",
                       help="print only errors and the final summary (no stage lines, no progress bars)")
+    rep.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep each finished training run's resume checkpoint (student, teacher, heads, optimizer; "
+                          "0.7-1 GB a full-size run) beside its encoder.pt; by default it is removed once the run "
+                          "has finished")
     rep.add_argument("--fresh-kernels", action="store_true",
                      help="start a new Jupyter kernel for every stage (default: one warm kernel for the whole "
                           "command, its namespace cleared between stages; same results, 10-15 s less per stage)")

@@ -85,9 +85,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temporary file, so a crash mid-save never leaves a corrupt checkpoint."""
+    """``torch.save`` through a temporary file, so a crash mid-save never leaves a corrupt checkpoint.
+
+    torch's zip writer reports a failed write (a full disk, above all) as ``RuntimeError: [enforce fail at
+    inline_container.cc:...] unexpected pos N vs M``, naming neither the file nor the cause: it is re-raised as an
+    ``OSError`` naming ``path`` and the space left on its filesystem."""
+    import errno
+    import shutil
+
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:
+            text = str(err)
+            if "inline_container" not in text and "PytorchStreamWriter" not in text:
+                raise
+            free = shutil.disk_usage(Path(path).parent).free
+            code = errno.ENOSPC if free < _LOW_SPACE else errno.EIO
+            cause = "no space left on the device" if code == errno.ENOSPC else "write failed"
+            raise OSError(code, f"{cause} while torch.save wrote it ({free / 2**20:.0f} MiB free on that filesystem; "
+                                f"torch said: {text.strip().splitlines()[-1][:160]})", str(path)) from err
     return Path(path)
+
+
+_LOW_SPACE = 1 << 30  # under 1 GiB free when a checkpoint write fails: the disk filled up during it

@@ -91,8 +91,10 @@ def dino_runs(tmp_path_factory):
     """The same 4 DINO steps (19 real tiles, global batch 8, 2 epochs) as 1 process and as 2 gloo ranks, each
     through the stage's own train_rank (what ``histokit.distributed.pretrain`` runs in every torchrun rank)."""
     root = tmp_path_factory.mktemp("dino")
-    run_rank(tiny_context(root / "one"), "dino_tiny")
-    run_local(run_rank, 2, (tiny_context(root / "two"), "dino_tiny"))
+    with pytest.MonkeyPatch.context() as mp:  # the resume checkpoints hold the student, teacher and center compared
+        mp.setenv("HISTOKIT_KEEP_CHECKPOINTS", "1")
+        run_rank(tiny_context(root / "one"), "dino_tiny")
+        run_local(run_rank, 2, (tiny_context(root / "two"), "dino_tiny"))
     return root
 
 
@@ -153,7 +155,8 @@ def _train_with_rank1_killed_in_epoch2(ctx):
 
 @pytest.mark.fault
 @pytest.mark.determinism
-def test_killed_rank_restarts_from_the_last_epoch_and_ends_identical(dino_runs, tmp_path):
+def test_killed_rank_restarts_from_the_last_epoch_and_ends_identical(dino_runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("HISTOKIT_KEEP_CHECKPOINTS", "1")  # the finished runs' checkpoints are compared
     ctx = tiny_context(tmp_path)
     with pytest.raises((mp.ProcessExitedException, mp.ProcessRaisedException)):
         run_local(_train_with_rank1_killed_in_epoch2, 2, (ctx,))

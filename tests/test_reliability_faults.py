@@ -366,6 +366,40 @@ def test_full_disk_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_pat
     assert load_checkpoint(path)["epoch"] == 1
 
 
+@pytest.mark.parametrize("free_mib, code", [(10, errno.ENOSPC), (50_000, errno.EIO)])
+def test_torch_zip_writer_failure_is_an_oserror_naming_the_file_and_the_space_left(tmp_path, monkeypatch,
+                                                                                    free_mib, code):
+    """torch.save on a full disk raises a RuntimeError that names neither file nor cause (seen in CI)."""
+    import shutil
+    from collections import namedtuple
+
+    path = tmp_path / "checkpoint_last.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def zip_writer_failure(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 431418176 vs 431418064")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", zip_writer_failure)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**12, free_mib * 2**20))
+    with pytest.raises(OSError) as err:
+        save_checkpoint(path, {"epoch": 2})
+    assert err.value.errno == code and err.value.filename == str(path)
+    assert f"{free_mib} MiB free" in str(err.value) and "unexpected pos" in str(err.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"] and load_checkpoint(path)["epoch"] == 1
+
+
+def test_other_runtime_errors_of_torch_save_pass_through(tmp_path, monkeypatch):
+    def other(obj, f, *args, **kwargs):
+        raise RuntimeError("cannot pickle this")
+
+    monkeypatch.setattr(torch, "save", other)
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        save_checkpoint(tmp_path / "c.pt", {"epoch": 2})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_read_only_directory_refuses_the_write_naming_the_file(tmp_path, monkeypatch):
     # simulated: the tests may run as root, for whom chmod 555 does not stop a write
     target = tmp_path / "results" / "table1.md"

@@ -66,3 +66,32 @@ def test_a_changed_training_dataset_entry_changes_the_fingerprint(tmp_path):
         changed = replace(ctx, recipe=replace(ctx.recipe, datasets=datasets))
         assert training_fingerprint(changed, spec) != before, change
     assert training_fingerprint(ctx, spec) == before
+
+
+@pytest.fixture
+def checkpointing_training(monkeypatch):
+    """The engine replaced by one that leaves a resume checkpoint where the real one does."""
+    def fake_train(method, loader, checkpoint_dir=None, **kwargs):
+        from histokit.train.checkpoint import checkpoint_path, save_checkpoint
+
+        save_checkpoint(checkpoint_path(checkpoint_dir), {"epoch": 1})
+        (checkpoint_dir / "train_config.json").write_text("{}")
+        return [{"epoch": 1, "step": 1, "loss": 1.0, "lr": 0.0, "wd": 0.0, "seconds": 0.0}]
+
+    monkeypatch.setattr("histokit.train.engine.train", fake_train)
+
+
+@pytest.mark.parametrize("keep", [None, "1"])
+def test_a_finished_run_drops_its_resume_checkpoint_unless_asked_to_keep_it(tmp_path, checkpointing_training,
+                                                                            monkeypatch, keep):
+    if keep:
+        monkeypatch.setenv("HISTOKIT_KEEP_CHECKPOINTS", keep)
+    else:
+        monkeypatch.delenv("HISTOKIT_KEEP_CHECKPOINTS", raising=False)
+    ctx = open_stage("esvit", "smoke", run_dir=str(tmp_path / "run"), device="cpu")
+    spec = ctx.recipe.pretrain[0]
+    assert train_stage.train_one(ctx, spec, scope="all").status == "trained"
+    run = tmp_path / "run" / "train" / spec.name
+    assert (run / "encoder.pt").is_file() and (run / "checkpoints" / "train_config.json").is_file()
+    assert (run / "checkpoints" / "checkpoint_last.pt").exists() is bool(keep)
+    assert train_stage.train_one(ctx, spec, scope="all").status == "reused"  # the encoder is what is reused

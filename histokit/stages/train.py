@@ -8,6 +8,7 @@ recipe's batch is the global batch, ``batch_size / world`` per rank, and the out
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +222,29 @@ def _finish(ctx, spec, encoder, init, history, final, history_file, figure) -> T
                                      "fingerprint": training_fingerprint(ctx, spec), "world_size": world_size(),
                                      **trained_weights_identity(ctx, spec.name)})
     loss_curve(history, figure, title=f"{spec.name}: {spec.method} on {spec.dataset} (init: {init})")
+    prune_resume_checkpoints(final.parent / "checkpoints", spec.name, echo=ctx.progress)
     return TrainOutcome(spec.name, "trained", init, history, figure)
+
+
+KEEP_CHECKPOINTS_ENV = "HISTOKIT_KEEP_CHECKPOINTS"
+
+
+def prune_resume_checkpoints(checkpoint_dir: Path, run: str, echo: bool = False) -> int:
+    """Delete a finished run's resume checkpoints (``*.pt``: model, EMA teacher, heads, optimizer, RNG states) and
+    return the bytes freed; ``train_config.json`` stays. Once ``encoder.pt`` and ``history.json`` are written nothing
+    reads them (a changed input retrains from scratch), and with 65k-way DINO / EsViT heads and AdamW moments they
+    are 0.7-1 GB a run: 16 CypherViT ablations alone would leave 11 GB. ``HISTOKIT_KEEP_CHECKPOINTS=1`` (or
+    ``histokit reproduce --keep-checkpoints``) keeps them, e.g. to continue pretraining outside the kit."""
+    if os.environ.get(KEEP_CHECKPOINTS_ENV, "").strip() not in ("", "0"):
+        return 0
+    freed = 0
+    for path in sorted(Path(checkpoint_dir).glob("*.pt")):
+        freed += path.stat().st_size
+        path.unlink()
+    if freed and echo:
+        print(f"[histokit] {run}: finished; its resume checkpoint ({freed / 2**20:.0f} MiB) is removed, the trained "
+              f"encoder is encoder.pt ({KEEP_CHECKPOINTS_ENV}=1 keeps checkpoints)", flush=True)
+    return freed
 
 
 def run(ctx: StageContext, stage: str) -> list[TrainOutcome]:
