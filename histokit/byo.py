@@ -20,20 +20,26 @@ import argparse
 import os
 import shutil
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from . import paths
 
+if TYPE_CHECKING:
+    from .papers.recipe import Recipe
+    from .stages.context import StageContext
+
 FROZEN_KINDS = ("retrieval", "classification_probes", "resplit_knn", "kimia_eta")
+# ablations that vary the protocol over frozen features (Habijan's split variants), not the paper's training
+FROZEN_ABLATION_KINDS = ("retrieval_split_variants",)
 AUTO_KEYS = ("model", "dataset", "method", "split")   # key columns every record gets without a label
 PAPER_STAGES = ("01_data", "02_pretrain", "03_finetune")
 LINKED = ("data", "train", "features", "timing")      # what the evaluation reads of the paper's own run
 KIND_WORDS = {"retrieval": "retrieval (mAP@k / P@k / nDCG@k, timings where the paper reports them)",
               "classification_probes": "frozen-feature k-NN / linear / AUC probes",
               "resplit_knn": "k-NN over the paper's re-splits", "kimia_eta": "the Kimia eta",
-              "label_fraction": "label-fraction fine-tuning", "retrieval_split_variants": "the split-variant retrieval"}
+              "label_fraction": "label-fraction fine-tuning", "retrieval_split_variants": "retrieval under the random and the group-aware split"}
 
 
 def evaluate_dir(paper: str, label: str, root: Optional[Path] = None) -> Path:
@@ -64,13 +70,12 @@ def _row_labels(table, name: str) -> dict:
     return labels
 
 
-def evaluation_recipe(recipe, rows: Sequence):
-    """The paper's recipe with the user's rows added to one frozen-feature evaluation of every table that has one,
-    the other evaluations, the ablations and the figures left out; each table with a footnote saying so."""
-    names = [r.name for r in rows]
-    kept, added, tables = [], [], {}
-    for spec in recipe.evaluations:
-        if spec.kind not in FROZEN_KINDS:
+def _with_user_rows(recipe, specs, kinds, names, tables) -> tuple[list, list]:
+    """(the specs of ``kinds`` kept, one added spec per user row and table): the rows join the first spec of each
+    table, with that spec's protocol parameters (not the paper rows' comparisons or labels)."""
+    kept, added = [], []
+    for spec in specs:
+        if spec.kind not in kinds:
             continue
         kept.append(spec)
         if spec.table in tables:
@@ -82,9 +87,21 @@ def evaluation_recipe(recipe, rows: Sequence):
             labels = _row_labels(table, name)
             extra = dict(labels={**{k: name for k in spec.labels if k == "model"}, **labels}) if spec.labels else {}
             added.append(replace(spec, models=(name,), params={**params, "rows": {name: labels}}, **extra))
+    return kept, added
+
+
+def evaluation_recipe(recipe, rows: Sequence):
+    """The paper's recipe with the user's rows added to one frozen-feature evaluation (and frozen-feature ablation:
+    :data:`FROZEN_ABLATION_KINDS`) of every table that has one; the evaluations and ablations that train, and the
+    figures, left out; each table with a footnote saying so."""
+    names = [r.name for r in rows]
+    tables: dict = {}
+    kept, added = _with_user_rows(recipe, recipe.evaluations, FROZEN_KINDS, names, tables)
+    kept_ablations, added_ablations = _with_user_rows(recipe, recipe.ablations, FROZEN_ABLATION_KINDS, names, tables)
     skipped = sorted({f"{KIND_WORDS.get(s.kind, s.kind)} ({s.table})" for s in recipe.evaluations
                       if s.kind not in FROZEN_KINDS})
-    skipped += [f"the ablations ({', '.join(sorted({s.table for s in recipe.ablations}))})"] if recipe.ablations else []
+    training_ablations = sorted({s.table for s in recipe.ablations if s.kind not in FROZEN_ABLATION_KINDS})
+    skipped += [f"the training ablations ({', '.join(training_ablations)})"] if training_ablations else []
     skipped += ["the figures"] if recipe.figures else []
     out_tables = []
     for table in recipe.tables:
@@ -96,7 +113,8 @@ def evaluation_recipe(recipe, rows: Sequence):
                 + ("; ".join(skipped) if skipped else "nothing") + ".")
         out_tables.append(replace(table, footnotes=tuple(table.footnotes) + (note,)))
     return replace(recipe, models=tuple(recipe.models) + tuple(rows), evaluations=tuple(kept + added),
-                   ablations=(), figures=(), tables=tuple(out_tables)).validate(), skipped
+                   ablations=tuple(kept_ablations + added_ablations), figures=(),
+                   tables=tuple(out_tables)).validate(), skipped
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -125,21 +143,33 @@ def run_paper_stages(paper: str, profile: str, *, data_root, device: str, seed: 
     return result.run_dir
 
 
-def evaluate(paper: str, profile: str, encoders: Sequence[str], *, data_root: Optional[str] = None,
-             device: str = "auto", seed: int = 0, checkpoints: Optional[dict] = None,
-             out_root: Optional[Path] = None, paper_run: Optional[Path] = None, say=print) -> Path:
-    """Evaluate ``encoders`` under ``paper``'s frozen-feature protocols; returns the published results folder."""
-    import json
+@dataclass
+class EvaluationRun:
+    """An evaluation run directory ready for stages 04 and 05: the paper's recipe with the user's rows, the paper
+    run's splits, trained weights and features linked in, and the context the stage code runs under."""
+    ctx: "StageContext"
+    resolved: list                  # [(ModelSpec row, ResolvedEncoder)]
+    recipe: "Recipe"                # the evaluation recipe (evaluation_recipe)
+    skipped: list                   # protocols not run for the user's rows
+    paper_run: Path
+    identity: dict
 
+    @property
+    def rows(self) -> list:
+        return [row for row, _ in self.resolved]
+
+
+def open_evaluation(paper: str, profile: str, encoders: Sequence[str], *, data_root: Optional[str] = None,
+                    device: str = "auto", seed: int = 0, checkpoints: Optional[dict] = None,
+                    paper_run: Optional[Path] = None, fresh_results: bool = True, say=print) -> EvaluationRun:
+    """Resolve ``encoders`` (a spec that cannot be loaded stops here, before any work), finish the paper's own
+    stages 01-03 unless ``paper_run`` is given, and prepare ``runs/evaluate/<paper>/<profile>``. ``fresh_results``
+    empties the run's scratch ``results/`` first (``histokit evaluate``: no row of an earlier --encoder list stays)."""
     from .data.loading import seed_everything
     from .device import configure_backends, resolve_device
-    from .io import atomic_write_json, atomic_write_text
     from .papers import get_recipe
-    from .provenance import device_info, git_commit, now_iso, package_versions
-    from .run_identity import recipe_document, run_identity
-    from .runner import establish_identity, portable, publish_results
-    from .stages import evaluate as evaluate_stage
-    from .stages import index as index_stage
+    from .run_identity import run_identity
+    from .runner import establish_identity
     from .stages.context import StageContext
 
     if not encoders:
@@ -149,8 +179,7 @@ def evaluate(paper: str, profile: str, encoders: Sequence[str], *, data_root: Op
     resolved = [user_model(text, recipe.image_size, lenient) for text in encoders]
     if len({r.name for r, _ in resolved}) < len(resolved):
         raise ValueError(f"two --encoder arguments give the same row: {[r.name for r, _ in resolved]}")
-    rows = [r for r, _ in resolved]
-    eval_recipe, skipped = evaluation_recipe(recipe, rows)
+    eval_recipe, skipped = evaluation_recipe(recipe, [r for r, _ in resolved])
     checkpoints = dict(checkpoints or {})
     if paper_run is None:
         say(f"[histokit] {paper} / {profile}: the paper's own stages {', '.join(PAPER_STAGES)} (finished ones skip)")
@@ -164,10 +193,11 @@ def evaluate(paper: str, profile: str, encoders: Sequence[str], *, data_root: Op
         if (Path(paper_run) / name).is_dir():
             _link_tree(Path(paper_run) / name, run_dir / name)
     results = run_dir / "results"
-    shutil.rmtree(results, ignore_errors=True)  # this run's rows only: no row of an earlier --encoder list stays
-    results.mkdir(parents=True)
+    if fresh_results:
+        shutil.rmtree(results, ignore_errors=True)
+    results.mkdir(parents=True, exist_ok=True)
     notes_file = Path(paper_run) / "results" / "notes.json"
-    if notes_file.exists():  # what the paper's training stages noted (random init stand-ins ...)
+    if notes_file.exists() and not (results / "notes.json").exists():  # what the paper's training stages noted
         shutil.copy2(notes_file, results / "notes.json")
     ctx = StageContext(paper=paper, profile=profile, recipe=eval_recipe, run_dir=run_dir,
                        data_root=Path(data_root) if data_root else paths.DATA_ROOT, device=resolve_device(device),
@@ -179,25 +209,79 @@ def evaluate(paper: str, profile: str, encoders: Sequence[str], *, data_root: Op
     for _, r in resolved:
         ctx.add_note("all", f"Your encoder {r.describe()}; evaluated at the protocol's input size, "
                             f"{eval_recipe.image_size} px in this profile's recipe.")
-    say(f"[histokit] {paper} / {profile}: features and timings (stage 04) for {len(eval_recipe.models)} rows")
-    index_stage.run(ctx)
-    say(f"[histokit] {paper} / {profile}: tables (stage 05)")
+    return EvaluationRun(ctx, resolved, eval_recipe, skipped, Path(paper_run), identity)
+
+
+def extract_user_features(run: EvaluationRun, say=print) -> None:
+    """Stage 04 of an evaluation run: features (and timings) of every row the evaluations read; the paper rows'
+    linked features are current and kept, so only the user's rows are extracted (once: a second call finds them)."""
+    from .stages import index as index_stage
+
+    say(f"[histokit] {run.ctx.paper} / {run.ctx.profile}: features and timings (stage 04) for "
+        f"{len(run.recipe.models)} rows")
+    index_stage.run(run.ctx)
+
+
+def evaluate(paper: str, profile: str, encoders: Sequence[str], *, data_root: Optional[str] = None,
+             device: str = "auto", seed: int = 0, checkpoints: Optional[dict] = None,
+             out_root: Optional[Path] = None, paper_run: Optional[Path] = None, say=print) -> Path:
+    """Evaluate ``encoders`` under ``paper``'s frozen-feature protocols; returns the published results folder."""
+    import json
+
+    from .io import atomic_write_json, atomic_write_text
+    from .provenance import device_info, git_commit, now_iso, package_versions
+    from .run_identity import recipe_document
+    from .runner import portable, publish_results
+    from .stages import evaluate as evaluate_stage
+
+    run = open_evaluation(paper, profile, encoders, data_root=data_root, device=device, seed=seed,
+                          checkpoints=checkpoints, paper_run=paper_run, say=say)
+    ctx, resolved = run.ctx, run.resolved
+    extract_user_features(run, say=say)
+    say(f"[histokit] {paper} / {profile}: tables (stage 05" + (" and 06)" if run.recipe.ablations else ")"))
     tables = evaluate_stage.run(ctx, "evaluate")
-    atomic_write_text(results / "README.md", readme(paper, profile, resolved, tables, skipped))
+    if run.recipe.ablations:
+        tables.update(evaluate_stage.run(ctx, "ablations"))
+    results = ctx.results_dir
+    atomic_write_text(results / "README.md", readme(paper, profile, resolved, tables, run.skipped))
     provenance = {"paper": paper, "profile": profile, "label": profile, "command": "histokit evaluate",
                   "encoders": [r.describe() for _, r in resolved],
                   "encoder_identity": [r.identity for _, r in resolved],
                   "parameters": portable({"paper": paper, "profile": profile, "encoders": list(encoders),
                                           "device": device, "seed": int(seed),
                                           "data_root": str(ctx.data_root)}),
-                  "paper_run": portable(str(Path(paper_run).resolve())), "git": git_commit(),
+                  "paper_run": portable(str(run.paper_run.resolve())), "git": git_commit(),
                   "packages": package_versions(), "device": device_info(device), "published": now_iso(),
-                  "recipe": identity["recipe"]}
+                  "recipe": run.identity["recipe"]}
     target = evaluate_dir(paper, profile, out_root)
-    published = publish_results(run_dir, target, json.loads(json.dumps(provenance, default=str)),
-                                recipe=recipe_document(eval_recipe))
-    atomic_write_json(run_dir / "published.json", {"results": str(published)})
+    published = publish_results(ctx.run_dir, target, json.loads(json.dumps(provenance, default=str)),
+                                recipe=recipe_document(run.recipe))
+    atomic_write_json(ctx.run_dir / "published.json", {"results": str(published)})
     return published
+
+
+def notebook_tables(ctx: "StageContext", encoders: Sequence[str], stage: str = "evaluate", say=print) -> dict:
+    """What notebooks 05 (``stage="evaluate"``) and 06 (``"ablations"``) show for their ``encoders`` parameter: the
+    stage's frozen-feature tables of the paper run ``ctx`` with your encoders' rows added, computed in
+    ``runs/evaluate/<paper>/<profile>`` as ``histokit evaluate`` computes them (which also publishes them to
+    ``results/evaluate/``; a notebook does not publish)."""
+    from .stages import evaluate as evaluate_stage
+
+    if not encoders:
+        return {}
+    run = open_evaluation(ctx.paper, ctx.profile, list(encoders), data_root=str(ctx.data_root), device=ctx.device,
+                          seed=ctx.seed, checkpoints=ctx.checkpoints, paper_run=ctx.run_dir,
+                          fresh_results=stage == "evaluate", say=say)
+    specs = run.recipe.evaluations if stage == "evaluate" else run.recipe.ablations
+    if not specs:
+        say(f"[histokit] {ctx.paper}: no {stage} table of this paper reads frozen features; not run for your "
+            f"encoders: " + ("; ".join(run.skipped) or "nothing"))
+        return {}
+    extract_user_features(run, say=say)
+    tables = evaluate_stage.run(run.ctx, stage)
+    ids = {s.table for s in specs}
+    say(f"[histokit] your encoders' tables: {run.ctx.results_dir}")
+    return {k: v for k, v in tables.items() if k in ids}
 
 
 def readme(paper: str, profile: str, resolved, tables: dict, skipped: list) -> str:

@@ -178,7 +178,10 @@ def _after_reproduce(args: argparse.Namespace) -> int:
     if args.paper == "all" and not getattr(args, "rehearse", False):  # cross-paper steps read smoke/full runs
         steps += [("common benchmark", lambda: _benchmark(args.profile)),
                   ("leakage audit", lambda: _audit(args.profile, args.data_root))]
-    steps.append(("report", lambda: _report(paths.RESULTS_DIR)))
+    if paths.RESULTS_DIR.is_dir():
+        steps.append(("report", lambda: _report(paths.RESULTS_DIR)))
+    else:  # e.g. `--only 01 02` in a fresh work directory: nothing published yet, nothing to report on
+        print(f"[histokit] report: not written, nothing is published yet ({paths.RESULTS_DIR} does not exist)")
     status = 0
     for name, step in steps:
         try:
@@ -212,9 +215,18 @@ def _report(results_dir, profile: Optional[str] = None) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .models.encoder_spec import EncoderSpecError
+    from .runner import RunnerError
+
     try:
-        _benchmark(args.profile)
-    except (FileNotFoundError, ValueError) as exc:
+        if args.encoder:
+            from .crosspaper import run_benchmark
+
+            out = run_benchmark(args.profile, encoders=args.encoder, data_root=args.data_root, device=args.device)
+            print(f"[histokit] common benchmark with your encoders: {out['md']}, {out['csv']} and {out['heatmap']}")
+        else:
+            _benchmark(args.profile)
+    except (FileNotFoundError, ValueError, EncoderSpecError, RunnerError) as exc:
         print(f"histokit: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -375,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     cbench = sub.add_parser("benchmark", help="every paper's models on every data under one protocol -> "
                                               "results/benchmark/<profile>/")
     cbench.add_argument("--profile", default="smoke", help="the runs to read: runs/<paper>/<profile>/ (default smoke)")
+    cbench.add_argument("--encoder", action="append", default=[], metavar="SPEC",
+                        help="add your encoder's rows (as histokit evaluate takes them: timm:NAME | hf-hub:ORG/REPO | "
+                             "local:PATH@TIMM_ARCH | package.module:function; repeatable) -> "
+                             "results/evaluate/benchmark/<profile>/")
+    cbench.add_argument("--data-root", default=None, help="where datasets live (for your encoders' features)")
+    cbench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (for your encoders' features)")
     cbench.set_defaults(func=cmd_benchmark)
 
     audit = sub.add_parser("audit", help="train/test near-duplicate (leakage) audit of the runs' data -> "

@@ -10,7 +10,7 @@ from histokit.runner import STAGES, declared_parameters
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 EXPECTED_PARAMETERS = {"paper": "esvit", "profile": "smoke", "data_root": "", "run_dir": "", "device": "auto",
-                       "seed": 0, "checkpoints": {}, "rehearse": {}, "distributed": {}}
+                       "seed": 0, "checkpoints": {}, "rehearse": {}, "distributed": {}, "encoders": []}
 
 
 def test_one_notebook_per_stage():

@@ -24,13 +24,21 @@ device = "auto"        # auto | cpu | cuda | cuda:N
 seed = 0
 checkpoints = {}       # official weights, e.g. {"esvit_swin_tiny": "/weights/esvit_swin_t.pth"}
 rehearse = {}          # rehearsal caps of the full profile, e.g. {"max_steps": 2, "max_images_per_class": 10}
-distributed = {}       # torchrun for the training runs, e.g. {"nproc_per_node": 8} (empty: one process)'''
+distributed = {}       # torchrun for the training runs, e.g. {"nproc_per_node": 8} (empty: one process)
+encoders = []          # your encoders in 05 / 06's tables, e.g. ["timm:resnet18", "local:/w/x.pth@vit_small_patch16_224"]'''
 
 OPEN = '''from histokit.stages import open_stage
 from histokit.stages.display import show_figures, show_tables
 
 ctx = open_stage(paper, profile, data_root, run_dir, device, seed, checkpoints, rehearse, distributed)
 print(ctx.recipe.title, "|", ctx.profile, "| run directory:", ctx.run_dir)'''
+
+# A cell text starting with "## " is a markdown cell (see build).
+YOURS_MD = """## Your encoders
+
+With `encoders` set (specs as `histokit evaluate --encoder` takes them: `timm:NAME`, `hf-hub:ORG/REPO`,
+`local:PATH@ARCH`, `package.module:function`), {what} Empty: this cell does nothing.
+They run in `runs/evaluate/<paper>/<profile>/`; `histokit evaluate` also publishes them to `results/evaluate/`."""
 
 STAGES = {
     "01_data": ("Data: datasets, splits, a look at the tiles", """
@@ -71,12 +79,21 @@ Runs the recipe's evaluation protocols and writes each table in the paper's layo
 paper's number and the difference, with the protocol in the footnotes.""", [
         "from histokit.stages import evaluate as evaluate_stage\n\ntables = evaluate_stage.run(ctx, \"evaluate\")\n"
         "show_tables(tables)",
+        YOURS_MD.format(what="the tables above that read frozen features (retrieval with its timings, the k-NN / "
+                             "linear / AUC probes,\nthe Kimia eta, the re-split k-NN) are computed again with a row "
+                             "per encoder beside the paper's\nmodels; protocols that fine-tune are not run for them, "
+                             "and each table's footnote says so."),
+        "from histokit import byo\n\nshow_tables(byo.notebook_tables(ctx, encoders, \"evaluate\"))",
     ]),
     "06_ablations": ("Ablations and protocol variants", """
 The paper's ablations and the protocol variants the kit adds (e.g. a patient-aware split beside the paper's random
 one, so the leakage effect is visible).""", [
         "from histokit.stages import evaluate as evaluate_stage\n\ntables = evaluate_stage.run(ctx, \"ablations\")\n"
         "show_tables(tables)",
+        YOURS_MD.format(what="the ablations that vary the protocol over frozen features (the random vs the "
+                             "group-aware split) get a row\nper encoder; ablations of the paper's own training "
+                             "settings are not run for them."),
+        "from histokit import byo\n\nshow_tables(byo.notebook_tables(ctx, encoders, \"ablations\"))",
     ]),
     "07_visualize": ("Figures", """
 The paper's figures from this run's artifacts: retrieval galleries, embedding projections, attention maps.""", [
@@ -96,7 +113,7 @@ def build(stage: str) -> nbformat.NotebookNode:
     params.metadata["tags"] = ["parameters"]
     nb.cells.append(params)
     nb.cells.append(new_code_cell(OPEN))
-    nb.cells += [new_code_cell(src) for src in cells]
+    nb.cells += [new_markdown_cell(src) if src.startswith("## ") else new_code_cell(src) for src in cells]
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{stage}-{i}"
     return nb

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -202,8 +202,18 @@ def heatmap_frame(table: pd.DataFrame, methods: Optional[list] = None) -> pd.Dat
     return frame
 
 
-def run_benchmark(profile: str = "smoke", runs_dir: Optional[Path] = None, out: Optional[Path] = None) -> dict:
+def benchmark_dir(profile: str, with_encoders: bool = False) -> Path:
+    """``results/benchmark/<profile>``; with your encoders ``results/evaluate/benchmark/<profile>``, beside
+    ``histokit evaluate``'s tables, so the papers-only benchmark is never overwritten by a user's run."""
+    return paths.RESULTS_DIR / ("evaluate/benchmark" if with_encoders else "benchmark") / profile
+
+
+def run_benchmark(profile: str = "smoke", runs_dir: Optional[Path] = None, out: Optional[Path] = None,
+                  encoders: Sequence[str] = (), data_root: Optional[str] = None, device: str = "auto",
+                  say=print) -> dict:
     """Evaluate every stored feature set of ``profile`` under the common protocol; write the table and heat map.
+    ``encoders`` (encoder specs, as ``histokit evaluate`` takes them) add a row per encoder and data
+    (:mod:`histokit.crosspaper.user_rows`).
 
     Returns ``{"csv", "md", "heatmap", "inputs", "table"}``. Raises FileNotFoundError when no run of this profile
     stored any features.
@@ -211,7 +221,7 @@ def run_benchmark(profile: str = "smoke", runs_dir: Optional[Path] = None, out: 
     from ..viz.grid import save_figure
     from ..viz.heatmap import metric_heatmap
 
-    out = check_profile_folder(Path(out) if out is not None else paths.RESULTS_DIR / "benchmark" / profile,
+    out = check_profile_folder(Path(out) if out is not None else benchmark_dir(profile, bool(encoders)),
                                profile, "benchmark")
     collection = collect_feature_sets(profile, runs_dir)
     if not collection.n_feature_sets:
@@ -219,6 +229,11 @@ def run_benchmark(profile: str = "smoke", runs_dir: Optional[Path] = None, out: 
         raise FileNotFoundError(f"no stored feature sets under {collection.runs_dir}/<paper>/{profile}/features/ "
                                 f"(papers looked for: {papers}); run `histokit reproduce <paper> --profile "
                                 f"{profile}` first")
+    user_notes = []
+    if encoders:
+        from .user_rows import add_user_entries
+
+        user_notes = add_user_entries(collection, encoders, data_root=data_root, device=device, say=say)
     rows, inputs, skipped = [], [], []
     for group in collection.groups.values():
         result = None if group.regression else benchmark_group(group)
@@ -236,8 +251,10 @@ def run_benchmark(profile: str = "smoke", runs_dir: Optional[Path] = None, out: 
     table[list(METRICS)] = table[list(METRICS)].round(3)
     title = "Common benchmark: every method on every data under one protocol"
     csv_path, md_path = write_table_files(out, "benchmark", title, table, profile=profile,
-                                          notes=protocol_notes(collection, skipped) + tie_notes(rows))
-    inputs_path = readable(atomic_write_json(out / "benchmark_inputs.json", {"profile": profile, "inputs": inputs}))
+                                          notes=protocol_notes(collection, skipped) + user_notes + tie_notes(rows))
+    inputs_path = readable(atomic_write_json(out / "benchmark_inputs.json", {"profile": profile, "inputs": inputs,
+                                                                         **({"encoders": list(encoders)}
+                                                                            if encoders else {})}))
     title = f"Common benchmark — {profile} profile" + ("\nnot a reproduction" if profile == "smoke" else "")
     heatmap_path = out / "benchmark_heatmap.png"
     methods = [r["method"] for r in sorted(rows, key=lambda r: (r["paper"], r["_rank"]))]  # each paper's order
