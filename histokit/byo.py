@@ -304,7 +304,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="your own encoders under each paper's evaluation protocols -> "
                                         "results/evaluate/<paper>/<profile>/")
     p.add_argument("--encoder", action="append", required=True, metavar="SPEC",
-                   help="timm:NAME | hf-hub:ORG/REPO | local:PATH@TIMM_ARCH | package.module:function (repeatable)")
+                   help="timm:NAME | hf-hub:ORG/REPO | open_clip:hf-hub:ORG/REPO | open_clip:MODEL@TAG | "
+                        "local:PATH@TIMM_ARCH | package.module:function (repeatable)")
     p.add_argument("--paper", default="all", choices=PAPER_CHOICES)
     p.add_argument("--profile", default="smoke", choices=("smoke", "full"))
     p.add_argument("--data-root", default=None)

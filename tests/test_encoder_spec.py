@@ -164,3 +164,64 @@ def test_entry_point_with_transform():
     with pytest.raises(es.EncoderSpecError, match="cannot import"):
         es.resolve_encoder("no_such_module_xyz:build")
     json.dumps(es.encoder_identity("test_encoder_spec:tiny_entry"))
+
+
+# ------------------------------------------------------------------------------------------------ open_clip
+
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+             "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def lay_out_open_clip_cache(cache, repo: str):
+    """A tiny open_clip model as open_clip's hub layout has it (open_clip_config.json + open_clip_model.safetensors)
+    in a directory laid out as huggingface_hub's cache; returns the model."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_CLIP)
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snapshot / "open_clip_model.safetensors"))
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return model.eval()
+
+
+def test_parse_open_clip_specs():
+    spec = es.parse_encoder_spec("open_clip:hf-hub:MahmoodLab/conch")
+    assert (spec.scheme, spec.target) == ("open_clip", "hf-hub:MahmoodLab/conch")
+    assert es._hub_repo(spec) == "MahmoodLab/conch"
+    spec = es.parse_encoder_spec("open_clip:ViT-B-16@laion2b_s34b_b88k")
+    assert (spec.scheme, spec.target, spec.arch) == ("open_clip", "ViT-B-16", "laion2b_s34b_b88k")
+    assert es._hub_repo(spec) == "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"  # open_clip's registry
+    for bad in ("open_clip:ViT-B-16", "open_clip:hf-hub:conch", "open_clip:"):
+        with pytest.raises(es.EncoderSpecError):
+            es.parse_encoder_spec(bad)
+
+
+def test_open_clip_image_tower_from_a_local_hub_cache(offline_hub):
+    reference = lay_out_open_clip_cache(offline_hub, "some-lab/tiny-clip")
+    resolved = es.resolve_encoder("open_clip:hf-hub:some-lab/tiny-clip", image_size=24)
+    assert resolved.source.startswith("pretrained weights from the local Hugging Face cache")
+    assert resolved.mean == pytest.approx(CLIP_MEAN) and resolved.std == pytest.approx(CLIP_STD)
+    assert resolved.input_size == 32 and "encode_image" in resolved.pooling
+    assert resolved.identity["cached"] is True
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(resolved.encoder.forward_tokens(x).pooled, reference.encode_image(x))
+        smaller = resolved.encoder.forward_tokens(torch.rand(2, 3, 24, 24)).pooled  # resized to the tower's 32 px
+    assert smaller.shape == (2, 16) and resolved.encoder.embed_dim == 16
+
+
+def test_open_clip_offline_and_not_cached_says_how_to_provide_the_weights():
+    with pytest.raises(es.EncoderSpecError) as err:
+        es.resolve_encoder("open_clip:hf-hub:MahmoodLab/conch")
+    text = str(err.value)
+    assert "the hub is offline here" in text and "huggingface-cli download MahmoodLab/conch" in text

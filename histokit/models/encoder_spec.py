@@ -1,11 +1,15 @@
 """Bring your own encoder: one naming scheme and one loader for a model the kit did not train.
 
-Four schemes (``histokit evaluate --encoder SPEC``, ``histokit benchmark --encoder SPEC``):
+Five schemes (``histokit evaluate --encoder SPEC``, ``histokit benchmark --encoder SPEC``):
 
 * ``timm:<name>`` — ``timm.create_model(name, pretrained=True)``, e.g. ``timm:vit_small_patch16_224.dino``; weights
   from the local Hugging Face cache first (no request leaves the machine), else the hub.
 * ``hf-hub:<org>/<repo>`` — a model on the Hugging Face hub as timm loads it (``config.json`` + weights in timm's
   layout: UNI, Virchow 2, H-optimus, Prov-GigaPath, Phikon ...), the local cache first, else the hub.
+* ``open_clip:hf-hub:<org>/<repo>`` or ``open_clip:<model>@<pretrained tag>`` — the image tower of an open_clip
+  model (``open_clip.create_model_from_pretrained``: ``open_clip_config.json`` + weights on the hub, or a tag of
+  open_clip's registry), e.g. a CONCH-style vision-language model; the embedding is ``encode_image`` (the projected
+  image embedding), inputs resized to the tower's own size, normalised as its preprocess says.
 * ``local:/path/x.pth@<timm architecture>`` — a checkpoint file through the kit's safe path
   (:func:`histokit.models.checkpoints.read_checkpoint`: ``weights_only=True``, Git-LFS pointers and HTML pages
   refused; ``.safetensors`` read with safetensors) loaded by :func:`~histokit.models.checkpoints.load_into`, which
@@ -34,7 +38,7 @@ from torch import nn
 
 from .base import Encoder, TokenOutput
 
-SCHEMES = ("timm", "hf-hub", "local", "module")
+SCHEMES = ("timm", "hf-hub", "open_clip", "local", "module")
 # Classifier heads a local checkpoint may carry beside the trunk (the embedding is the pre-logits features).
 HEAD_PREFIXES = ("head", "fc.", "classifier.", "head_dist.", "last_linear.")
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -47,9 +51,9 @@ class EncoderSpecError(ValueError):
 @dataclass(frozen=True)
 class EncoderSpec:
     text: str           # as the user typed it
-    scheme: str         # timm | hf-hub | local | module
-    target: str         # timm name, org/repo, file path, or module:function
-    arch: str = ""      # local: the timm architecture after @
+    scheme: str         # timm | hf-hub | open_clip | local | module
+    target: str         # timm name, org/repo, file path, module:function; open_clip: hf-hub:org/repo or model name
+    arch: str = ""      # local: the timm architecture after @; open_clip: the pretrained tag after @
 
     @property
     def label(self) -> str:
@@ -78,9 +82,21 @@ class ResolvedEncoder:
 
 
 def parse_encoder_spec(text: str) -> EncoderSpec:
-    """``timm:NAME`` | ``hf-hub:ORG/REPO`` | ``local:PATH@ARCH`` | ``package.module:function``."""
+    """``timm:NAME`` | ``hf-hub:ORG/REPO`` | ``open_clip:hf-hub:ORG/REPO`` | ``open_clip:MODEL@TAG`` |
+    ``local:PATH@ARCH`` | ``package.module:function``."""
     text = str(text).strip()
     scheme, sep, rest = text.partition(":")
+    if sep and scheme == "open_clip":
+        if rest.startswith("hf-hub:"):
+            if rest[len("hf-hub:"):].count("/") != 1:
+                raise EncoderSpecError(f"encoder spec {text!r}: open_clip:hf-hub needs ORG/REPO, e.g. "
+                                       "open_clip:hf-hub:timm/ViT-B-16-SigLIP")
+            return EncoderSpec(text, "open_clip", rest)
+        model, at, tag = rest.rpartition("@")
+        if not at or not model or not tag:
+            raise EncoderSpecError(f"encoder spec {text!r}: open_clip needs hf-hub:ORG/REPO or MODEL@PRETRAINED_TAG, "
+                                   "e.g. open_clip:ViT-B-16@laion2b_s34b_b88k (open_clip.list_pretrained())")
+        return EncoderSpec(text, "open_clip", model, tag)
     if sep and scheme in ("timm", "hf-hub", "local"):
         if not rest:
             raise EncoderSpecError(f"encoder spec {text!r}: nothing after {scheme}:")
@@ -95,8 +111,8 @@ def parse_encoder_spec(text: str) -> EncoderSpec:
         return EncoderSpec(text, scheme, rest)
     if _ENTRY.match(text):
         return EncoderSpec(text, "module", text)
-    raise EncoderSpecError(f"encoder spec {text!r} is none of timm:NAME, hf-hub:ORG/REPO, local:PATH@ARCH or "
-                           "package.module:function")
+    raise EncoderSpecError(f"encoder spec {text!r} is none of timm:NAME, hf-hub:ORG/REPO, open_clip:hf-hub:ORG/REPO, "
+                           "open_clip:MODEL@TAG, local:PATH@ARCH or package.module:function")
 
 
 # --------------------------------------------------------------------------------------------- the wrappers
@@ -131,6 +147,26 @@ class ModuleEncoder(Encoder):
         if mask is not None:
             raise NotImplementedError("a user encoder does not support token masking")
         return TokenOutput(pooled=self.model(x), patch_tokens=None, cls_tokens=None)
+
+
+class OpenClipImageEncoder(Encoder):
+    """The image tower of an open_clip model: ``encode_image`` (the projected image embedding, not L2-normalised
+    here: the protocols normalise where they say). A ViT tower's position embedding fixes its input size, so inputs
+    of another size (a protocol's smaller tiles) are resized to it first (bilinear, antialiased)."""
+
+    def __init__(self, model: nn.Module, input_size: Optional[int]):
+        super().__init__()
+        self.model = model
+        self.input_size = input_size
+        self.embed_dim = int(getattr(model.visual, "output_dim", 0) or getattr(model, "embed_dim", 0))
+
+    def forward_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> TokenOutput:
+        if mask is not None:
+            raise NotImplementedError("a user encoder does not support token masking")
+        if self.input_size and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            x = nn.functional.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                          align_corners=False, antialias=True)
+        return TokenOutput(pooled=self.model.encode_image(x), patch_tokens=None, cls_tokens=None)
 
 
 def timm_pooling(model: nn.Module) -> str:
@@ -168,6 +204,16 @@ def _hub_repo(spec: EncoderSpec) -> Optional[str]:
     """The hub repository the weights of a timm / hf-hub spec live in (None: timm knows no hub id for it)."""
     if spec.scheme == "hf-hub":
         return spec.target
+    if spec.scheme == "open_clip":
+        if spec.target.startswith("hf-hub:"):
+            return spec.target[len("hf-hub:"):]
+        try:
+            import open_clip
+
+            cfg = open_clip.get_pretrained_cfg(spec.target, spec.arch)
+        except Exception:
+            return None
+        return (cfg or {}).get("hf_hub", "").rstrip("/") or None
     try:
         from timm.models import get_pretrained_cfg
 
@@ -256,6 +302,45 @@ def _is_gated(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _create_open_clip(spec: EncoderSpec):
+    import open_clip
+
+    if spec.target.startswith("hf-hub:"):
+        return open_clip.create_model_from_pretrained(spec.target)
+    return open_clip.create_model_from_pretrained(spec.target, pretrained=spec.arch)
+
+
+def _resolve_open_clip(spec: EncoderSpec) -> tuple[Encoder, str, Any]:
+    """(the image tower as an Encoder, its weights in words, open_clip's preprocess transform); no random fallback:
+    an open_clip model is named for its weights."""
+    from ..stages.common import hub_reachable, hub_session
+
+    try:
+        import open_clip  # noqa: F401
+    except ImportError as exc:
+        raise EncoderSpecError(f"encoder {spec.text}: open_clip is not installed (pip install open-clip-torch)") from exc
+    try:
+        with hub_session(offline=True):
+            model, preprocess = _create_open_clip(spec)
+        source = f"pretrained weights from the local Hugging Face cache ({spec.text})"
+    except Exception as exc:
+        first = exc
+        if isinstance(first, RuntimeError) and "Model config" in str(first) and "not found" in str(first):
+            raise EncoderSpecError(f"encoder {spec.text}: open_clip knows no model {spec.target!r} "
+                                   "(open_clip.list_models())") from first
+        if not hub_reachable():
+            raise EncoderSpecError(_hub_failure(spec, first)) from first
+        try:
+            with hub_session(offline=False):
+                model, preprocess = _create_open_clip(spec)
+            source = f"pretrained weights downloaded from the Hugging Face hub ({spec.text})"
+        except Exception as exc2:
+            raise EncoderSpecError(_hub_failure(spec, exc2)) from exc2
+    size = getattr(model.visual, "image_size", None)
+    size = int(size[-1] if isinstance(size, (tuple, list)) else size) if size else None
+    return OpenClipImageEncoder(model, size), source, preprocess
 
 
 # --------------------------------------------------------------------------------------------- local files
@@ -358,7 +443,7 @@ def encoder_identity(text: str) -> dict:
     out: dict = {"kind": "encoder", "spec": spec.text}
     if spec.scheme == "local" and Path(spec.target).is_file():
         out["sha256"] = sha256_file(Path(spec.target))
-    elif spec.scheme in ("timm", "hf-hub"):
+    elif spec.scheme in ("timm", "hf-hub", "open_clip"):
         out["cached"] = hub_weights_cached(spec)
     return out
 
@@ -375,6 +460,15 @@ def resolve_encoder(text: str, *, image_size: int = 224, lenient: bool = False) 
         model, source, extra = _resolve_local(spec)
         identity.update(extra)
         encoder = TimmEncoder(model)
+    elif spec.scheme == "open_clip":
+        encoder, source, preprocess = _resolve_open_clip(spec)
+        norm = _transform_normalisation(preprocess)
+        if norm is None:
+            raise EncoderSpecError(f"encoder {spec.text}: open_clip's preprocess has no Normalize step to read the "
+                                   "input normalisation from")
+        mean, std, _ = norm
+        return ResolvedEncoder(spec, encoder.eval(), source, "open_clip encode_image (projected image embedding)",
+                               encoder.input_size, mean, std, "open_clip preprocess (Normalize)", identity)
     else:
         encoder, info = _resolve_module(spec, image_size)
         source = f"entry point {spec.target}"
