@@ -71,7 +71,7 @@ def test_local_checkpoint_loads_through_the_safe_path(tmp_path):
         want = model.forward_head(model.forward_features(x), pre_logits=True)
         assert torch.allclose(got.encoder(x), want, atol=1e-6)
     assert got.source.startswith("local checkpoint mine.pth (sha256 ")
-    assert "head keys left out" in got.source  # the classifier fc.* of the saved model
+    assert "keys beside the trunk left out: fc" in got.source  # the classifier fc.* of the saved model
     assert got.identity["sha256"] and got.spec.label == "local:mine.pth@test_resnet"
     assert got.input_size == 160 and "avg" in got.pooling
 
@@ -225,3 +225,20 @@ def test_open_clip_offline_and_not_cached_says_how_to_provide_the_weights():
         es.resolve_encoder("open_clip:hf-hub:MahmoodLab/conch")
     text = str(err.value)
     assert "the hub is offline here" in text and "huggingface-cli download MahmoodLab/conch" in text
+
+
+def test_the_kits_own_encoder_file_loads_through_local(tmp_path):
+    """A kit run's encoder.pt (a histokit Encoder's state dict: the timm ViT under 'model.', a mask token, position
+    embedding for 64 px) as a user's local file: same weights, built at the size it was trained for."""
+    from histokit.models.backbones import create_encoder
+
+    torch.manual_seed(0)
+    kit = create_encoder("vit_small_patch16_224", img_size=64).eval()
+    path = tmp_path / "encoder.pt"
+    torch.save(kit.state_dict(), path)
+    resolved = es.resolve_encoder(f"local:{path}@vit_small_patch16_224", image_size=64)
+    assert resolved.input_size == 64 and "unwrapped prefix 'model.'" in resolved.source
+    assert "mask_token" in resolved.source and "built at that size" in resolved.source
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(resolved.encoder.forward_tokens(x).pooled, kit.forward_tokens(x).pooled)

@@ -363,10 +363,12 @@ def _listing(title: str, items: list) -> str:
 # ``teacher`` first (what DINO / EsViT / iBOT evaluate), then ``state_dict`` (Lightning, simclr-converter, most
 # scripts) and ``model`` (timm's / DeiT's / MAE's ``{'model': ..., 'optimizer': ...}``).
 WRAPPER_KEYS: tuple[str, ...] = ("teacher", "state_dict", "model")
-# Prefixes a wrapper puts on every key: DDP / DataParallel ``module.`` and DINO's MultiCropWrapper ``backbone.``.
-# (A histokit Encoder's own state dict, the kit's encoder.pt, loads with ``Encoder.load_state_dict``: it holds the
-# encoder's own parameters, e.g. iBOT's ``mask_token``, beside the timm network under ``model.``.)
-WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "backbone.")
+# Prefixes a wrapper puts on every key: DDP / DataParallel ``module.``, DINO's MultiCropWrapper ``backbone.`` and a
+# histokit Encoder's ``model.`` (the kit's own encoder.pt holds the timm network under ``model.``, beside the
+# encoder's own parameters, e.g. iBOT's ``mask_token``, which a bare timm model has no place for: see
+# ENCODER_EXTRA_KEYS). The kit itself loads encoder.pt with ``Encoder.load_state_dict``.
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "backbone.", "model.")
+ENCODER_EXTRA_KEYS: tuple[str, ...] = ("mask_token",)
 
 
 def unwrap_state_dict(obj: Mapping[str, Any], expected: Iterable[str],

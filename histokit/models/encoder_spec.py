@@ -188,13 +188,13 @@ def timm_data_config(model: nn.Module) -> tuple[Optional[int], tuple, tuple, str
             tuple(float(v) for v in cfg["std"]), "timm pretrained_cfg" if has_cfg else "timm defaults")
 
 
-def _create_timm(name: str, pretrained: bool) -> nn.Module:
+def _create_timm(name: str, pretrained: bool, **kwargs) -> nn.Module:
     import timm
 
     try:  # a ViT takes any input size (the protocol's) with dynamic_img_size; other families have no such argument
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True)
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True, **kwargs)
     except TypeError:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- the hub
@@ -362,7 +362,7 @@ def _resolve_local(spec: EncoderSpec) -> tuple[nn.Module, str, dict]:
     import timm
 
     from ..io import sha256_file
-    from .checkpoints import CheckpointMismatch, load_into
+    from .checkpoints import ENCODER_EXTRA_KEYS, CheckpointMismatch, load_into
 
     path = Path(spec.target)
     if spec.arch not in timm.list_models() and spec.arch.split(".")[0] not in timm.list_models():
@@ -370,16 +370,43 @@ def _resolve_local(spec: EncoderSpec) -> tuple[nn.Module, str, dict]:
                                "(timm.list_models() lists them)")
     model = _create_timm(spec.arch, False)
     state = read_local_weights(path)
+    trained_size = checkpoint_image_size(state, model)
+    if trained_size:  # a ViT trained at another size (the kit's 64 px smoke runs): built at that size, no resampling
+        model = _create_timm(spec.arch, False, img_size=trained_size)
     try:
-        report = load_into(TimmEncoder(model), state, allow_unexpected=HEAD_PREFIXES)
+        report = load_into(TimmEncoder(model), state, allow_unexpected=HEAD_PREFIXES + ENCODER_EXTRA_KEYS)
     except CheckpointMismatch as exc:
         raise EncoderSpecError(f"encoder {spec.text}: the checkpoint {path} does not fit the architecture "
                                f"{spec.arch!r} — is the name after @ the one it was trained as?\n{exc}") from exc
     digest = sha256_file(path)
     extra = [k for k in report.unexpected]
     words = f"local checkpoint {path.name} (sha256 {digest[:12]}, {len(report.loaded)} tensors"
-    words += f", {len(extra)} head keys left out)" if extra else ")"
-    return model, words, {"sha256": digest}
+    words += f", {len(extra)} keys beside the trunk left out: {', '.join(sorted({k.split('.')[0] for k in extra}))})" \
+        if extra else ")"
+    if report.unwrapped:
+        words = words[:-1] + f"; unwrapped {', '.join(report.unwrapped)})"
+    if trained_size:
+        words = words[:-1] + f"; its position embedding is for {trained_size} px, the model is built at that size)"
+    return model, words, {"sha256": digest, **({"input_size": trained_size} if trained_size else {})}
+
+
+def checkpoint_image_size(state: dict, model: nn.Module) -> Optional[int]:
+    """The input size a ViT checkpoint's absolute position embedding was trained for, when it is not the size
+    ``model`` was built at (None otherwise, or for a model without one): (grid x patch) px of a square grid."""
+    from .checkpoints import unwrap_state_dict
+
+    expected = model.state_dict()
+    if "pos_embed" not in expected or not hasattr(model, "patch_embed"):
+        return None
+    found = unwrap_state_dict(state, expected).get("pos_embed")
+    if found is None or tuple(found.shape) == tuple(expected["pos_embed"].shape):
+        return None
+    tokens = int(found.shape[1]) - (0 if getattr(model, "no_embed_class", False) else
+                                    int(getattr(model, "num_prefix_tokens", 1)))
+    grid = int(round(tokens ** 0.5))
+    if grid * grid != tokens:
+        return None  # not a square grid: load_into's shape check reports it
+    return grid * int(model.patch_embed.patch_size[0])
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -458,8 +485,13 @@ def resolve_encoder(text: str, *, image_size: int = 224, lenient: bool = False) 
         encoder: Encoder = TimmEncoder(model)
     elif spec.scheme == "local":
         model, source, extra = _resolve_local(spec)
+        trained_size = extra.pop("input_size", None)
         identity.update(extra)
         encoder = TimmEncoder(model)
+        if trained_size:
+            _, mean, std, where = timm_data_config(model)
+            return ResolvedEncoder(spec, encoder.eval(), source, timm_pooling(model), trained_size, mean, std, where,
+                                   identity)
     elif spec.scheme == "open_clip":
         encoder, source, preprocess = _resolve_open_clip(spec)
         norm = _transform_normalisation(preprocess)
