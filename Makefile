@@ -12,7 +12,7 @@ TORCH_CUDA12_INDEX ?= https://download.pytorch.org/whl/cu126
 LOCK   := $(if $(filter 12,$(CUDA)),requirements-cu12.lock,requirements.lock)
 STAMP  := $(VENV)/.installed$(if $(filter 12,$(CUDA)),-cu12,)
 
-.PHONY: install reproduce test test-random bench lock lock-cu12 clean-venv
+.PHONY: install reproduce test test-random speed bench lock lock-cu12 clean-venv
 
 # The stamp is rebuilt when the pins change, so `make` reuses a ready environment and installs nothing twice.
 $(STAMP): pyproject.toml $(LOCK)
@@ -54,8 +54,12 @@ test: install
 test-random: install
 	$(BIN)/python -m pytest tests -p randomly -p no:cacheprovider $(if $(SEED),--randomly-seed=$(SEED))
 
-bench: install
-	$(BIN)/histokit bench
+# How fast the kit is on this machine -> results/speed/<device>.md + .csv (histokit speed).
+speed: install
+	$(BIN)/histokit speed
+
+# The old name of `make speed` (before `histokit bench` became `histokit speed`).
+bench: speed
 
 # Regenerate the full lock from pyproject's pins (needs network to PyPI).
 lock:

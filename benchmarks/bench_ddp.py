@@ -22,7 +22,7 @@ start-up and imports are excluded. The final weights (student, teacher, center: 
 of every run are compared with the 1-process, 1-thread run (same batches, same views: they agree up to float32
 summation order).
 
-Run: ``python benchmarks/bench_ddp.py`` (writes results/benchmarks/ddp-cpu.md and .csv); ``--quick``: the tiny
+Run: ``python benchmarks/bench_ddp.py`` (writes results/speed/ddp-cpu.md and .csv); ``--quick``: the tiny
 model only, 1 run per configuration, 5 steps; ``--out DIR/STEM`` writes STEM.md and STEM.csv elsewhere.
 """
 from __future__ import annotations
@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument("--skip", type=int, default=2, help="first steps left out of the timing (warm-up)")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration (median reported)")
     p.add_argument("--quick", action="store_true", help="vit_test only, 1 run per configuration, 5 steps")
-    p.add_argument("--out", default=str(REPO / "results" / "benchmarks" / "ddp-cpu"),
+    p.add_argument("--out", default=str(REPO / "results" / "speed" / "ddp-cpu"),
                    help="output stem: writes STEM.md and STEM.csv")
     a = p.parse_args()
     if a.quick:

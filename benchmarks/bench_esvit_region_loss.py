@@ -2,7 +2,7 @@
 each student view's log-softmax once (commit 953e2ec), measured on the CPU.
 
 ``python benchmarks/bench_esvit_region_loss.py`` runs each variant in its own process (so one variant's freed memory
-cannot hide the other's peak) and writes ``results/benchmarks/esvit_region_loss_memory.md``. Shapes are a batch-32
+cannot hide the other's peak) and writes ``results/speed/esvit_region_loss_memory.md``. Shapes are a batch-32
 EsViT step of the paper's recipe: Swin-T at 224 px (7 x 7 = 49 final regions, 768-d features) for 2 global views,
 96 px (3 x 3 = 9 regions) for 8 local views, 65,536 prototypes, the student and teacher logits as the heads emit them
 (fp32). Only the loss (forward + backward) is measured, on logits of the real shapes, because that is where the
@@ -30,7 +30,7 @@ from pathlib import Path
 B, K, D = 32, 65536, 768
 GLOBAL_T, LOCAL_T, N_GLOBAL, N_LOCAL = 49, 9, 2, 8
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "results" / "benchmarks" / "esvit_region_loss_memory.md"
+OUT = REPO / "results" / "speed" / "esvit_region_loss_memory.md"
 
 
 def _gib(n_floats: int) -> str:

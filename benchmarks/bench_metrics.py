@@ -1,4 +1,4 @@
-"""Moved: this metric benchmark is now section 4 of ``histokit bench`` (``histokit/bench/metrics.py``).
+"""Moved: this metric benchmark is now section 4 of ``histokit speed`` (``histokit/bench/metrics.py``).
 
 This script runs only that section — the kit's ``evaluate_retrieval`` against a per-query loop (one FAISS search per
 query + AP / P / nDCG in Python, sampled and extrapolated), equal results checked — at the sizes given, and prints

@@ -1,4 +1,4 @@
-"""The ``histokit`` command: ``reproduce``, ``data``, ``list``, ``report``, ``benchmark``, ``audit``, ``bench``,
+"""The ``histokit`` command: ``reproduce``, ``data``, ``list``, ``report``, ``benchmark``, ``audit``, ``speed``,
 ``doctor``, ``gpucheck``, ``init``."""
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_speed(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     try:
@@ -285,7 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"histokit: {exc}", file=sys.stderr)
         return 1
-    print(f"[histokit] benchmark: {out['md']} and {out['csv']}")
+    print(f"[histokit] speed: {out['md']} and {out['csv']}")
     for t in out["targets"]:
         print(f"  {t.target}: {t.measured} -> {t.status}")
     return 0
@@ -311,15 +311,40 @@ def cmd_gpucheck(args: argparse.Namespace) -> int:
     return out["status"]
 
 
+# Old subcommand names that still run, each with a one-line note on stderr and no line in --help.
+RENAMED = {"bench": "speed"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that, for a renamed subcommand (``renamed_to``), says the new name on stderr before it
+    parses (so before ``--help`` too)."""
+
+    def __init__(self, *args, renamed_to: Optional[str] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.renamed_to = renamed_to
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.renamed_to:
+            print(f"{self.prog} is now histokit {self.renamed_to}", file=sys.stderr, flush=True)
+        return super().parse_known_args(args, namespace)
+
+
+def _add_speed_options(p: argparse.ArgumentParser, default_out) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", default=None, help=f"report folder (default {default_out})")
+    p.add_argument("--quick", action="store_true", help="every section at smoke sizes (about a minute)")
+    p.set_defaults(func=cmd_speed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="histokit", description=__doc__)
+    parser = _Parser(prog="histokit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"histokit {__version__}")
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="where runs/ and results/ live (default: the clone's own; for an installed histokit "
                              "the directory `histokit init` made, else the current one)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     rep = sub.add_parser("reproduce", help="run a paper's stage notebooks and publish its tables")
     rep.add_argument("paper", help="esvit | chen2022 | cyphervit | lgffem | all")
@@ -402,11 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "~/histokit_data)")
     audit.set_defaults(func=cmd_audit)
 
-    bench = sub.add_parser("bench", help="performance benchmark -> results/benchmarks/<device>.md + .csv")
-    bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    bench.add_argument("--out", default=None, help=f"report folder (default {RESULTS_DIR / 'benchmarks'})")
-    bench.add_argument("--quick", action="store_true", help="every section at smoke sizes (about a minute)")
-    bench.set_defaults(func=cmd_bench)
+    speed = sub.add_parser("speed", help="how fast the kit is (extraction, decoding, search, metrics, latency) "
+                                         "-> results/speed/<device>.md + .csv")
+    _add_speed_options(speed, RESULTS_DIR / "speed")
+    # `histokit bench`, the old name: runs `speed` after a note, listed nowhere in --help (no help=)
+    _add_speed_options(sub.add_parser("bench", renamed_to=RENAMED["bench"], description="Renamed: histokit speed."),
+                       RESULTS_DIR / "speed")
 
     doctor = sub.add_parser("doctor", help="driver, CUDA runtime, torch / torchvision / faiss builds and GPUs; "
                                            "warns (exit 1) where they do not fit together")
@@ -414,9 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gpucheck = sub.add_parser("gpucheck", help="the GPU path in minutes: full-size DINO / EsViT steps, bf16 vs fp32, "
                                                "resume on fewer GPUs, batch-1 latency, GPU vs CPU search -> "
-                                               "results/benchmarks/gpucheck-<gpu>.md (reduced on a CPU)")
+                                               "results/speed/gpucheck-<gpu>.md (reduced on a CPU)")
     gpucheck.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    gpucheck.add_argument("--out", default=None, help=f"report folder (default {RESULTS_DIR / 'benchmarks'})")
+    gpucheck.add_argument("--out", default=None, help=f"report folder (default {RESULTS_DIR / 'speed'})")
     gpucheck.set_defaults(func=cmd_gpucheck)
 
     from .data.cli import add_data_subcommands
@@ -427,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .byo import add_parser as add_evaluate_subcommand  # histokit evaluate --encoder SPEC (histokit/byo.py)
 
     add_evaluate_subcommand(sub)
+    # the usage line and --help list the commands without the renamed ones (which still parse)
+    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in RENAMED) + "}"
     return parser
 
 

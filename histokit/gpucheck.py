@@ -1,5 +1,5 @@
 """``histokit gpucheck``: the GPU path checked in one command, in minutes, written to
-``results/benchmarks/gpucheck-<gpu>.md`` (``gpucheck-cpu.md`` on a machine without CUDA).
+``results/speed/gpucheck-<gpu>.md`` (``gpucheck-cpu.md`` on a machine without CUDA).
 
 Parts, each through the kit's own code (the SSL registry, the training engine, its checkpoints, the retrieval
 index and latency measurement; nothing reimplemented):
@@ -94,7 +94,7 @@ def _peak_mib(device: torch.device) -> tuple[float, str]:
 
 class _FixedViews(torch.utils.data.Dataset):
     """One synthetic multi-crop sample returned for every index: the step is timed, not the augmentation
-    (``histokit bench`` measures the loader)."""
+    (``histokit speed`` measures the loader)."""
 
     def __init__(self, n: int, n_global: int, n_local: int, global_size: int, local_size: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
@@ -336,7 +336,7 @@ def run_gpucheck(out_dir: Optional[str | Path] = None, device: str = "auto", cfg
         log(f"[gpucheck] {name}: {part.status} {part.result}".rstrip())
         parts.append(part)
     seconds = time.perf_counter() - t0
-    out = Path(out_dir) if out_dir is not None else RESULTS_DIR / "benchmarks"
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR / "speed"
     out.mkdir(parents=True, exist_ok=True)
     path = out / report_name(dev)
     path.write_text(format_markdown(parts, dev, seconds, doctor_text, batch))

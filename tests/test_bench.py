@@ -1,5 +1,6 @@
-"""`histokit bench` at tiny sizes: the report has every section and target row, its numbers are finite and its
-ratios positive, GPU targets are never invented on a CPU, and the per-query metric loop agrees with the kit."""
+"""`histokit speed` (formerly `histokit bench`) at tiny sizes: the report has every section and target row, its
+numbers are finite and its ratios positive, GPU targets are never invented on a CPU, and the per-query metric loop
+agrees with the kit; `histokit bench` still runs it, after a note."""
 import math
 import os
 from types import SimpleNamespace
@@ -19,7 +20,8 @@ from histokit.bench.synthetic import make_retrieval_data
 from histokit.bench.targets import NO_GPU, evaluate_targets
 from histokit.bench import timing
 from histokit.bench.timing import profile_top, timed_runs
-from histokit.cli import build_parser, cmd_bench
+from histokit import paths
+from histokit.cli import build_parser, cmd_speed, main
 from histokit.retrieval.metrics import evaluate_retrieval, retrieval_scores
 
 TINY = BenchConfig(
@@ -37,13 +39,17 @@ TARGET_IDS = ["extract", "e2e_cache", "search", "eval", "latency", "paper_extrac
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("benchmarks")
+    results = tmp_path_factory.mktemp("results")
+    out = results / "speed"  # the default folder (no out_dir given), beside the common benchmark's results/benchmark/
+    out.mkdir()
     (out / "cuda-nvidia-h100.md").write_text("another device's report\n")
     before, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)  # tiny models on a shared machine: one thread avoids OpenMP stalls; same code path
     os.environ["OMP_NUM_THREADS"] = "1"  # the bench keeps a thread count the user set
     try:
-        result = run_bench(out, device="cpu", config=TINY, log=lambda m: None)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(paths, "RESULTS_DIR", results)
+            result = run_bench(device="cpu", config=TINY, log=lambda m: None)
         assert torch.get_num_threads() == 1  # restored
     finally:
         torch.set_num_threads(before)
@@ -198,15 +204,51 @@ def test_thread_count_leaves_busy_cores_alone(monkeypatch):
 def test_device_slug_and_cli_wiring(tmp_path, monkeypatch):
     assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert device_slug("cpu").startswith("cpu-") and "/" not in device_slug("cpu")
-    args = build_parser().parse_args(["bench", "--quick", "--device", "cpu", "--out", str(tmp_path)])
-    assert args.func is cmd_bench and args.quick and args.device == "cpu"
+    args = build_parser().parse_args(["speed", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    assert args.func is cmd_speed and args.quick and args.device == "cpu"
     seen = {}
 
     def fake_run_bench(out, device, quick):
         seen.update(out=out, device=device, quick=quick)
         raise ValueError("device='cuda' was asked for, but torch sees no CUDA GPU")
     monkeypatch.setattr("histokit.bench.run_bench", fake_run_bench)
-    assert cmd_bench(args) == 1 and seen == {"out": str(tmp_path), "device": "cpu", "quick": True}
+    assert cmd_speed(args) == 1 and seen == {"out": str(tmp_path), "device": "cpu", "quick": True}
+
+
+def test_bench_is_the_old_name_of_speed(tmp_path, monkeypatch, capsys):
+    """`histokit bench` (the old name, kept for scripts) says it is now `histokit speed` and runs it; --help lists
+    only `speed`, whose report folder is results/speed (not results/benchmark/, the common benchmark's)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    out, err = capsys.readouterr()
+    assert err == "histokit bench is now histokit speed\n"
+    default = f"(default {paths.RESULTS_DIR / 'speed'})"
+    assert "usage: histokit bench" in out and "--quick" in out and default in " ".join(out.split())
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out, err = capsys.readouterr()
+    listed = out.split("positional arguments:", 1)[1]
+    assert "    speed " in listed and " bench " not in listed and ",bench," not in out
+    assert "results/speed/<device>.md" in out and err == ""
+
+    with pytest.raises(SystemExit):
+        main(["speed", "--help"])
+    out, err = capsys.readouterr()
+    assert "usage: histokit speed" in out and default in " ".join(out.split()) and err == ""
+
+    seen = []
+
+    def fake_run_bench(out, device, quick):
+        seen.append((out, device, quick))
+        return {"md": tmp_path / "cpu.md", "csv": tmp_path / "cpu.csv", "targets": []}
+    monkeypatch.setattr("histokit.bench.run_bench", fake_run_bench)
+    assert main(["bench", "--quick", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert seen == [(None, "cpu", True)]  # None: run_bench's default, results/speed
+    assert err == "histokit bench is now histokit speed\n" and f"[histokit] speed: {tmp_path / 'cpu.md'}" in out
+    assert main(["speed", "--device", "cpu"]) == 0 and capsys.readouterr().err == ""
 
 
 def test_training_input_rows_compare_the_loader_with_the_step_per_method(bench_run):

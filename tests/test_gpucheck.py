@@ -2,7 +2,7 @@
 skipped, the report lists both, and a part that raises is reported without stopping the others."""
 import pytest
 
-from histokit import gpucheck
+from histokit import gpucheck, paths
 from histokit.cli import main
 
 TINY = dict(ssl=(("dino", "vit_test"), ("esvit", "swin_test")),
@@ -13,8 +13,12 @@ TINY = dict(ssl=(("dino", "vit_test"), ("esvit", "swin_test")),
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    return gpucheck.run_gpucheck(out, device="cpu", cfg=gpucheck.GpuCheckConfig(**TINY), log=lambda _: None)
+    results = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as mp:  # no out_dir: the default, results/speed/
+        mp.setattr(paths, "RESULTS_DIR", results)
+        run = gpucheck.run_gpucheck(device="cpu", cfg=gpucheck.GpuCheckConfig(**TINY), log=lambda _: None)
+    assert run["path"].parent == results / "speed"
+    return run
 
 
 def test_reduced_cpu_form_runs_every_part_it_can_and_skips_faiss_gpu(cpu_run):

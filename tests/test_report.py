@@ -211,6 +211,9 @@ def test_report_on_the_repository_results():
     parser = check_html(html, paths.RESULTS_DIR)
     assert parser.sections["esvit-smoke"][2] == "ran"
     assert "# histokit reproduction report" in md
+    # the speed reports (histokit speed, gpucheck) are read from results/speed/, linked from their own section
+    speed = md.split("\n## Speed\n", 1)[1]
+    assert "(speed/cpu-amd-epyc.md)" in speed and "(speed/gpucheck-cpu.md)" in speed and "benchmarks/" not in speed
 
 
 def test_cli_writes_the_report(tmp_path, capsys):

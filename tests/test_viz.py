@@ -2,7 +2,7 @@
 
 UMAP's first call in a process pays numba's JIT compilation (~10-20 s on a busy 2-core box, out of our hands). No
 test asserts a wall-clock time: on a machine shared with other jobs any bound is either loose enough to be useless
-or tight enough to fail at random (`histokit bench` is where speed is measured).
+or tight enough to fail at random (`histokit speed` is where speed is measured).
 """
 from __future__ import annotations
 

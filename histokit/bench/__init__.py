@@ -1,4 +1,5 @@
-"""``histokit bench``: how fast the kit is, measured against the bare libraries it calls, on this machine.
+"""``histokit speed`` (formerly ``histokit bench``): how fast the kit is, measured against the bare libraries it
+calls, on this machine.
 
 Seven sections, each a module: model-only vs the kit's extraction (``model``), end-to-end from image files and from
 the decoded-tile cache plus decode throughput (``extraction``), the kit's search vs bare FAISS and exact vs
@@ -6,7 +7,7 @@ approximate recall/speed (``search``), vectorized metric evaluation vs a per-que
 latency (``latency``), search time vs gallery size (``growth``), and per SSL method the training loader's throughput
 against the training step's (``training``: a ratio below 1 is a starved GPU). :func:`run_bench` runs them in one
 process (every ratio is taken within one run), checks the issue's targets (``targets``) and writes
-``results/benchmarks/<device-slug>.md`` + ``.csv`` (``report``).
+``results/speed/<device-slug>.md`` + ``.csv`` (``report``).
 """
 from __future__ import annotations
 
@@ -39,14 +40,14 @@ __all__ = ["BenchConfig", "run_bench"]
 
 
 def _stderr_log(message: str) -> None:
-    print(f"histokit bench: {message}", file=sys.stderr, flush=True)
+    print(f"histokit speed: {message}", file=sys.stderr, flush=True)
 
 
 def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto", quick: bool = False, *,
               config: Optional[BenchConfig] = None, log: Callable[[str], None] = _stderr_log) -> dict:
     """Run every section and write the report; returns ``{"md", "csv", "targets", "sections", "env"}``.
 
-    ``out_dir`` defaults to ``results/benchmarks``; ``device`` is auto | cpu | cuda | cuda:N; ``quick`` runs every
+    ``out_dir`` defaults to ``results/speed``; ``device`` is auto | cpu | cuda | cuda:N; ``quick`` runs every
     section at smoke sizes (its report is named ``<slug>-quick``, so it never replaces a full run's);
     ``config`` overrides the sizes entirely (tests).
     """
@@ -59,7 +60,7 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     env.update(torch_threads=threads, faiss_threads=threads, threads_reason=why)
-    out_dir = Path(out_dir) if out_dir is not None else paths.RESULTS_DIR / "benchmarks"
+    out_dir = Path(out_dir) if out_dir is not None else paths.RESULTS_DIR / "speed"
     slug = env["slug"] if cfg.mode == "full" else f"{env['slug']}-{cfg.mode}"
     start = time.perf_counter()
     from ..device import configure_backends, current_backends
@@ -98,9 +99,10 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
         faiss.omp_set_num_threads(faiss_threads)
     targets = evaluate_targets(sections, env, cfg)
     env["load_average_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
-    paths = write_report(out_dir, slug, env, cfg, sections, targets, time.perf_counter() - start)
-    log(f"wrote {paths['md']} and {paths['csv']} in {time.perf_counter() - start:.0f} s")
-    return {**paths, "targets": targets, "sections": sections, "env": env}
+    # not `paths`: a local of that name would shadow the module read above for the default folder
+    written = write_report(out_dir, slug, env, cfg, sections, targets, time.perf_counter() - start)
+    log(f"wrote {written['md']} and {written['csv']} in {time.perf_counter() - start:.0f} s")
+    return {**written, "targets": targets, "sections": sections, "env": env}
 
 
 def _restore_backends(flags: dict) -> None:

@@ -1,6 +1,6 @@
 """Benchmark sizes per device and mode. The method never changes with the size: the same kit calls, smaller inputs.
 
-``full`` on a CPU keeps `make bench` under 10 minutes on a small machine (112 px tiles, a few batches); on a GPU it
+``full`` on a CPU keeps `make speed` under 10 minutes on a small machine (112 px tiles, a few batches); on a GPU it
 uses the paper's 224 px and bf16. ``quick`` is a smoke run of every section in about a minute. Gallery-growth sizes
 reach 10^6 in ``full`` with few queries (exact search of 10^6 x 384 with many queries is minutes on a CPU).
 """

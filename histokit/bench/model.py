@@ -53,7 +53,7 @@ def bench_backbone(name: str, cfg, device: torch.device) -> tuple[list, dict]:
     except Exception as exc:  # a compile failure must not sink the other numbers: report it and run eager only
         if "kit_compiled" not in fns:
             raise
-        print(f"histokit bench: torch.compile failed for {name}: {exc}", file=sys.stderr)
+        print(f"histokit speed: torch.compile failed for {name}: {exc}", file=sys.stderr)
         fns.pop("kit_compiled")
         times = timed_runs(fns, warmup=cfg.warmup, repeats=cfg.repeats, device=device, min_seconds=cfg.min_run_s)
         times["compile_error"] = str(exc).splitlines()[0][:200]

@@ -74,7 +74,7 @@ def render_markdown(env: dict, cfg, sections: dict, targets: list, wall_s: float
     gpus = f" ({env['faiss_gpus']} FAISS GPUs)" if env["faiss_gpus"] else " (CPU build)"
     lines = [
         f"# histokit performance benchmark: {env['device_name']} ({env['device']}, {cfg.mode} mode)", "",
-        f"Written by `histokit bench` at {when} in {wall_s:.0f} s. Machine: {env['cpu']}, {env['cpu_cores']} usable "
+        f"Written by `histokit speed` at {when} in {wall_s:.0f} s. Machine: {env['cpu']}, {env['cpu_cores']} usable "
         f"cores{', CUDA ' + env['cuda'] if env['cuda'] else ''}; load average {env['load_average_start']} at the "
         "start, "
         f"{env.get('load_average_end', '-')} at the end (other processes share this machine: each row's note gives "

@@ -3,8 +3,9 @@
 ``results/REPORT.md`` and a self-contained ``results/report.html``: per paper and profile, every table with the
 measured number, the paper's number and the difference (graded by size), the 95 % bootstrap intervals, every
 protocol choice and deviation as a footnote, the figures, provenance and the executed notebooks; then the common
-benchmark, the leakage audit and the performance benchmarks where their folders exist. Smoke numbers are marked
-as not a reproduction; a table or paper that has not been run says so and is never filled with the paper's values.
+benchmark, the leakage audit and the speed (performance) reports where their folders exist. Smoke numbers are
+marked as not a reproduction; a table or paper that has not been run says so and is never filled with the paper's
+values.
 """
 from __future__ import annotations
 

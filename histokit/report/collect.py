@@ -7,7 +7,8 @@ Layout read (written by :mod:`histokit.results` and :func:`histokit.runner.publi
                                  notes.json, run.json (provenance), notebooks/*.ipynb where published
     results/benchmark/<profile>/ the common benchmark: tables (.csv, + .md for title and footnotes) and figures
     results/leakage/<profile>/   the leakage audit: tables and figures (histokit.evaluation.leakage)
-    results/benchmarks/          performance benchmarks (``histokit bench``), one report per device
+    results/speed/               speed (performance) benchmarks (``histokit speed``, ``histokit gpucheck``), one
+                                 report per device
 
 A paper or profile without its folder is reported as not run; its tables are listed by title only, never with the
 paper's numbers in place of measured ones.
@@ -26,8 +27,9 @@ import pandas as pd
 from ..runner import PROFILES
 
 SECTION_DIRS = {"benchmark": "Common benchmark", "leakage": "Leakage audit"}
-PERFORMANCE_DIR = "benchmarks"
-RESERVED_DIRS = set(SECTION_DIRS) | {PERFORMANCE_DIR}
+PERFORMANCE_DIR = "speed"
+# "benchmarks": where the speed reports were before `histokit bench` became `histokit speed`; never a paper
+RESERVED_DIRS = set(SECTION_DIRS) | {PERFORMANCE_DIR, "benchmarks"}
 PAPER_SUFFIX = " (paper)"
 # Files of a paper folder that are not tables in the paper's layout, and what they hold.
 RUN_FILES = {
@@ -136,7 +138,7 @@ class PaperRun:
 
 @dataclass
 class Section:
-    """A folder of tables and figures written by a stage: the common benchmark, the leakage audit, ``bench``."""
+    """A folder of tables and figures written by a stage: the common benchmark, the leakage audit, ``speed``."""
     kind: str
     title: str
     profile: Optional[str]
@@ -370,7 +372,7 @@ def collect(results_dir: Path, profile: Optional[str] = None) -> ReportData:
     sections = {kind: [collect_section(root, kind, title, prof, root / kind / prof) for prof in profiles]
                 for kind, title in SECTION_DIRS.items()}
     perf_dir = root / PERFORMANCE_DIR
-    performance = (collect_section(root, "performance", "Performance benchmarks", None, perf_dir)
+    performance = (collect_section(root, "performance", "Speed", None, perf_dir)
                    if perf_dir.is_dir() else None)
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return ReportData(root, profiles, generated, runs, sections["benchmark"], sections["leakage"], performance)

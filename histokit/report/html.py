@@ -219,7 +219,7 @@ def _nav(data: ReportData) -> str:
     items += [f'<li><a href="#{r.anchor}">{_e(r.title)} — {_e(r.profile)}</a>'
               f"{'' if r.ran else ' (not run yet)'}</li>" for r in data.papers]
     items += ['<li><a href="#benchmark">Common benchmark</a></li>', '<li><a href="#leakage">Leakage audit</a></li>',
-              '<li><a href="#performance">Performance benchmarks</a></li>']
+              '<li><a href="#performance">Speed</a></li>']
     return "<nav><ul>" + "".join(items) + "</ul></nav>"
 
 
@@ -240,9 +240,9 @@ def render_html(data: ReportData) -> str:
                 "FAISS index (cosine on L2-normalised features), per dataset and split variant "
                 "(<code>histokit.evaluation.leakage</code>).</p>")
     body += [_section(s) for s in data.leakage]
-    body.append('<h2 id="performance">Performance benchmarks</h2>')
+    body.append('<h2 id="performance">Speed</h2>')
     body.append(_section(data.performance) if data.performance is not None else
-                "<p>None yet: <code>histokit bench</code> writes them to <code>benchmarks/</code>.</p>")
+                "<p>None yet: <code>histokit speed</code> writes them to <code>speed/</code>.</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>histokit reproduction report</title><style>{CSS}</style></head>\n<body>\n"

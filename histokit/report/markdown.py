@@ -163,9 +163,9 @@ def render_markdown(data: ReportData) -> str:
             "features) per dataset and split variant (`histokit.evaluation.leakage`).", ""]
     for section in data.leakage:
         out += _section(section)
-    out += ["## Performance benchmarks", ""]
+    out += ["## Speed", ""]
     if data.performance is None:
-        out += ["None yet: `histokit bench` writes them to `benchmarks/`.", ""]
+        out += ["None yet: `histokit speed` writes them to `speed/`.", ""]
     else:
         out += _section(data.performance)
     return "\n".join(out).rstrip() + "\n"

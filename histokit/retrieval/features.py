@@ -9,7 +9,7 @@ L2 normalization, so inner product on the stored vectors equals the paper's cosi
 Timings follow the kit's rule (docs/design.md): every number says its batch size, precision, device and whether image
 decoding was included, and CUDA is synchronized before a clock is read.
 
-Speed (``histokit bench`` measures each): bf16 autocast on request, channels_last for convolutional networks,
+Speed (``histokit speed`` measures each): bf16 autocast on request, channels_last for convolutional networks,
 optional ``torch.compile``, pinned host memory with non-blocking copies, DataLoader workers sized to the machine
 (``num_workers="auto"``), in-memory ``TensorDataset`` batches sliced instead of collated item by item, uint8 images
 (a :class:`histokit.data.tile_cache.TileCache`) normalized on the device after a 4x smaller copy, per-batch model
