@@ -2,10 +2,11 @@
 
 The design is the recipe's: each encoder becomes one more model row (``ModelSpec`` with ``weights = "encoder:SPEC"``,
 resolved by :mod:`histokit.models.encoder_spec`) of every evaluation that reads **frozen features**
-(:data:`FROZEN_KINDS`: retrieval with its timings, the Kimia eta, k-NN / linear / AUC probes, the re-split k-NN);
-the paper's own model rows stay in those tables beside them, with the paper's numbers. Protocols that train
-(label-fraction fine-tuning), the ablation tables and the figures are not run for the new rows, and every table
-and the folder's README say which protocols ran.
+(:data:`FROZEN_KINDS`: retrieval with its timings, the Kimia eta, k-NN / linear / AUC probes, the re-split k-NN)
+and of every evaluation that fine-tunes from a row's weights (:data:`FINETUNED_KINDS`: Ye et al.'s label fractions,
+with the paper's own fine-tuning recipe); the paper's own model rows stay in those tables beside them, with the
+paper's numbers. The training ablations and the figures are not run for the new rows, and every table and the
+folder's README say which protocols ran.
 
 The paper's own run (``runs/<paper>/<profile>``) gives the paper rows' trained weights: its stages 01-03 are run
 as ``histokit reproduce`` runs them when they are not finished (finished ones are skipped), never published. The
@@ -31,15 +32,20 @@ if TYPE_CHECKING:
     from .stages.context import StageContext
 
 FROZEN_KINDS = ("retrieval", "classification_probes", "resplit_knn", "kimia_eta")
+# evaluations that fine-tune each row from its weights with the paper's own fine-tuning recipe (Ye et al. Table 2)
+FINETUNED_KINDS = ("label_fraction",)
 # ablations that vary the protocol over frozen features (Habijan's split variants), not the paper's training
 FROZEN_ABLATION_KINDS = ("retrieval_split_variants",)
 AUTO_KEYS = ("model", "dataset", "method", "split")   # key columns every record gets without a label
 PAPER_STAGES = ("01_data", "02_pretrain", "03_finetune")
-LINKED = ("data", "train", "features", "timing")      # what the evaluation reads of the paper's own run
+# what the evaluation reads of the paper's own run (label_fraction: the paper rows' fine-tuned results, reused while
+# their starting weights are the same)
+LINKED = ("data", "train", "features", "timing", "label_fraction")
 KIND_WORDS = {"retrieval": "retrieval (mAP@k / P@k / nDCG@k, timings where the paper reports them)",
               "classification_probes": "frozen-feature k-NN / linear / AUC probes",
               "resplit_knn": "k-NN over the paper's re-splits", "kimia_eta": "the Kimia eta",
-              "label_fraction": "label-fraction fine-tuning", "retrieval_split_variants": "retrieval under the random and the group-aware split"}
+              "label_fraction": "label-fraction fine-tuning, end to end, test accuracy",
+              "retrieval_split_variants": "retrieval under the random and the group-aware split"}
 
 
 def evaluate_dir(paper: str, label: str, root: Optional[Path] = None) -> Path:
@@ -96,10 +102,10 @@ def evaluation_recipe(recipe, rows: Sequence):
     figures, left out; each table with a footnote saying so."""
     names = [r.name for r in rows]
     tables: dict = {}
-    kept, added = _with_user_rows(recipe, recipe.evaluations, FROZEN_KINDS, names, tables)
+    kept, added = _with_user_rows(recipe, recipe.evaluations, FROZEN_KINDS + FINETUNED_KINDS, names, tables)
     kept_ablations, added_ablations = _with_user_rows(recipe, recipe.ablations, FROZEN_ABLATION_KINDS, names, tables)
     skipped = sorted({f"{KIND_WORDS.get(s.kind, s.kind)} ({s.table})" for s in recipe.evaluations
-                      if s.kind not in FROZEN_KINDS})
+                      if s.kind not in FROZEN_KINDS + FINETUNED_KINDS})
     training_ablations = sorted({s.table for s in recipe.ablations if s.kind not in FROZEN_ABLATION_KINDS})
     skipped += [f"the training ablations ({', '.join(training_ablations)})"] if training_ablations else []
     skipped += ["the figures"] if recipe.figures else []
@@ -107,7 +113,9 @@ def evaluation_recipe(recipe, rows: Sequence):
     for table in recipe.tables:
         if table.id not in tables:
             continue
-        note = (f"Rows {', '.join(names)}: your encoders (histokit evaluate), frozen, under this table's protocol "
+        how = ("fine-tuned from their weights with the paper's own fine-tuning recipe" if tables[table.id] in
+               FINETUNED_KINDS else "frozen")
+        note = (f"Rows {', '.join(names)}: your encoders (histokit evaluate), {how}, under this table's protocol "
                 f"({KIND_WORDS[tables[table.id]]}), on the same splits and features as the paper's rows; "
                 "'weights used' says what each loaded. Not run for them: "
                 + ("; ".join(skipped) if skipped else "nothing") + ".")

@@ -22,7 +22,7 @@ ROWS = (ModelSpec("timm:resnet18", "timm:resnet18", "encoder:timm:resnet18"),
 def test_user_rows_join_every_frozen_feature_table(paper):
     recipe = get_recipe(paper, "smoke")
     out, skipped = byo.evaluation_recipe(recipe, ROWS)
-    frozen_tables = {e.table for e in recipe.evaluations if e.kind in byo.FROZEN_KINDS}
+    frozen_tables = {e.table for e in recipe.evaluations if e.kind in byo.FROZEN_KINDS + byo.FINETUNED_KINDS}
     frozen_ablations = {e.table for e in recipe.ablations if e.kind in byo.FROZEN_ABLATION_KINDS}
     assert {t.id for t in out.tables} == frozen_tables | frozen_ablations and not out.figures
     assert {e.table for e in out.ablations} == frozen_ablations  # the training ablations are not run
@@ -34,10 +34,11 @@ def test_user_rows_join_every_frozen_feature_table(paper):
         assert "your encoders (histokit evaluate)" in out.table(table).footnotes[-1]
     # the paper's own rows of those evaluations are all still there
     for spec in recipe.evaluations:
-        if spec.kind in byo.FROZEN_KINDS:
+        if spec.kind in byo.FROZEN_KINDS + byo.FINETUNED_KINDS:
             assert spec in out.evaluations
-    if paper == "cyphervit":
-        assert any("label-fraction fine-tuning (table2)" in s for s in skipped)
+    if paper == "cyphervit":  # Table 2 fine-tunes your encoders with the paper's recipe; Table 4 is not theirs
+        assert "table2" in frozen_tables and not any("table2" in s for s in skipped)
+        assert "fine-tuned from their weights" in out.table("table2").footnotes[-1]
         assert "the training ablations (table4)" in skipped
 
 

@@ -196,3 +196,29 @@ def test_label_fraction_finetuning_is_the_same_whatever_the_worker_count(tmp_pat
     in_process = finetune_fraction(_ctx(tmp_path / "none"), "tiny", "TILES", 0.5, params)
     assert _losses(with_workers["history"]) == _losses(in_process["history"]) and in_process["history"]
     assert with_workers["correct"] == in_process["correct"]
+
+
+@pytest.mark.fault
+def test_a_label_fraction_result_is_reused_only_while_its_starting_weights_are_the_same(tmp_path, one_thread,
+                                                                                        workers, monkeypatch):
+    """The cached result of a (model, dataset, fraction) records what the fine-tuning started from; other weights
+    under the same row name (a retrained run, another file at the same path) are fine-tuned again."""
+    from histokit.stages import finetune_fractions, index
+
+    calls = []
+    real = finetune_fractions.finetune_classifier
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_fractions, "finetune_classifier", counted)
+    params = {"epochs": 1, "batch_size": 4, "lr": 1e-3}
+    ctx = _ctx(tmp_path / "run")
+    first = finetune_fractions.finetune_fraction(ctx, "tiny", "TILES", 0.5, params)
+    assert first["weights_identity"] == index.weights_identity(ctx, "tiny", "TILES")
+    assert finetune_fractions.finetune_fraction(ctx, "tiny", "TILES", 0.5, params)["accuracy"] == first["accuracy"]
+    assert len(calls) == 1  # the same starting weights: read back
+    monkeypatch.setattr(index, "weights_identity", lambda *a, **k: {"kind": "checkpoint", "sha256": "other"})
+    again = finetune_fractions.finetune_fraction(ctx, "tiny", "TILES", 0.5, params)
+    assert len(calls) == 2 and again["weights_identity"] == {"kind": "checkpoint", "sha256": "other"}

@@ -81,8 +81,8 @@ paper's number and the difference, with the protocol in the footnotes.""", [
         "show_tables(tables)",
         YOURS_MD.format(what="the tables above that read frozen features (retrieval with its timings, the k-NN / "
                              "linear / AUC probes,\nthe Kimia eta, the re-split k-NN) are computed again with a row "
-                             "per encoder beside the paper's\nmodels; protocols that fine-tune are not run for them, "
-                             "and each table's footnote says so."),
+                             "per encoder beside the paper's\nmodels, and the label fractions fine-tune them with the "
+                             "paper's own recipe; each table's footnote says what ran."),
         "from histokit import byo\n\nshow_tables(byo.notebook_tables(ctx, encoders, \"evaluate\"))",
     ]),
     "06_ablations": ("Ablations and protocol variants", """

@@ -22,13 +22,18 @@ def finetune_transform(size: int, mean, std):
 
 
 def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction: float, params: dict) -> dict:
+    from .index import weights_identity
+
     path = ctx.path("label_fraction", slug(model_name), slug(dataset), f"{fraction:g}.json")
     run = run_identity(ctx.paper, ctx.profile, ctx.label, ctx.run_dir, ctx.recipe)
+    weights = weights_identity(ctx, model_name, dataset)  # what the fine-tuning starts from, without building it
     if path.exists():
         try:
             saved = read_sidecar(path)
         except SidecarError:
             saved = None  # damaged: fine-tuned again, over it
+        if saved is not None and saved.get("weights_identity") != weights:
+            saved = None  # other starting weights (a retrained run, another file under the same name): again
         if saved is not None:  # a result of another (model, dataset, fraction) or run, copied here, is refused
             expected = {"model": model_name, "dataset": dataset, "fraction": fraction}
             if "run" in saved:  # written before the run was recorded: the kit's cache then, kept
@@ -63,6 +68,7 @@ def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction
     preds = predict(classifier, test_ds, batch_size=64, device=ctx.device, progress=False)
     correct = (preds.logits.argmax(1) == preds.labels).astype(float) * 100.0
     result = {"model": model_name, "dataset": dataset, "fraction": fraction, "run": run, "weights": source,
+              "weights_identity": weights,
               "n_train": int(len(picked)), "epochs": epochs, "max_steps": ctx.max_steps, "accuracy": float(correct.mean()),
               "correct": correct.tolist(), "history": history}
     atomic_write_json(path, result)
