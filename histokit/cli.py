@@ -178,10 +178,11 @@ def _after_reproduce(args: argparse.Namespace) -> int:
     if args.paper == "all" and not getattr(args, "rehearse", False):  # cross-paper steps read smoke/full runs
         steps += [("common benchmark", lambda: _benchmark(args.profile)),
                   ("leakage audit", lambda: _audit(args.profile, args.data_root))]
-    if paths.RESULTS_DIR.is_dir():
-        steps.append(("report", lambda: _report(paths.RESULTS_DIR)))
-    else:  # e.g. `--only 01 02` in a fresh work directory: nothing published yet, nothing to report on
+    partial = bool(getattr(args, "only", None) or getattr(args, "start", None))
+    if partial and not paths.RESULTS_DIR.is_dir():  # `--only 01 02` in a fresh work directory: nothing to report
         print(f"[histokit] report: not written, nothing is published yet ({paths.RESULTS_DIR} does not exist)")
+    else:
+        steps.append(("report", lambda: _report(paths.RESULTS_DIR)))
     status = 0
     for name, step in steps:
         try:
