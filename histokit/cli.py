@@ -415,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     cbench.add_argument("--profile", default="smoke", help="the runs to read: runs/<paper>/<profile>/ (default smoke)")
     cbench.add_argument("--encoder", action="append", default=[], metavar="SPEC",
                         help="add your encoder's rows (as histokit evaluate takes them: timm:NAME | hf-hub:ORG/REPO | "
-                             "open_clip:hf-hub:ORG/REPO | local:PATH@TIMM_ARCH | package.module:function; repeatable) -> "
+                             "open_clip:hf-hub:ORG/REPO | local:PATH@TIMM_ARCH | package.module:function; "
+                             "repeatable) -> "
                              "results/evaluate/benchmark/<profile>/")
     cbench.add_argument("--data-root", default=None, help="where datasets live (for your encoders' features)")
     cbench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (for your encoders' features)")

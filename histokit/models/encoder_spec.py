@@ -320,7 +320,8 @@ def _resolve_open_clip(spec: EncoderSpec) -> tuple[Encoder, str, Any]:
     try:
         import open_clip  # noqa: F401
     except ImportError as exc:
-        raise EncoderSpecError(f"encoder {spec.text}: open_clip is not installed (pip install open-clip-torch)") from exc
+        raise EncoderSpecError(f"encoder {spec.text}: open_clip is not installed "
+                               "(pip install open-clip-torch)") from exc
     try:
         with hub_session(offline=True):
             model, preprocess = _create_open_clip(spec)

@@ -32,15 +32,17 @@ def finetune_fraction(ctx: StageContext, model_name: str, dataset: str, fraction
             saved = read_sidecar(path)
         except SidecarError:
             saved = None  # damaged: fine-tuned again, over it
-        if saved is not None and saved.get("weights_identity") != weights:
-            saved = None  # other starting weights (a retrained run, another file under the same name): again
         if saved is not None:  # a result of another (model, dataset, fraction) or run, copied here, is refused
             expected = {"model": model_name, "dataset": dataset, "fraction": fraction}
             if "run" in saved:  # written before the run was recorded: the kit's cache then, kept
                 expected["run"] = {k: run[k] for k in OWNER_KEYS}
-            return check_sidecar(path, expected, meta=saved, remedy=f"delete {path} (stage 05 fine-tunes it again)",
-                                 what=f"the {fraction:g} label-fraction result of {model_name!r} on {dataset!r} of "
-                                      f"this {ctx.paper} {ctx.label} run")
+            checked = check_sidecar(path, expected, meta=saved,
+                                    remedy=f"delete {path} (stage 05 fine-tunes it again)",
+                                    what=f"the {fraction:g} label-fraction result of {model_name!r} on {dataset!r} "
+                                         f"of this {ctx.paper} {ctx.label} run")
+            if checked.get("weights_identity") == weights:
+                return checked
+            # this row's result from other starting weights (a retrained run, another file under the same name)
     model = ctx.recipe.model(model_name)
     seed_everything(ctx.seed)  # a random start (or fallback) must not depend on what ran before in this kernel
     encoder, source = resolve_weights(ctx, model.encoder, model.weights, dataset, image_size=ctx.recipe.image_size,
