@@ -97,9 +97,10 @@ def _with_user_rows(recipe, specs, kinds, names, tables) -> tuple[list, list]:
 
 
 def evaluation_recipe(recipe, rows: Sequence):
-    """The paper's recipe with the user's rows added to one frozen-feature evaluation (and frozen-feature ablation:
-    :data:`FROZEN_ABLATION_KINDS`) of every table that has one; the evaluations and ablations that train, and the
-    figures, left out; each table with a footnote saying so."""
+    """The paper's recipe with the user's rows added to one evaluation of every table that reads frozen features or
+    fine-tunes from a row's weights (:data:`FROZEN_KINDS`, :data:`FINETUNED_KINDS`) and to each frozen-feature
+    ablation (:data:`FROZEN_ABLATION_KINDS`); the training ablations and the figures left out; each table with a
+    footnote saying how the rows ran and what did not run for them."""
     names = [r.name for r in rows]
     tables: dict = {}
     kept, added = _with_user_rows(recipe, recipe.evaluations, FROZEN_KINDS + FINETUNED_KINDS, names, tables)
@@ -161,10 +162,6 @@ class EvaluationRun:
     skipped: list                   # protocols not run for the user's rows
     paper_run: Path
     identity: dict
-
-    @property
-    def rows(self) -> list:
-        return [row for row, _ in self.resolved]
 
 
 def open_evaluation(paper: str, profile: str, encoders: Sequence[str], *, data_root: Optional[str] = None,
@@ -233,7 +230,8 @@ def extract_user_features(run: EvaluationRun, say=print) -> None:
 def evaluate(paper: str, profile: str, encoders: Sequence[str], *, data_root: Optional[str] = None,
              device: str = "auto", seed: int = 0, checkpoints: Optional[dict] = None,
              out_root: Optional[Path] = None, paper_run: Optional[Path] = None, say=print) -> Path:
-    """Evaluate ``encoders`` under ``paper``'s frozen-feature protocols; returns the published results folder."""
+    """Evaluate ``encoders`` under ``paper``'s protocols that can take an encoder (:func:`evaluation_recipe`);
+    returns the published results folder."""
     import json
 
     from .io import atomic_write_json, atomic_write_text
