@@ -22,12 +22,17 @@ def add_user_entries(collection: Collection, encoders: Sequence[str], *, data_ro
     """Extract ``encoders``' features on every data group of ``collection`` and append them as entries; returns the
     footnotes saying where each row's features come from."""
     from ..byo import extract_user_features, open_evaluation
+    from ..models.encoder_spec import parse_encoder_spec
     from ..stages.common import slug
     from ..stages.index import check_feature_sidecar, feature_path
 
     covered: dict = {}                  # (data key, row name) -> paper whose extraction serves it
     notes = []
+    names = [parse_encoder_spec(text).label for text in encoders]   # the row names, without building the models
     for paper in collection.papers_found:
+        keys = [k for k, g in collection.groups.items() if any(e.paper == paper for e in g.entries)]
+        if all((k, n) in covered for k in keys for n in names):
+            continue  # an earlier paper's extraction already gives every row on this paper's data
         run = open_evaluation(paper, collection.profile, encoders, data_root=data_root, device=device, seed=seed,
                               paper_run=collection.runs_dir / paper / collection.profile, fresh_results=False,
                               say=say)
