@@ -13,8 +13,8 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-from .io import atomic_write_text
 from .papers.recipe import TableSpec
+from .tables import format_cell, table_document, write_table_artifact
 
 PAPER_TABLES_DIR = Path(__file__).resolve().parent / "papers" / "paper_tables"
 NOT_RUN = "not run"
@@ -32,22 +32,6 @@ def paper_table(spec: TableSpec) -> pd.DataFrame:
     # keep_default_na=False: a key such as "None" (Habijan et al. Table II) is a label, not a missing value.
     return pd.read_csv(PAPER_TABLES_DIR / spec.paper_csv, dtype={k: str for k in spec.keys},
                        keep_default_na=False, na_values=[""])
-
-
-def format_cell(value, digits: int = 2) -> str:
-    """The one cell formatter of every rendered table (the ``.md`` files and the notebooks' HTML): text as it is
-    (``"not run"``), a missing value as ``—``, a number with ``digits`` decimals (3 below 1; scientific notation
-    below 1e-3, so a p-value such as 9.759e-05 never prints as 0.000)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, str):
-        return value
-    if value != 0 and abs(value) < 1e-3:  # p-values such as 9.759e-05 must not print as 0.000
-        return f"{value:.3e}"
-    return f"{value:.{digits if abs(value) >= 1 else 3}f}"
-
-
-_fmt = format_cell  # the name build_table and older callers use
 
 
 def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
@@ -125,31 +109,8 @@ def same_device(measured: str, paper: str) -> bool:
     return bool(want) and any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
 
 
-def formatted_rows(df: pd.DataFrame) -> list[list[str]]:
-    """Every cell of ``df`` through :func:`format_cell`, row by row: what the ``.md`` and the HTML both show."""
-    return [[format_cell(row[c]) for c in df.columns] for _, row in df.iterrows()]
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in formatted_rows(df)]
-    return "\n".join(lines)
-
-
-# The banner that heads a table of a profile that is not a reproduction: (headline, text), the same sentence in the
-# .md (``> **headline** text``) and in a notebook's HTML.
-PROFILE_BANNERS = {
-    "smoke": ("Smoke profile: not a reproduction.",
-              "Tiny bundled data, small images, few epochs on CPU. "
-              "The paper's numbers are shown for layout only; the differences measure nothing yet."),
-    "rehearsal": ("Rehearsal of the full profile: not a reproduction.",
-                  "The paper's recipe at full size with the "
-                  "optimisation steps and the images per class capped, on the data named in the notes (mock data "
-                  "unless stated otherwise). It shows every cell can be computed; the numbers measure nothing."),
-}
-# Where write_table leaves a table's title, profile and footnotes on the frame (``DataFrame.attrs``), so a notebook
-# shows the table as the .md does: histokit.stages.display.show_tables.
+# Where write_table leaves the table's artifact document (:mod:`histokit.tables`) on the frame
+# (``DataFrame.attrs``), so a notebook shows the table as the .md does: histokit.stages.display.show_tables.
 TABLE_META = "histokit.table"
 
 
@@ -163,38 +124,18 @@ def table_footnotes(spec: TableSpec, table: pd.DataFrame, notes: Iterable[str] =
     return foot
 
 
-def table_meta(spec: TableSpec, table: pd.DataFrame, *, profile: str, notes: Iterable[str] = (),
-               paper_title: str = "") -> dict:
-    """What a rendered table shows around its cells: title, paper title, profile and footnotes."""
-    return {"id": spec.id, "title": spec.title, "paper_title": paper_title, "profile": profile,
-            "footnotes": table_footnotes(spec, table, notes)}
-
-
-def render_markdown(table: pd.DataFrame, meta: dict) -> str:
-    """The ``.md`` document: title, paper title and profile, the profile banner, the table, numbered footnotes."""
-    parts = [f"# {meta['title']}", ""]
-    if meta.get("paper_title"):
-        parts += [f"*{meta['paper_title']}* — profile `{meta['profile']}`", ""]
-    if meta.get("profile") in PROFILE_BANNERS:
-        headline, text = PROFILE_BANNERS[meta["profile"]]
-        parts += [f"> **{headline}** {text}", ""]
-    parts += [to_markdown(table), ""]
-    parts += [f"{i}. {n}" for i, n in enumerate(meta.get("footnotes", ()), 1)]
-    return "\n".join(parts) + "\n"
-
-
 def write_table(spec: TableSpec, table: pd.DataFrame, out_dir: Path, *, profile: str,
-                notes: Iterable[str] = (), paper_title: str = "") -> tuple[Path, Path]:
-    """``<id>.csv`` (machine-readable) and ``<id>.md`` (title, profile banner, table, footnotes), atomically.
+                notes: Iterable[str] = (), paper_title: str = "", provenance: Optional[dict] = None) -> dict:
+    """``<id>.json`` (the artifact: spec, rows, footnotes, provenance), and ``<id>.csv`` and ``<id>.md`` rendered
+    from it (:mod:`histokit.tables`), atomically; their paths by suffix (``"json"``, ``"csv"``, ``"md"``).
 
-    The title, profile and footnotes are also left on ``table.attrs[TABLE_META]``, so that a notebook shows the
-    frame with the same banner and footnotes (:func:`histokit.stages.display.show_tables`)."""
-    out_dir = Path(out_dir)
-    csv_path = atomic_write_text(out_dir / f"{spec.id}.csv", table.to_csv(index=False))
-    meta = table_meta(spec, table, profile=profile, notes=notes, paper_title=paper_title)
-    md_path = atomic_write_text(out_dir / f"{spec.id}.md", render_markdown(table, meta))
-    table.attrs[TABLE_META] = meta
-    return csv_path, md_path
+    The document is also left on ``table.attrs[TABLE_META]``, so that a notebook shows the frame with the same
+    banner and footnotes (:func:`histokit.stages.display.show_tables`)."""
+    doc = table_document(table, id=spec.id, title=spec.title, profile=profile, paper_title=paper_title,
+                         footnotes=table_footnotes(spec, table, notes), spec=spec, provenance=provenance)
+    paths = write_table_artifact(doc, out_dir)
+    table.attrs[TABLE_META] = doc
+    return paths
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:

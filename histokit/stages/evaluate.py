@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation.stats import bootstrap_ci
-from ..io import atomic_write_text
+from ..io import atomic_write_text, sha256_file
 from ..papers.recipe import EvalSpec
 from ..results import WEIGHTS_COLUMN, build_table, merge_records, read_records, records_frame, write_table
 from ..retrieval.metrics import evaluate_retrieval
@@ -195,15 +195,18 @@ def with_weights_used(ctx: StageContext, spec: EvalSpec, records: list[dict]) ->
 
 
 def write_tables(ctx: StageContext) -> dict[str, pd.DataFrame]:
-    records = read_records(ctx.results_dir / "records.csv")
+    path = ctx.results_dir / "records.csv"
+    records = read_records(path)
     notes = ctx.notes()
+    # which records the tables were built from: a table whose records.csv changed since is stale
+    provenance = {"records": path.name, "records_sha256": sha256_file(path)} if path.is_file() else {}
     tables = {}
     for spec in ctx.recipe.tables:
         if len(records) == 0 or spec.id not in set(records["table"]):
             continue
         table = build_table(spec, records)
         write_table(spec, table, ctx.results_dir, profile=ctx.label, paper_title=ctx.recipe.title,
-                    notes=notes.get("all", []) + notes.get(spec.id, []))
+                    notes=notes.get("all", []) + notes.get(spec.id, []), provenance=provenance)
         tables[spec.id] = table
     return tables
 
