@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,13 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
 
 def sha256_file(path: str | os.PathLike) -> str:
     return file_digest(path, "sha256")
+
+
+def slug(text: str, *, sep: str = "-", keep: str = "", lower: bool = True) -> str:
+    """``text`` as a name part: every run of characters other than letters, digits and ``keep`` becomes ``sep``
+    (an HTML anchor ``"esvit-smoke"``; ``slug("EsViT + k-NN", sep="_", keep="._-")`` is ``"esvit_k-nn"``)."""
+    text = text.lower() if lower else text
+    return re.sub(rf"[^A-Za-z0-9{re.escape(keep)}]+", sep, text).strip(sep)
 
 
 def _naming(exc: OSError, path: Path, doing: str = "") -> OSError:

@@ -5,7 +5,8 @@ import re
 import pandas as pd
 
 from histokit.papers import get_recipe
-from histokit.results import NOT_RUN, PROFILE_BANNERS, build_table, write_table
+from histokit.results import NOT_RUN, build_table, write_table
+from histokit.tables import PROFILE_BANNERS
 from histokit.stages import display
 
 
@@ -17,7 +18,7 @@ def _written_table(tmp_path, profile="smoke"):
         {"table": "table1", "model": "EsViT + k-NN", "dataset": "CRC", "metric": "nDCG@10", "value": 0.4123456},
     ])
     table = build_table(spec, records)
-    _, md = write_table(spec, table, tmp_path, profile=profile, notes=["a run note"], paper_title="EsViT paper")
+    md = write_table(spec, table, tmp_path, profile=profile, notes=["a run note"], paper_title="EsViT paper")["md"]
     return spec, table, md
 
 

@@ -31,8 +31,7 @@ def test_unmeasured_rows_say_not_run_and_keep_paper_values_apart():
 def test_markdown_has_smoke_banner_and_footnotes(tmp_path):
     spec = _spec()
     table = build_table(spec, pd.DataFrame(columns=["table", "model", "dataset", "metric", "value"]))
-    _, md = write_table(spec, table, tmp_path, profile="smoke", notes=["a run note"])
-    text = md.read_text()
+    text = write_table(spec, table, tmp_path, profile="smoke", notes=["a run note"])["md"].read_text()
     assert "not a reproduction" in text and "a run note" in text and "| ResNet50 + k-NN |" in text
 
 
@@ -45,7 +44,7 @@ def test_protocol_card_is_written_as_numbered_footnotes_after_the_tables_own(tmp
             ProtocolPoint("epochs", "not stated", "100", same=False, variant="--param epochs=N"))
     spec = dataclasses.replace(_spec(), protocol=card)
     table = build_table(spec, pd.DataFrame(columns=["table", "model", "dataset", "metric", "value"]))
-    lines = write_table(spec, table, tmp_path, profile="full")[1].read_text().splitlines()
+    lines = write_table(spec, table, tmp_path, profile="full")["md"].read_text().splitlines()
     n = len(spec.footnotes)
     assert lines[lines.index(f"{n}. {spec.footnotes[-1]}") + 1] == \
         f"{n + 1}. Protocol — split (as the paper): paper: 80/10/10 random; kit: 80/10/10 random."
@@ -63,10 +62,10 @@ def test_every_recipe_builds_for_every_profile():
 
 
 def test_small_values_such_as_p_values_keep_their_magnitude():
-    from histokit.results import _fmt
+    from histokit.tables import format_cell
 
-    assert _fmt(9.759e-05) == "9.759e-05"
-    assert _fmt(0.021) == "0.021" and _fmt(93.37) == "93.37" and _fmt(0.0) == "0.000"
+    assert format_cell(9.759e-05) == "9.759e-05"
+    assert format_cell(0.021) == "0.021" and format_cell(93.37) == "93.37" and format_cell(0.0) == "0.000"
 
 
 def test_a_cell_the_paper_lacks_too_is_empty_not_not_run():

@@ -13,6 +13,7 @@ import timm
 import torch
 import torchvision
 
+from ..io import slug
 from ..retrieval.features import usable_cpus
 
 
@@ -27,8 +28,7 @@ def cpu_model() -> str:
 
 
 def slugify(text: str, max_len: int = 48) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:max_len].rstrip("-") or "unknown"
+    return slug(text)[:max_len].rstrip("-") or "unknown"
 
 
 def device_slug(device: str) -> str:

@@ -3,13 +3,13 @@
 One pair per device slug, so a run never overwrites another device's report."""
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from ..io import atomic_write_text
+from ..tables import markdown_table
 from .environment import threads_text, versions_text
 
 SECTION_TITLES = {
@@ -30,35 +30,12 @@ CSV_COLUMNS = ["section", "measurement", "value", "unit", "ratio", "ratio_to", "
                "torch_threads", "faiss_threads", "mode", "note"]
 
 
-def fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    v = float(value)
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    if abs(v) >= 100:
-        return f"{v:.1f}"
-    if abs(v) >= 1:
-        return f"{v:.3f}"
-    return f"{v:.4g}"
-
-
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def _table(rows, env) -> list:
     head = ["measurement", "value", "unit", "ratio", "ratio to", "batch", "precision", "px", "n", "device",
             "threads", "versions", "note"]
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 2 + ["---:", "---"] + ["---:"] +
-                                                         ["---"] + ["---:"] * 2 + ["---"] * 4) + "|"]
-    for r in rows:
-        cells = [r.measurement, fmt(r.value), r.unit, fmt(r.ratio), r.ratio_to, fmt(r.batch_size), r.precision,
-                 fmt(r.image_size), fmt(r.n), env["device"], threads_text(env), versions_text(env), r.note]
-        out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return out
+    return [markdown_table(head, ([r.measurement, r.value, r.unit, r.ratio, r.ratio_to, r.batch_size, r.precision,
+                                   r.image_size, r.n, env["device"], threads_text(env), versions_text(env), r.note]
+                                  for r in rows))]
 
 
 def _load_warning(env: dict) -> str:
@@ -90,9 +67,9 @@ def render_markdown(env: dict, cfg, sections: dict, targets: list, wall_s: float
         f"precision are on every row here and in `{env['slug']}{'' if cfg.mode == 'full' else '-' + cfg.mode}.csv`.",
         "",
         "## Targets", "",
-        "| target | measured | status | note |", "|---|---|---|---|",
+        markdown_table(["target", "measured", "status", "note"],
+                       ([t.target, t.measured, t.status, t.note] for t in targets)),
     ]
-    lines += [f"| {_cell(t.target)} | {_cell(t.measured)} | {_cell(t.status)} | {_cell(t.note)} |" for t in targets]
     lines.append("")
     for name, title in SECTION_TITLES.items():
         result = sections[name]

@@ -31,7 +31,7 @@ from ..retrieval.features import FeatureSet
 from ..retrieval.metrics import evaluate_retrieval
 from .collect import (SPLIT_FRACTIONS, SPLIT_SEED, Collection, DataGroup, FeatureEntry, check_profile_folder,
                       check_same_labels, collect_feature_sets, common_split, shown_path)
-from .tables import readable, write_table_files
+from .tables import write_table_files
 
 K = 10
 AP_NORMALIZATION = "min_k_R"
@@ -250,11 +250,11 @@ def run_benchmark(profile: str = "smoke", runs_dir: Optional[Path] = None, out: 
     table = pd.DataFrame(_order(collection, rows), columns=columns)
     table[list(METRICS)] = table[list(METRICS)].round(3)
     title = "Common benchmark: every method on every data under one protocol"
-    csv_path, md_path = write_table_files(out, "benchmark", title, table, profile=profile,
-                                          notes=protocol_notes(collection, skipped) + user_notes + tie_notes(rows))
-    inputs_path = readable(atomic_write_json(out / "benchmark_inputs.json", {"profile": profile, "inputs": inputs,
-                                                                         **({"encoders": list(encoders)}
-                                                                            if encoders else {})}))
+    written = write_table_files(out, "benchmark", title, table, profile=profile,
+                                notes=protocol_notes(collection, skipped) + user_notes + tie_notes(rows),
+                                provenance={"inputs": "benchmark_inputs.json"})
+    inputs_path = atomic_write_json(out / "benchmark_inputs.json", {"profile": profile, "inputs": inputs,
+                                                                   **({"encoders": list(encoders)} if encoders else {})})
     title = f"Common benchmark — {profile} profile" + ("\nnot a reproduction" if profile == "smoke" else "")
     heatmap_path = out / "benchmark_heatmap.png"
     methods = [r["method"] for r in sorted(rows, key=lambda r: (r["paper"], r["_rank"]))]  # each paper's order
@@ -266,4 +266,4 @@ def run_benchmark(profile: str = "smoke", runs_dir: Optional[Path] = None, out: 
     width, height = figure.get_size_inches()
     figure.set_size_inches(width + 0.03 * longest, height + 0.035 * longest)
     save_figure(figure, heatmap_path)
-    return {"csv": csv_path, "md": md_path, "heatmap": heatmap_path, "inputs": inputs_path, "table": table}
+    return {**written, "heatmap": heatmap_path, "inputs": inputs_path, "table": table}

@@ -13,7 +13,6 @@ method.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -22,6 +21,7 @@ import numpy as np
 
 from .. import paths
 from ..data.splits import make_split
+from ..io import slug
 from ..papers.recipe import DatasetSpec
 from ..retrieval.features import FeatureFileError, FeatureSet, l2_normalize, load_features
 from ..run_identity import recipe_digest
@@ -49,7 +49,7 @@ def data_key(spec: DatasetSpec) -> str:
 
 def file_slug(text: str) -> str:
     """A data key or split name as a file-name part (``kather2016_tiny+macenko`` stays as it is)."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")
+    return slug(text, sep="_", keep=".+-", lower=False)
 
 
 @dataclass(frozen=True)

@@ -246,10 +246,9 @@ def run_leakage_audit(profile: str = "smoke", runs_dir: Optional[Path] = None, o
         rows += audit_group(audit, group, encoder)
     table = _table(rows)
     title = "Leakage audit: near-duplicate tiles shared by train and test"
-    csv_path, md_path = write_table_files(out, "leakage", title, table, profile=profile,
-                                          notes=audit_notes(audit, collection))
+    files = write_table_files(out, "leakage", title, table, profile=profile, notes=audit_notes(audit, collection))
     written = set(audit.figures)
     for stale in out.glob("pairs_*.png"):  # figures of data or splits this audit no longer has
         if stale not in written:
             stale.unlink()
-    return {"csv": csv_path, "md": md_path, "figures": audit.figures, "table": table}
+    return {**files, "figures": audit.figures, "table": table}

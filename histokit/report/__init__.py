@@ -9,7 +9,6 @@ values.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -48,13 +47,5 @@ def write_report(results_dir: Path = paths.RESULTS_DIR, profile: Optional[str] =
     with figure_cache(figure_cache_dir):
         markdown, html = build_report(results_dir, profile)
     results_dir = Path(results_dir)
-    return _write_shared(results_dir / MARKDOWN_NAME, markdown), _write_shared(results_dir / HTML_NAME, html)
-
-
-def _write_shared(path: Path, text: str) -> Path:
-    """Atomic write, then the usual umask mode: the temporary file is created 0600, a report is for reading."""
-    atomic_write_text(path, text)
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o666 & ~mask)
-    return path
+    # atomic_write_text publishes with the usual umask mode: a report is for reading
+    return atomic_write_text(results_dir / MARKDOWN_NAME, markdown), atomic_write_text(results_dir / HTML_NAME, html)

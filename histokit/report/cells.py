@@ -1,4 +1,5 @@
-"""How one table cell reads: number formatting and the size grade of a difference from the paper.
+"""How one table cell reads: the size grade of a difference from the paper (the number itself is formatted by
+:func:`histokit.tables.format_cell`, as in every table).
 
 Shared by the Markdown and the HTML report so both say the same thing about the same number.
 
@@ -38,25 +39,6 @@ def as_number(value) -> Optional[float]:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
-
-
-def format_value(value) -> str:
-    """Two decimals from 1 up, three below (the tables' own format); text is kept; empty reads as an em dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        text = value.strip()
-        if text in ("", "nan", "NaN", "None"):
-            return "—"
-        number = as_number(text)
-        if number is None or re.fullmatch(r"[+-]?\d+", text):
-            return text  # labels, "not run", CI strings, and integers (counts) as written
-        value = number
-    if isinstance(value, float) and not math.isfinite(value):
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{2 if abs(value) >= 1 else 3}f}"
 
 
 def is_timing(metric: str) -> bool:

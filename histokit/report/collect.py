@@ -3,12 +3,16 @@ the files are. Nothing here formats; :mod:`.markdown` and :mod:`.html` render th
 
 Layout read (written by :mod:`histokit.results` and :func:`histokit.runner.publish_results`)::
 
-    results/<paper>/<profile>/   <table>.csv + <table>.md, *.png, figures/*.png, records.csv, timing.csv,
-                                 notes.json, run.json (provenance), notebooks/*.ipynb where published
-    results/benchmark/<profile>/ the common benchmark: tables (.csv, + .md for title and footnotes) and figures
-    results/leakage/<profile>/   the leakage audit: tables and figures (histokit.evaluation.leakage)
+    results/<paper>/<profile>/   <table>.json (the table artifact, histokit.tables) + its .csv and .md, *.png,
+                                 figures/*.png, records.csv, timing.csv, notes.json, run.json (provenance),
+                                 notebooks/*.ipynb where published
+    results/benchmark/<profile>/ the common benchmark: table artifacts and figures
+    results/leakage/<profile>/   the leakage audit: table artifacts and figures (histokit.evaluation.leakage)
     results/speed/               speed (performance) benchmarks (``histokit speed``, ``histokit gpucheck``), one
-                                 report per device
+                                 report per device: .md documents and plain .csv tables
+
+Tables are read from their ``.json``, never from the markdown. A table written before the artifact existed (a
+``.csv`` and ``.md`` without the ``.json``) is reported as to be regenerated, with the command that does it.
 
 A paper or profile without its folder is reported as not run; its tables are listed by title only, never with the
 paper's numbers in place of measured ones.
@@ -16,7 +20,6 @@ paper's numbers in place of measured ones.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +27,9 @@ from typing import Optional
 
 import pandas as pd
 
+from ..io import slug
 from ..runner import PROFILES
+from ..tables import PROFILE_BANNERS, document_frame, read_table_artifact
 
 SECTION_DIRS = {"benchmark": "Common benchmark", "leakage": "Leakage audit"}
 PERFORMANCE_DIR = "speed"
@@ -42,7 +47,7 @@ RUN_FILES = {
 
 @dataclass
 class Table:
-    """One table. ``frame`` holds the CSV's cells as text (None: this run did not write the table)."""
+    """One table. ``frame`` holds the artifact's cells (None: this run did not write the table, or ``stale``)."""
     id: str
     title: str
     frame: Optional[pd.DataFrame]
@@ -51,6 +56,7 @@ class Table:
     footnotes: list = field(default_factory=list)
     csv: Optional[str] = None                     # paths relative to the results folder
     md: Optional[str] = None
+    stale: Optional[str] = None                   # why the table on disk cannot be read, and how to regenerate it
     graded: bool = True                           # False: smoke / rehearsal, whose Δ is never graded as agreement
 
     @property
@@ -82,16 +88,8 @@ class Notebook:
 
 
 def profile_banner(profile: str) -> str:
-    """The warning that heads a run that is not a reproduction (empty for a real one)."""
-    if profile == "rehearsal":
-        return ("Rehearsal of the full profile: not a reproduction. The paper's recipe at full size with the "
-                "optimisation steps and the images per class capped, on mock data unless the notes say otherwise; "
-                "it shows every cell can be computed, the numbers measure nothing.")
-    if profile == "smoke":
-        return ("Smoke profile: not a reproduction. Tiny bundled data, small images, one or two epochs on CPU. "
-                "The paper's numbers stand beside the measured ones for layout only; the differences measure "
-                "nothing yet.")
-    return ""
+    """The warning that heads a run that is not a reproduction (empty for a real one): the tables' own banner."""
+    return " ".join(PROFILE_BANNERS.get(profile, ()))
 
 
 @dataclass
@@ -164,40 +162,41 @@ class ReportData:
     performance: Optional[Section]
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def rel(path: Path, root: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
-def read_markdown_meta(path: Path) -> tuple[str, list]:
-    """(title, footnotes) of a table's .md as :func:`histokit.results.write_table` writes it: ``# title`` first,
-    numbered footnotes after the table."""
-    title, notes = "", []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not title and line.startswith("# "):
-            title = line[2:].strip()
-        match = re.match(r"^\d+\.\s+(.*)$", line)
-        if match:
-            notes.append(match.group(1).strip())
-    return title, notes
-
-
-def read_table(csv_path: Path, root: Path, table_id: Optional[str] = None, title: str = "") -> Table:
-    try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"table {csv_path} cannot be read as CSV: {err}") from err
+def _layout(table_id: str, title: str, frame: pd.DataFrame, root: Path, files: list, footnotes=()) -> Table:
+    """A table in the paper-vs-run layout where its columns have ``<metric> (paper)`` twins, else a plain one."""
     columns = list(frame.columns)
     metrics = [c[: -len(PAPER_SUFFIX)] for c in columns if c.endswith(PAPER_SUFFIX)]
     grouped = {f"{m}{s}" for m in metrics for s in ("", " 95% CI", PAPER_SUFFIX, " Δ")}
-    md_path = csv_path.with_suffix(".md")
-    md_title, notes = read_markdown_meta(md_path) if md_path.is_file() else ("", [])
-    return Table(id=table_id or csv_path.stem, title=md_title or title or csv_path.stem, frame=frame,
-                 keys=[c for c in columns if c not in grouped], metrics=metrics, footnotes=notes,
-                 csv=rel(csv_path, root), md=rel(md_path, root) if md_path.is_file() else None)
+    csv, md = (rel(p, root) if p.is_file() else None for p in files)
+    return Table(id=table_id, title=title, frame=frame, keys=[c for c in columns if c not in grouped],
+                 metrics=metrics, footnotes=list(footnotes), csv=csv, md=md)
+
+
+def read_table(json_path: Path, root: Path) -> Table:
+    """A table from its artifact ``<id>.json`` (:mod:`histokit.tables`); its .csv and .md are linked."""
+    doc = read_table_artifact(json_path)
+    return _layout(doc["id"], doc["title"], document_frame(doc), root,
+                   [json_path.with_suffix(".csv"), json_path.with_suffix(".md")], doc["footnotes"])
+
+
+def read_csv_table(csv_path: Path, root: Path, table_id: str, title: str) -> Table:
+    """A plain data CSV that is no table artifact (``timing.csv``, a speed report's rows), its numbers typed."""
+    try:
+        frame = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"table {csv_path} cannot be read as CSV: {err}") from err
+    return _layout(table_id, title, frame.astype(object), root, [csv_path, csv_path.with_suffix(".md")])
+
+
+def stale_table(csv_path: Path, root: Path, title: str, command: str) -> Table:
+    """A table written before the table artifact: its ``.json`` is missing, so it is shown as to be regenerated."""
+    why = (f"{rel(csv_path, root)} was written by an older histokit, without its table artifact "
+           f"{csv_path.stem}.json; regenerate it with `{command}`.")
+    return Table(csv_path.stem, title or csv_path.stem, None, csv=rel(csv_path, root), stale=why)
 
 
 # File-name prefixes the stages use for their figures (histokit.stages.data / train), read as captions.
@@ -270,26 +269,31 @@ def collect_paper(root: Path, paper: str, profile: str) -> PaperRun:
         run.tables = [Table(s.id, s.title, None, footnotes=list(s.all_footnotes)) for s in specs]
         return run
 
+    command = f"histokit reproduce {paper} --profile {profile}"
     tables, seen = [], set()
     for spec in specs:
-        csv_path = folder / f"{spec.id}.csv"
-        tables.append(read_table(csv_path, root, spec.id, spec.title) if csv_path.is_file()
-                      else Table(spec.id, spec.title, None, footnotes=list(spec.all_footnotes)))
+        json_path, csv_path = folder / f"{spec.id}.json", folder / f"{spec.id}.csv"
+        if json_path.is_file():
+            tables.append(read_table(json_path, root))
+        elif csv_path.is_file():
+            tables.append(stale_table(csv_path, root, spec.title, command))
+        else:
+            tables.append(Table(spec.id, spec.title, None, footnotes=list(spec.all_footnotes)))
         seen.add(spec.id)
     for csv_path in sorted(folder.glob("*.csv")):  # tables of a paper whose recipe is not (or no longer) known
         if csv_path.stem in seen or csv_path.name in RUN_FILES:
             continue
-        table = read_table(csv_path, root)
-        if table.metrics or csv_path.with_suffix(".md").is_file():
-            tables.append(table)
+        if csv_path.with_suffix(".json").is_file():
+            tables.append(read_table(csv_path.with_suffix(".json"), root))
+        elif csv_path.with_suffix(".md").is_file():
+            tables.append(stale_table(csv_path, root, "", command))
     for table in tables:  # a smoke or rehearsal number is never graded against the paper
         table.graded = not run.smoke
     run.tables = tables
-    if not recipe:  # the table's own .md names the paper ("*title* — profile ...")
-        for md in sorted(folder.glob("*.md")):
-            match = re.search(r"^\*(.+)\* — profile", md.read_text(encoding="utf-8"), re.MULTILINE)
-            if match:
-                run.title = match.group(1)
+    if not recipe:  # the tables' own artifacts name the paper
+        for json_path in sorted(folder.glob("*.json")):
+            if json_path.with_suffix(".csv").is_file():
+                run.title = read_table_artifact(json_path).get("paper_title") or run.title
                 break
 
     captions = {}
@@ -307,7 +311,7 @@ def collect_paper(root: Path, paper: str, profile: str) -> PaperRun:
         run.notebooks = _notebooks(run.provenance, folder, root)
     run.files = [(rel(folder / name, root), what) for name, what in RUN_FILES.items() if (folder / name).is_file()]
     if (folder / "timing.csv").is_file():
-        run.timing = read_table(folder / "timing.csv", root, "timing", "Timing conditions")
+        run.timing = read_csv_table(folder / "timing.csv", root, "timing", "Timing conditions")
     return run
 
 
@@ -315,7 +319,14 @@ def collect_section(root: Path, kind: str, title: str, profile: Optional[str], f
     section = Section(kind, title, profile, folder.relative_to(root).as_posix(), folder.is_dir())
     if not section.present:
         return section
-    section.tables = [read_table(p, root) for p in sorted(folder.glob("*.csv"))]
+    for csv_path in sorted(folder.glob("*.csv")):
+        if csv_path.with_suffix(".json").is_file():
+            section.tables.append(read_table(csv_path.with_suffix(".json"), root))
+        elif kind == "performance":  # the speed reports: a .md document and its plain rows
+            section.tables.append(read_csv_table(csv_path, root, csv_path.stem, csv_path.stem))
+        else:
+            command = f"histokit {'audit' if kind == 'leakage' else kind} --profile {profile}"
+            section.tables.append(stale_table(csv_path, root, "", command))
     for table in section.tables:  # a smoke or rehearsal section's Δ (if any) is never graded either
         table.graded = profile not in ("smoke", "rehearsal")
     with_csv = {p.stem for p in folder.glob("*.csv")}
@@ -332,7 +343,7 @@ def _paper_dirs(root: Path) -> list:
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if d.name in RESERVED_DIRS:
             continue
-        if any(sub.is_dir() and ((sub / "run.json").is_file() or any(sub.glob("*.csv"))) for sub in d.iterdir()):
+        if any(sub.is_dir() and (any(sub.glob("*.json")) or any(sub.glob("*.csv"))) for sub in d.iterdir()):
             out.append(d.name)
     return out
 

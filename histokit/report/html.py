@@ -8,8 +8,8 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import quote
 
-from .cells import (GRADE_LEGEND, NOT_GRADED, format_value, is_not_run, not_graded_words, row_grade,
-                    summary_grades, unit_scales)
+from ..tables import format_cell, html_table
+from .cells import GRADE_LEGEND, NOT_GRADED, is_not_run, not_graded_words, row_grade, summary_grades, unit_scales
 from .collect import PaperRun, ReportData, Section, Table, unpublished_notebooks
 from .embed import data_uri
 
@@ -61,37 +61,37 @@ def _paper_table(table: Table) -> str:
     head2 = "".join(f"<th>{SUB_LABELS[s]}</th>" for _, subs in groups for s in subs)
     rows = []
     for _, row in frame.iterrows():
-        cells = [f'<td class="key">{_e(row[k])}</td>' for k in table.keys]
+        cells = [f'<td class="key">{_e(format_cell(row[k]))}</td>' for k in table.keys]
         for metric, subs in groups:
             for s in subs:
                 value = row[f"{metric}{s}"]
                 if s == "":
                     css = "notrun" if is_not_run(value) else "run"
-                    cells.append(f'<td class="{css}">{_e(format_value(value))}</td>')
+                    cells.append(f'<td class="{css}">{_e(format_cell(value))}</td>')
                 elif s == " Δ":
                     grade = row_grade(table, row, metric, units[metric])
                     why = GRADE_LEGEND[grade] if getattr(table, "graded", True) else NOT_GRADED
                     cells.append(f'<td class="{grade}" data-grade="{grade}" title="{_e(why)}">'
-                                 f"{_e(format_value(value))}</td>")
+                                 f"{_e(format_cell(value))}</td>")
                 else:
                     css = "ci" if s == " 95% CI" else "paper"
-                    cells.append(f'<td class="{css}">{_e(format_value(value))}</td>')
+                    cells.append(f'<td class="{css}">{_e(format_cell(value))}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="scroll"><table class="paper-table" data-table="{_e(table.id)}">'
             f"<thead><tr>{head1}</tr><tr>{head2}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def _plain_table(table: Table) -> str:
-    frame = table.frame
-    head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(format_value(v))}</td>" for v in row) + "</tr>"
-                   for row in frame.itertuples(index=False))
-    return (f'<div class="scroll"><table class="plain-table" data-table="{_e(table.id)}">'
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    table_html = html_table(list(table.frame.columns), table.frame.itertuples(index=False),
+                            attrs=f' class="plain-table" data-table="{_e(table.id)}"')
+    return f'<div class="scroll">{table_html}</div>'
 
 
 def _table_block(table: Table, level: int = 3) -> str:
     out = [f"<h{level}>{_e(table.title)}</h{level}>"]
+    if table.stale:
+        out.append(f'<p class="notrun-block"><strong>To be regenerated.</strong> {_e(table.stale)}</p>')
+        return "\n".join(out)
     if not table.written:
         out.append('<p class="notrun-block">Not run yet: this table has no measured values. The paper\'s numbers '
                    "are not copied into it.</p>")

@@ -4,7 +4,8 @@ Markdown cannot colour a cell, so a Δ carries a marker for its grade (:mod:`.ce
 """
 from __future__ import annotations
 
-from .cells import GRADE_LEGEND, format_value, not_graded_words, row_grade, summary_grades, unit_scales
+from ..tables import format_cell, markdown_table
+from .cells import GRADE_LEGEND, not_graded_words, row_grade, summary_grades, unit_scales
 from .collect import PaperRun, ReportData, Section, Table, unpublished_notebooks
 
 MARKERS = {"close": "🟢", "near": "🟠", "far": "🔴", "none": ""}
@@ -18,29 +19,24 @@ def _link(text: str, target: str) -> str:
 
 
 def table_markdown(table: Table) -> str:
-    """The table with formatted numbers; a paper-layout Δ gets its grade marker."""
+    """The table through the tables' own renderer; a paper-layout Δ gets its grade marker."""
     frame = table.frame
-    columns = list(frame.columns)
     units = unit_scales(table) if table.metrics else {}
     deltas = {f"{m} Δ": m for m in table.metrics}
-    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in frame.iterrows():
-        cells = []
-        for c in columns:
-            value = row[c]
-            if c in table.keys and table.metrics:
-                cells.append(_cell(value))
-            elif c in deltas:
-                grade = row_grade(table, row, deltas[c], units[deltas[c]])
-                cells.append(_cell(f"{format_value(value)} {MARKERS[grade]}".strip()))
-            else:
-                cells.append(_cell(format_value(value)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cell(row, c):
+        if c in deltas:
+            grade = row_grade(table, row, deltas[c], units[deltas[c]])
+            return f"{format_cell(row[c])} {MARKERS[grade]}".strip()
+        return row[c]
+
+    return markdown_table(list(frame.columns), ([cell(row, c) for c in frame.columns] for _, row in frame.iterrows()))
 
 
 def _table_block(table: Table, level: str = "###") -> list:
     out = [f"{level} {table.title}", ""]
+    if table.stale:
+        return out + [f"**To be regenerated.** {table.stale}", ""]
     if not table.written:
         return out + ["*Not run yet* — this table has no measured values; the paper's numbers are not copied "
                       "into it.", ""]

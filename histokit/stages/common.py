@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from contextlib import contextmanager
 from functools import lru_cache
@@ -18,6 +17,7 @@ from ..data.splits import load_or_make_split
 from ..models.backbones import create_encoder as _create_encoder
 from ..models.base import Encoder
 from ..papers.recipe import ModelSpec, weight_sources
+from ..io import slug as io_slug
 from .context import StageContext
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -25,7 +25,7 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 def slug(text: str) -> str:
     """A file-system-safe name for a model row or dataset key ("EsViT + k-NN" -> "esvit_k-nn")."""
-    return re.sub(r"[^a-z0-9._-]+", "_", text.lower()).strip("_")
+    return io_slug(text, sep="_", keep="._-")
 
 
 def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> PatchDataset:

@@ -7,7 +7,8 @@ from typing import Callable, Iterable, Optional
 
 import pandas as pd
 
-from ..results import PROFILE_BANNERS, TABLE_META, formatted_rows, render_markdown
+from ..results import TABLE_META
+from ..tables import html_table, render_markdown, table_document
 
 # Footnotes beyond this many (or this many characters in all) are collapsed under a <details>.
 FOOTNOTES_OPEN_MAX = 3
@@ -25,32 +26,25 @@ def show_figures(paths: Iterable[Path]) -> None:
             display(Image(filename=str(path)))
 
 
-def _meta(table_id: str, frame: pd.DataFrame) -> dict:
-    """The title, profile and footnotes :func:`histokit.results.write_table` left on the frame (else the id only)."""
-    return {"id": table_id, "title": table_id, "paper_title": "", "profile": "", "footnotes": [],
-            **frame.attrs.get(TABLE_META, {})}
+def _document(table_id: str, frame: pd.DataFrame) -> dict:
+    """The table artifact :func:`histokit.results.write_table` left on the frame (else one of the frame itself)."""
+    return frame.attrs.get(TABLE_META) or table_document(frame, id=table_id, title=table_id, profile="")
 
 
-def table_html(frame: pd.DataFrame, meta: Optional[dict] = None) -> str:
-    """The table as the ``.md`` shows it, in HTML: title, profile banner, every cell through the ``.md``'s formatter
-    (:func:`histokit.results.formatted_rows`), footnotes below (in a ``<details>`` when long)."""
-    meta = meta if meta is not None else _meta("", frame)
+def table_html(doc: dict) -> str:
+    """The table as its ``.md`` shows it, in HTML: title, profile banner, the artifact's cells through the one
+    formatter (:func:`histokit.tables.html_table`), footnotes below (in a ``<details>`` when long)."""
     esc = html.escape
-    parts = [f"<div class=\"histokit-table\"><h4>{esc(str(meta.get('title', '')))}</h4>"]
-    if meta.get("paper_title"):
-        parts.append(f"<p><em>{esc(meta['paper_title'])}</em> — profile <code>{esc(meta['profile'])}</code></p>")
-    if meta.get("profile") in PROFILE_BANNERS:
-        headline, text = PROFILE_BANNERS[meta["profile"]]
+    parts = [f"<div class=\"histokit-table\"><h4>{esc(str(doc.get('title', '')))}</h4>"]
+    if doc.get("paper_title"):
+        parts.append(f"<p><em>{esc(doc['paper_title'])}</em> — profile <code>{esc(doc['profile'])}</code></p>")
+    if doc.get("banner"):
+        headline, text = doc["banner"]
         parts.append(f"<div style=\"{_BANNER_STYLE}\"><strong>{esc(headline)}</strong> {esc(text)}</div>")
-    head = "".join(f"<th style=\"{_CELL_STYLE};text-align:left\">{esc(str(c))}</th>" for c in frame.columns)
-    body = []
-    for (_, row), cells in zip(frame.iterrows(), formatted_rows(frame)):
-        tds = "".join(f"<td style=\"{_CELL_STYLE};text-align:{'left' if isinstance(v, str) else 'right'}\">"
-                      f"{esc(cell)}</td>" for v, cell in zip(row, cells))
-        body.append(f"<tr>{tds}</tr>")
-    parts.append(f"<table style=\"border-collapse:collapse\"><thead><tr>{head}</tr></thead>"
-                 f"<tbody>{''.join(body)}</tbody></table>")
-    foot = list(meta.get("footnotes", ()))
+    parts.append(html_table(doc["columns"], doc["rows"], attrs=' style="border-collapse:collapse"',
+                            th_attrs=f' style="{_CELL_STYLE};text-align:left"',
+                            td_attrs=lambda v: f' style="{_CELL_STYLE};text-align:{"left" if isinstance(v, str) else "right"}"'))
+    foot = list(doc.get("footnotes", ()))
     if foot:
         items = "<ol>" + "".join(f"<li>{esc(n)}</li>" for n in foot) + "</ol>"
         if len(foot) > FOOTNOTES_OPEN_MAX or sum(map(len, foot)) > FOOTNOTES_OPEN_CHARS:
@@ -74,10 +68,10 @@ def show_tables(tables: dict) -> None:
     """Each table as its ``.md`` shows it: HTML in a notebook, the markdown printed elsewhere."""
     display = _ipython_display()
     for table_id, frame in tables.items():
-        meta = _meta(table_id, frame)
+        doc = _document(table_id, frame)
         if display is None:
-            print(render_markdown(frame, meta))
+            print(render_markdown(doc))
             continue
         from IPython.display import HTML
 
-        display(HTML(table_html(frame, meta)))
+        display(HTML(table_html(doc)))

@@ -45,16 +45,8 @@ def save_figure(fig: Figure, path: str | os.PathLike | None, dpi: int = DEFAULT_
         raise ValueError(f"figure path must end in .png, got {str(path)!r}")
     with atomic_path(path) as tmp:
         # The temp file ends in .tmp, so the format must be named explicitly.
-        fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
-        # mkstemp creates the temp file 0600; a figure is for sharing, so give it the usual umask mode.
-        tmp.chmod(0o666 & ~_current_umask())
+        fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")  # atomic_path gives it the usual umask mode
     return fig
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_tile(source: Any) -> np.ndarray:
