@@ -72,9 +72,7 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
             value = float(hit["value"].iloc[0]) if len(hit) else None
             if metric in spec.extra_metrics:  # a kit-only column: no paper value, no difference to show
                 entry[metric] = value
-                if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
-                    entry[f"{metric} 95% CI"] = (f"[{format_cell(float(hit['ci_low'].iloc[0]))}, "
-                                                  f"{format_cell(float(hit['ci_high'].iloc[0]))}]")
+                entry.update(_interval(metric, hit))
                 continue
             paper_value = float(paper.loc[p_mask, metric].iloc[0]) if p_mask.any() and metric in paper else None
             if paper_value is not None and math.isnan(paper_value):
@@ -84,9 +82,7 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
             else:
                 value_cell = value if value is not None else blocked.get(row[0], NOT_RUN)
             entry[metric] = value_cell
-            if len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0]):
-                entry[f"{metric} 95% CI"] = (f"[{format_cell(float(hit['ci_low'].iloc[0]))}, "
-                                              f"{format_cell(float(hit['ci_high'].iloc[0]))}]")
+            entry.update(_interval(metric, hit))
             entry[f"{metric} (paper)"] = paper_value
             comparable = value is not None and paper_value is not None
             if comparable and "device" in hit and pd.notna(hit["device"].iloc[0]) and str(hit["device"].iloc[0]):
@@ -100,6 +96,14 @@ def build_table(spec: TableSpec, records: pd.DataFrame) -> pd.DataFrame:
         columns += [c for c in (metric, f"{metric} 95% CI", f"{metric} (paper)", f"{metric} Δ")
                     if any(c in e for e in out)]
     return pd.DataFrame(out, columns=columns)
+
+
+def _interval(metric: str, hit: pd.DataFrame) -> dict:
+    """``{"<metric> 95% CI": "[low, high]"}`` where the record was bootstrapped, else {}."""
+    if not (len(hit) and "ci_low" in hit and pd.notna(hit["ci_low"].iloc[0])):
+        return {}
+    low, high = (format_cell(float(hit[c].iloc[0])) for c in ("ci_low", "ci_high"))
+    return {f"{metric} 95% CI": f"[{low}, {high}]"}
 
 
 def same_device(measured: str, paper: str) -> bool:

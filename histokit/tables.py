@@ -126,14 +126,14 @@ def render_csv(doc: dict) -> str:
     return document_frame(doc).to_csv(index=False)
 
 
-def _md_cell(text) -> str:
+def md_cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(columns: list, rows: Iterable[Iterable]) -> str:
     """A pipe table, every cell through :func:`format_cell`."""
-    lines = ["| " + " | ".join(_md_cell(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_md_cell(format_cell(v)) for v in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(md_cell(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(md_cell(format_cell(v)) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -20,7 +20,10 @@ from histokit.cli import main
 from histokit.data.datasets import load_dataset
 from histokit.evaluation.leakage import leakage_summary, near_duplicates, pixel_descriptors
 from histokit.report import build_report, write_report
-from histokit.report.cells import delta_grade, format_value
+from histokit.crosspaper.tables import write_table_files
+from histokit.report.cells import delta_grade
+from histokit.results import build_table, read_records, write_table
+from histokit.tables import format_cell, read_table_artifact, table_document, write_table_artifact
 from histokit.viz.pairs import duplicate_pairs_figure
 
 ESVIT_SMOKE = paths.RESULTS_DIR / "esvit" / "smoke"
@@ -101,37 +104,53 @@ def _section_html(html: str, anchor: str) -> str:
     return html[start:html.index("</section>", start)]
 
 
+def publish_tables(folder: Path, paper: str, profile: str) -> None:
+    """The table artifacts of a copied publication, rebuilt from its own records.csv and notes.json as the evaluate
+    stage writes them (the committed results may predate the .json artifact)."""
+    import json
+
+    recipe = papers.get_recipe(paper, profile)
+    records = read_records(folder / "records.csv")
+    notes = json.loads((folder / "notes.json").read_text()) if (folder / "notes.json").is_file() else {}
+    for spec in recipe.tables:
+        if spec.id in set(records["table"]):
+            write_table(spec, build_table(spec, records), folder, profile=folder.name, paper_title=recipe.title,
+                        notes=notes.get("all", []) + notes.get(spec.id, []))
+
+
 @pytest.fixture
 def tree(tmp_path, monkeypatch):
     """A results tree: esvit smoke as run; esvit full with planted differences; 'ghost' (a listed paper that never
     ran); 'retired' (on disk, no longer listed); a common benchmark and a leakage audit for smoke."""
     root = tmp_path / "results"
     shutil.copytree(ESVIT_SMOKE, root / "esvit" / "smoke")
+    publish_tables(root / "esvit" / "smoke", "esvit", "smoke")
     monkeypatch.setitem(papers._PAPERS, "ghost", "histokit.papers.esvit")
 
     full = root / "esvit" / "full"
-    shutil.copytree(ESVIT_SMOKE, full, ignore=shutil.ignore_patterns("*.png", "figures"))
-    table = pd.read_csv(full / "table1.csv", dtype=str, keep_default_na=False)
+    shutil.copytree(root / "esvit" / "smoke", full, ignore=shutil.ignore_patterns("*.png", "figures"))
+    doc = read_table_artifact(full / "table1.json")
+    doc["profile"] = "full"
+    table = pd.DataFrame(doc["rows"], columns=doc["columns"], dtype=object)
     # the row's label says what its EsViT was trained on when the ImageNet weights were not used ("EsViT + k-NN
     # (init: ...)"), so it is found by the model's name
     row = table.model.str.startswith("EsViT + k-NN") & (table.dataset == "CRC")
     assert row.sum() == 1
     for metric, delta in (("mAP@10", 1.0), ("Precision@10", -3.0), ("nDCG@10", 10.0)):
         paper = float(table.loc[row, f"{metric} (paper)"].iloc[0])
-        table.loc[row, metric] = str(paper + delta)
-        table.loc[row, f"{metric} Δ"] = str(delta)
-    table.to_csv(full / "table1.csv", index=False)
+        table.loc[row, metric] = paper + delta
+        table.loc[row, f"{metric} Δ"] = delta
+    write_table_artifact({**doc, "rows": table.values.tolist()}, full)
 
     retired = root / "retired" / "smoke"
     retired.mkdir(parents=True)
-    for name in ("table2.csv", "table2.md"):
-        shutil.copy(ESVIT_SMOKE / name, retired / name)
+    for name in ("table2.json", "table2.csv", "table2.md"):
+        shutil.copy(root / "esvit" / "smoke" / name, retired / name)
 
     bench = root / "benchmark" / "smoke"
-    bench.mkdir(parents=True)
-    pd.DataFrame({"model": ["EsViT + k-NN"], "dataset": ["CRC"], "mAP@10": [31.8]}).to_csv(bench / "common.csv",
-                                                                                          index=False)
-    (bench / "common.md").write_text("# Common benchmark — all papers' models on one split\n\n1. one protocol\n")
+    frame = pd.DataFrame({"model": ["EsViT + k-NN"], "dataset": ["CRC"], "mAP@10": [31.8]})
+    write_table_artifact(table_document(frame, id="common", title="Common benchmark — all papers' models on one "
+                                        "split", profile="smoke", footnotes=["one protocol"]), bench)
     shutil.copy(ESVIT_SMOKE / "figures" / "data_crc_class_counts.png", bench / "common.png")
 
     leak = root / "leakage" / "smoke"
@@ -139,8 +158,8 @@ def tree(tmp_path, monkeypatch):
     train, test = tiles[:8], tiles[8:] + [tiles[2]]
     pairs = near_duplicates(pixel_descriptors(train), pixel_descriptors(test), 0.95)
     leak.mkdir(parents=True)
-    pd.DataFrame([leakage_summary(pairs, len(test), 0.95, n_train=len(train), dataset="CRC",
-                                  split="random")]).to_csv(leak / "leakage.csv", index=False)
+    write_table_files(leak, "leakage", "Leakage audit", pd.DataFrame([leakage_summary(
+        pairs, len(test), 0.95, n_train=len(train), dataset="CRC", split="random")]), profile="smoke")
     duplicate_pairs_figure(pairs, test, train, leak / "pairs_CRC_random.png", threshold=0.95)
     return root
 
@@ -164,7 +183,7 @@ def test_report_from_a_results_tree(tree):
 
     # every 'not run' cell of the CSV is a grey 'not run' cell, the CI column is shown
     smoke_rows = parser.tables[("esvit-smoke", "table1")]
-    csv = pd.read_csv(ESVIT_SMOKE / "table1.csv", dtype=str, keep_default_na=False)
+    csv = pd.read_csv(tree / "esvit" / "smoke" / "table1.csv", dtype=str, keep_default_na=False)
     assert sum(c == ("notrun", "not run") for r in smoke_rows for c in r) == int((csv == "not run").sum().sum())
     interval = next(v for v in csv["mAP@10 95% CI"] if v.startswith("["))  # the committed run's own interval
     assert interval in _section_html(html, "esvit-smoke")
@@ -231,7 +250,7 @@ def test_delta_grades_and_formatting():
     assert [delta_grade("AUC", d, 0.94, unit=True) for d in (0.019, -0.03, 0.06)] == ["close", "near", "far"]
     assert [delta_grade("retrieval_latency_ms", d, 10.0) for d in (0.5, -3.0, 6.0)] == ["close", "near", "far"]
     assert delta_grade("mAP@10", "", 70.0) == delta_grade("mAP@10", 1.0, "") == "none"
-    assert [format_value(v) for v in ("26.4793", "0.2741", "80", "not run", "", "[1.00, 2.00]")] == \
+    assert [format_cell(v) for v in (26.4793, 0.2741, 80, "not run", None, "[1.00, 2.00]")] == \
         ["26.48", "0.274", "80", "not run", "—", "[1.00, 2.00]"]
 
 

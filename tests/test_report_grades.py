@@ -9,18 +9,17 @@ import pandas as pd
 from histokit.report.collect import collect
 from histokit.report.html import render_html
 from histokit.report.markdown import render_markdown
+from histokit.tables import table_document, write_table_artifact
 
 ROW = {"model": "ResNet50 + k-NN", "dataset": "CRC", "mAP@10": 59.4, "mAP@10 (paper)": 58.4, "mAP@10 Δ": 1.0}
 
 
 def _tree(root):
     for profile in ("smoke", "rehearsal", "full"):  # the same small Δ (1 point) in every profile
-        folder = root / "esvit" / profile
-        folder.mkdir(parents=True)
-        pd.DataFrame([ROW]).to_csv(folder / "table1.csv", index=False)
-    bench = root / "benchmark" / "smoke"
-    bench.mkdir(parents=True)
-    pd.DataFrame([{"method": "m", "acc": 71.0, "acc (paper)": 70.5, "acc Δ": 0.5}]).to_csv(bench / "b.csv", index=False)
+        write_table_artifact(table_document(pd.DataFrame([ROW]), id="table1", title="Table I", profile=profile),
+                             root / "esvit" / profile)
+    bench = pd.DataFrame([{"method": "m", "acc": 71.0, "acc (paper)": 70.5, "acc Δ": 0.5}])
+    write_table_artifact(table_document(bench, id="b", title="B", profile="smoke"), root / "benchmark" / "smoke")
     return collect(root)
 
 

@@ -54,7 +54,8 @@ class Table:
     keys: list = field(default_factory=list)
     metrics: list = field(default_factory=list)   # empty: a plain table, not in the paper-vs-run layout
     footnotes: list = field(default_factory=list)
-    csv: Optional[str] = None                     # paths relative to the results folder
+    json: Optional[str] = None                    # paths relative to the results folder
+    csv: Optional[str] = None
     md: Optional[str] = None
     stale: Optional[str] = None                   # why the table on disk cannot be read, and how to regenerate it
     graded: bool = True                           # False: smoke / rehearsal, whose Δ is never graded as agreement
@@ -179,8 +180,10 @@ def _layout(table_id: str, title: str, frame: pd.DataFrame, root: Path, files: l
 def read_table(json_path: Path, root: Path) -> Table:
     """A table from its artifact ``<id>.json`` (:mod:`histokit.tables`); its .csv and .md are linked."""
     doc = read_table_artifact(json_path)
-    return _layout(doc["id"], doc["title"], document_frame(doc), root,
-                   [json_path.with_suffix(".csv"), json_path.with_suffix(".md")], doc["footnotes"])
+    table = _layout(doc["id"], doc["title"], document_frame(doc), root,
+                    [json_path.with_suffix(".csv"), json_path.with_suffix(".md")], doc["footnotes"])
+    table.json = rel(json_path, root)
+    return table
 
 
 def read_csv_table(csv_path: Path, root: Path, table_id: str, title: str) -> Table:

@@ -99,7 +99,7 @@ def _table_block(table: Table, level: int = 3) -> str:
     out.append(_paper_table(table) if table.metrics else _plain_table(table))
     if table.footnotes:
         out.append('<ol class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in table.footnotes) + "</ol>")
-    files = [_a(t.rsplit("/", 1)[-1], t) for t in (table.csv, table.md) if t]
+    files = [_a(t.rsplit("/", 1)[-1], t) for t in (table.json, table.csv, table.md) if t]
     if files:
         out.append(f'<p class="meta">Files: {", ".join(files)}</p>')
     return "\n".join(out)

@@ -4,15 +4,11 @@ Markdown cannot colour a cell, so a Δ carries a marker for its grade (:mod:`.ce
 """
 from __future__ import annotations
 
-from ..tables import format_cell, markdown_table
+from ..tables import PROFILE_BANNERS, format_cell, markdown_table, md_cell as _cell
 from .cells import GRADE_LEGEND, not_graded_words, row_grade, summary_grades, unit_scales
 from .collect import PaperRun, ReportData, Section, Table, unpublished_notebooks
 
 MARKERS = {"close": "🟢", "near": "🟠", "far": "🔴", "none": ""}
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
 
 def _link(text: str, target: str) -> str:
     return f"[{_cell(text)}]({target.replace(' ', '%20')})"
@@ -43,7 +39,7 @@ def _table_block(table: Table, level: str = "###") -> list:
     out += [table_markdown(table), ""]
     if table.footnotes:
         out += [f"{i}. {_cell(n)}" for i, n in enumerate(table.footnotes, 1)] + [""]
-    files = [_link(t, t) for t in (table.csv, table.md) if t]
+    files = [_link(t, t) for t in (table.json, table.csv, table.md) if t]
     return out + ([f"Files: {', '.join(files)}", ""] if files else [])
 
 
@@ -98,7 +94,7 @@ def _paper(run: PaperRun) -> list:
         titles = [t.title for t in run.tables]
         return out + ([f"Tables it will fill: {'; '.join(titles)}.", ""] if titles else [])
     if run.smoke:
-        out += [f"> **{run.banner.split('. ', 1)[0]}.** {run.banner.split('. ', 1)[1]}", ""]
+        out += ["> **{}** {}".format(*PROFILE_BANNERS[run.profile]), ""]
     if run.recipe_error:
         out += [f"Recipe: {run.recipe_error} — tables read from the files as written.", ""]
     for note in run.notes:
