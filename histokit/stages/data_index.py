@@ -280,6 +280,17 @@ def manifest_record(manifest) -> dict:
 # ------------------------------------------------------------------------------------------- reading (later stages)
 
 
+class NormalizedTiles:
+    """The image loader of a stain-normalized dataset: each sample's tile as stage 01 wrote it (picklable, so a
+    spawned DataLoader worker gets it)."""
+
+    def __init__(self, files: dict[str, str]):
+        self.files = files
+
+    def __call__(self, sample: Sample):
+        return load_image(self.files[sample.key])
+
+
 @dataclass
 class DataIndex:
     """A checked ``index.csv`` with its sidecar, parsed."""
@@ -305,8 +316,8 @@ class DataIndex:
                    zip(rows["path"], rows["label"], rows["group"], rows["official_split"], rows["row"], rows["box"])]
         if not self.meta["spec"].get("stain"):
             return PatchDataset(samples, classes, name=self.meta["name"])
-        stained = {s.key: self.base / p for s, p in zip(samples, rows["stain_path"])}
-        return PatchDataset(samples, classes, name=self.meta["name"], image_loader=lambda s: load_image(stained[s.key]))
+        stained = NormalizedTiles({s.key: str(self.base / p) for s, p in zip(samples, rows["stain_path"])})
+        return PatchDataset(samples, classes, name=self.meta["name"], image_loader=stained)
 
     def split(self, scheme: Optional[str] = None) -> Optional[dict]:
         """{split: sorted row positions} of the dataset's rows under ``scheme`` (the recipe's when None); None for
