@@ -44,6 +44,7 @@ from .context import StageContext
 
 INDEX_VERSION = 1
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+SPLIT_NAMES = ("train", "val", "test")
 VARIANTS = ("random", "group")  # the split schemes every index holds besides the recipe's own
 COLUMNS = ("dataset", "path", "row", "box", "label", "group", "official_split", "split", "split_random",
            "split_group", "stain_path")
@@ -331,7 +332,8 @@ class DataIndex:
         if sizes is None:
             return None
         values = self._rows(False)[column].to_numpy()
-        return {name: np.flatnonzero(values == name).astype(np.int64) for name in sizes}
+        names = [n for n in SPLIT_NAMES if n in sizes]  # the split's own order (the sidecar's JSON sorts keys)
+        return {name: np.flatnonzero(values == name).astype(np.int64) for name in names}
 
 
 _CACHE: dict = {}
