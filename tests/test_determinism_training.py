@@ -29,6 +29,7 @@ from histokit.models.backbones import create_encoder
 from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe, TrainSpec
 from histokit.stages.context import StageContext
 from histokit.train.supervised import finetune_classifier
+from histokit.stages.data import write_indexes
 
 pytestmark = [pytest.mark.determinism,
               pytest.mark.filterwarnings("ignore:make_split. stratification impossible:UserWarning")]
@@ -53,8 +54,10 @@ RECIPE = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_
 
 def _ctx(run_dir, seed=0) -> StageContext:
     """A stage context over 16 bundled tiles (2 per class; about 12 train), CPU, no progress bars."""
-    return StageContext(paper="tiny", profile="smoke", recipe=RECIPE, run_dir=run_dir, data_root=run_dir,
-                        device="cpu", seed=seed, progress=False, rehearse={"max_images_per_class": 2})
+    ctx = StageContext(paper="tiny", profile="smoke", recipe=RECIPE, run_dir=run_dir, data_root=run_dir,
+                       device="cpu", seed=seed, progress=False, rehearse={"max_images_per_class": 2})
+    write_indexes(ctx)  # stage 01
+    return ctx
 
 
 

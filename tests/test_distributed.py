@@ -38,6 +38,7 @@ from histokit.retrieval.features import FeatureFileError, extract_features, load
 from histokit.stages.context import StageContext
 from histokit.train.engine import TRAIN_CONFIG_NAME, batch_and_lr, train
 from histokit.train.checkpoint import checkpoint_path
+from histokit.stages.data import write_indexes
 
 # Same batches, same views: only float32 summation order differs (two per-rank means averaged by the all-reduce vs
 # one mean of 8, 1 vs 2 intra-op threads). Measured here: 4e-7 after these 4 steps; 5e-6 after 12 larger steps in
@@ -61,8 +62,10 @@ TINY_RECIPE = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", i
 
 def tiny_context(run_dir: Path) -> StageContext:
     run_dir.mkdir(parents=True, exist_ok=True)
-    return StageContext(paper="tiny", profile="smoke", recipe=TINY_RECIPE, run_dir=run_dir, data_root=run_dir,
-                        device="cpu", seed=0, progress=False, rehearse={"max_images_per_class": 3})
+    ctx = StageContext(paper="tiny", profile="smoke", recipe=TINY_RECIPE, run_dir=run_dir, data_root=run_dir,
+                       device="cpu", seed=0, progress=False, rehearse={"max_images_per_class": 3})
+    write_indexes(ctx)  # stage 01
+    return ctx
 
 
 def assert_parity(got: dict, want: dict, lr: float = TINY_RUN.lr, steps: int = 4) -> None:
@@ -112,7 +115,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(dino_runs):
         assert json.loads((run / "history.json").read_text())["world_size"] == world
     assert sorted(p.relative_to(dino_runs / "two").as_posix() for p in (dino_runs / "two").rglob("*")
                   if p.is_file()) == [
-        "data/tiles/split_random.json", "results/figures/loss_dino_tiny.png",
+        "data/tiles/index.csv", "data/tiles/index.json", "results/figures/loss_dino_tiny.png",
         "train/dino_tiny/checkpoints/checkpoint_last.pt", f"train/dino_tiny/checkpoints/{TRAIN_CONFIG_NAME}",
         "train/dino_tiny/encoder.pt", "train/dino_tiny/history.json"]  # rank 0 wrote them; nothing half-written
     assert len(two["rng_per_rank"]) == 2

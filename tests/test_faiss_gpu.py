@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from histokit.retrieval.index import (build_index, faiss_build_info, is_gpu_index, load_index, save_index, search)
+from histokit.stages.data import write_indexes
 
 GPU_FAISS = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 needs_gpu = pytest.mark.skipif(not GPU_FAISS, reason="no FAISS GPU build with a visible GPU (the gpu extra)")
@@ -65,6 +66,7 @@ def test_the_index_stage_builds_the_gallery_index_on_the_run_device(tmp_path, mo
                     datasets=(DatasetSpec("TILES", "kather2016_tiny"),), models=(ModelSpec("tiny", "vit_test", "random"),))
     ctx = StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=tmp_path, data_root=tmp_path,
                        device="cpu", seed=0, progress=False)
+    write_indexes(ctx)  # stage 01
     seen = []
     real = stage.build_index
     monkeypatch.setattr(stage, "build_index", lambda *a, **kw: seen.append(kw.get("device")) or real(*a, **kw))

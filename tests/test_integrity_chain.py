@@ -21,6 +21,7 @@ from histokit.papers.recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe
 from histokit.sidecars import SidecarError, check_sidecar
 from histokit.stages.context import StageContext
 from histokit.stages.index import extract_pair, feature_path, gallery_and_queries, load_feature_set
+from histokit.stages.data import write_indexes
 
 # 3 tiles per class leave fewer test tiles than classes: the split says so and falls back to an unstratified split
 pytestmark = pytest.mark.filterwarnings("ignore:make_split. stratification impossible:UserWarning")
@@ -34,8 +35,10 @@ RECIPE = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_
 
 def tiny_run(run_dir: Path) -> StageContext:
     run_dir.mkdir(parents=True, exist_ok=True)
-    return StageContext(paper="tiny", profile="smoke", recipe=RECIPE, run_dir=run_dir, data_root=run_dir,
-                        device="cpu", seed=0, progress=False, rehearse={"max_images_per_class": 3})
+    ctx = StageContext(paper="tiny", profile="smoke", recipe=RECIPE, run_dir=run_dir, data_root=run_dir,
+                       device="cpu", seed=0, progress=False, rehearse={"max_images_per_class": 3})
+    write_indexes(ctx)  # stage 01
+    return ctx
 
 
 @pytest.fixture(scope="module")

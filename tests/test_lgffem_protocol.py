@@ -31,11 +31,11 @@ class _Official:
 
 
 def _split_of(monkeypatch, key, dataset):
-    from histokit.stages import common
+    """The split stage 01 writes into ``key``'s data index for ``dataset`` under the recipe's scheme."""
+    from histokit.stages.data_index import split_of_dataset
 
-    monkeypatch.setattr(common, "load_recipe_dataset", lambda ctx, k, test=False: dataset)
     ctx = SimpleNamespace(recipe=get_recipe("lgffem", "full"), seed=0)
-    return common.split_indices(ctx, key)
+    return split_of_dataset(ctx, key, dataset)
 
 
 def test_kimia_trains_on_and_searches_the_whole_official_training_set(monkeypatch):
@@ -65,7 +65,7 @@ def test_imagenet_trains_on_every_image(monkeypatch):
 
 
 def test_official_split_keeps_the_default_10_percent_val_and_checks_its_arguments():
-    from histokit.stages.common import official_train_val_test
+    from histokit.stages.data_index import official_train_val_test
 
     ctx = SimpleNamespace(seed=0)
     data = _Official([("train", i % 2) for i in range(20)] + [("test", 0)])

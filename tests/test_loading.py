@@ -18,6 +18,7 @@ from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe, TrainSpec
 from histokit.ssl import create_method
 from histokit.ssl.ibot import MaskedViews, iBOT
 from histokit.stages.context import StageContext
+from histokit.stages.data import write_indexes
 
 pytestmark = [pytest.mark.filterwarnings("ignore:make_split. stratification impossible:UserWarning"),
               pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")]  # built, never iterated
@@ -31,8 +32,10 @@ RECIPE = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_
 
 
 def _ctx(tmp_path, device="cpu"):
-    return StageContext(paper="tiny", profile="smoke", recipe=RECIPE, run_dir=tmp_path, data_root=tmp_path,
-                        device=device, seed=0, progress=False, rehearse={"max_images_per_class": 2})
+    ctx = StageContext(paper="tiny", profile="smoke", recipe=RECIPE, run_dir=tmp_path, data_root=tmp_path,
+                       device=device, seed=0, progress=False, rehearse={"max_images_per_class": 2})
+    write_indexes(ctx)  # stage 01
+    return ctx
 
 
 def _ibot(spec=IBOT_RUN):

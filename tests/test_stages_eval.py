@@ -8,7 +8,9 @@ import pytest
 from histokit.data.datasets import PatchDataset, Sample, load_dataset
 from histokit.retrieval.features import FeatureSet
 from histokit.stages import open_stage
-from histokit.stages.common import load_recipe_dataset, official_train_val_test
+from histokit.stages.common import load_recipe_dataset
+from histokit.stages.data import write_indexes
+from histokit.stages.data_index import official_train_val_test
 from histokit.stages.eval_classification import knn_with_k_sweep
 
 
@@ -58,6 +60,7 @@ def test_official_split_mapping_folds_and_train_val_only():
 
 def test_macenko_stand_in_changes_tiles_but_keeps_labels(tmp_path):
     ctx = open_stage("chen2022", "smoke", run_dir=str(tmp_path))
+    write_indexes(ctx)  # stage 01: fits Macenko once and writes the normalized tiles
     raw = load_recipe_dataset(ctx, "CRC-NONORM")
     normed = load_recipe_dataset(ctx, "CRC-NORM")
     assert np.array_equal(raw.labels, normed.labels) and raw.paths == normed.paths
@@ -177,6 +180,7 @@ def test_chen2022_extraction_uses_the_weights_normalization_native_sizes_and_raw
                              ({}, imagenet, imagenet_std)):   # no checkpoint: the kit-trained stand-in, row's own
         ctx = open_stage("chen2022", "smoke", run_dir=str(tmp_path / f"run{len(given)}"), device="cpu",
                          checkpoints=given)
+        write_indexes(ctx)
         model, record, targets = extraction_targets(ctx, "SimCLR ResNet-50 (TCGA)", "CRC-NONORM")
         normalize = [t for t in _flat(targets[0][1].transform) if type(t).__name__ == "Normalize"][0]
         assert list(normalize.mean) == mean and list(normalize.std) == std

@@ -11,6 +11,7 @@ import torch
 from histokit.retrieval import index as index_mod
 from histokit.retrieval.index import build_index, describe_search, load_index, save_index, search
 from histokit.retrieval.torch_search import TorchFlatIndex
+from histokit.stages.data import write_indexes
 
 
 def _unit(rows, dim, seed):
@@ -178,6 +179,7 @@ def test_timing_row_records_extraction_and_search_device_apart(tmp_path):
                     datasets=(DatasetSpec("TILES", "kather2016_tiny"),), models=(ModelSpec("tiny", "vit_test", "random"),))
     ctx = StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=tmp_path, data_root=tmp_path,
                        device="cpu", seed=0, progress=False, rehearse={"steps": 1})
+    write_indexes(ctx)  # stage 01
     assert ctx.rehearsal  # one timing pass, not twenty
     row = stage.extract_pair(ctx, "tiny", "TILES", timed=True)
     assert (row["device"], row["extraction_device"], row["search_device"], row["search_backend"]) == \

@@ -21,6 +21,7 @@ from histokit.distributed.launch import (TorchrunError, failure_report, is_multi
 from histokit.distributed.pretrain import module_args
 from histokit.stages.context import open_stage
 from histokit.stages.train import train_one
+from histokit.stages.data import write_indexes
 
 PAPER, PROFILE, RUN = "cyphervit", "smoke", "dino_vit"
 # Same initial weights, same global batches (one seeded permutation, per-image seeded views): the losses differ only
@@ -35,6 +36,7 @@ def _ctx(run_dir, distributed=None, max_steps=2):
     ctx = open_stage(PAPER, PROFILE, run_dir=str(run_dir), device="cpu", rehearse={"max_steps": max_steps},
                      distributed=distributed)
     ctx.progress = False
+    write_indexes(ctx)  # stage 01
     return ctx
 
 

@@ -8,6 +8,7 @@ from histokit.models.official_layouts import write_official_mock
 from histokit.papers import get_recipe
 from histokit.stages import open_stage
 from histokit.stages import train as train_stage
+from histokit.stages.data import write_indexes
 
 
 @pytest.fixture
@@ -29,6 +30,7 @@ def test_new_checkpoint_file_retrains_the_run_it_initialises(tmp_path, counted_t
     first = write_official_mock("esvit_swin_tiny", weights / "a.MOCK.pth", seed=0, compact=True)
     ctx = open_stage("esvit", "smoke", run_dir=str(tmp_path / "run"), device="cpu",
                      checkpoints={"esvit_swin_tiny": str(first)})
+    write_indexes(ctx)  # stage 01
     # The full profile's fine-tuning run (Swin-T from the official weights, else the kit's own pretraining) on the
     # smoke profile's tiles: smoke itself trains a smaller Swin that the official weights do not fit.
     full = get_recipe("esvit", "full").train_spec("esvit_finetune_BracS")
@@ -89,6 +91,7 @@ def test_a_finished_run_drops_its_resume_checkpoint_unless_asked_to_keep_it(tmp_
     else:
         monkeypatch.delenv("HISTOKIT_KEEP_CHECKPOINTS", raising=False)
     ctx = open_stage("esvit", "smoke", run_dir=str(tmp_path / "run"), device="cpu")
+    write_indexes(ctx)  # stage 01
     spec = ctx.recipe.pretrain[0]
     assert train_stage.train_one(ctx, spec, scope="all").status == "trained"
     run = tmp_path / "run" / "train" / spec.name

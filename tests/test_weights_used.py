@@ -15,6 +15,7 @@ from histokit.models.backbones import create_encoder
 from histokit.papers.recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe, TableSpec, TrainSpec
 from histokit.results import WEIGHTS_COLUMN, build_table, merge_records, records_frame
 from histokit.stages.context import StageContext
+from histokit.stages.data import write_indexes
 
 pytestmark = pytest.mark.filterwarnings("ignore:make_split. stratification impossible:UserWarning")
 
@@ -28,8 +29,10 @@ RECIPE = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_
 
 
 def _ctx(tmp_path, profile="smoke"):
-    return StageContext(paper="tiny", profile=profile, recipe=RECIPE, run_dir=tmp_path / "run",
-                        data_root=tmp_path, device="cpu", seed=0, progress=False)
+    ctx = StageContext(paper="tiny", profile=profile, recipe=RECIPE, run_dir=tmp_path / "run",
+                       data_root=tmp_path, device="cpu", seed=0, progress=False)
+    write_indexes(ctx)  # stage 01
+    return ctx
 
 
 @pytest.fixture

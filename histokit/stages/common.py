@@ -12,15 +12,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..data.datasets import PatchDataset, load_dataset, merge_classes
-from ..data.splits import load_or_make_split
+from ..data.datasets import PatchDataset
 from ..models.backbones import create_encoder as _create_encoder
 from ..models.base import Encoder
 from ..papers.recipe import ModelSpec, weight_sources
 from ..io import slug as io_slug
 from .context import StageContext
-
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
 def slug(text: str) -> str:
@@ -29,20 +26,21 @@ def slug(text: str) -> str:
 
 
 def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> PatchDataset:
-    """The dataset behind a recipe key (its official test set when ``test``), protocol merges and stain
-    normalization applied."""
-    spec = ctx.recipe.dataset(key)
-    name = spec.test_dataset if test else spec.dataset
-    root = None if name == "kather2016_tiny" else ctx.data_root
-    dataset = load_dataset(name, root=root)
-    if spec.merges:
-        dataset = merge_classes(dataset, dict(spec.merges))
-    cap = ctx.rehearse.get("max_images_per_class") if ctx.rehearsal else None
-    if cap:
-        dataset = cap_per_class_and_split(dataset, int(cap))
-    if spec.stain:
-        dataset = stain_normalized(ctx, key, dataset, spec.stain)
-    return dataset
+    """The dataset behind a recipe key (its official test set when ``test``) as stage 01 indexed it
+    (``data/<key>/index.csv``, :mod:`histokit.stages.data_index`): protocol merges, a rehearsal's caps and stain
+    normalization applied. No manifest is read here."""
+    from .data_index import read_index
+
+    return read_index(ctx, key).dataset(test)
+
+
+def split_indices(ctx: StageContext, key: str, scheme: Optional[str] = None) -> Optional[dict]:
+    """{split: indices} of a recipe dataset under ``scheme`` (the recipe's when None) as stage 01 made it, read from
+    its index (:func:`histokit.stages.data_index.split_of_dataset` says how); None for the group-aware split of
+    data without group ids. A dataset with a separate official test set has train / val only."""
+    from .data_index import read_index
+
+    return read_index(ctx, key).split(scheme)
 
 
 def training_rows(ctx: StageContext, rows) -> np.ndarray:
@@ -54,133 +52,6 @@ def training_rows(ctx: StageContext, rows) -> np.ndarray:
         return rows
     rng = np.random.default_rng(ctx.seed)
     return np.sort(rng.permutation(rows)[: int(cap)])
-
-
-def cap_per_class_and_split(dataset: PatchDataset, cap: int) -> PatchDataset:
-    """A rehearsal's data: at most ``cap`` images of each class in each official split (a regression target: at most
-    ``5 x cap`` per split), evenly spaced in path order so that every class and split of the real layout is still
-    present and the picks spread over the source images / patients (a group-aware split stays possible)."""
-    order = sorted(range(len(dataset)), key=lambda i: (str(dataset.samples[i].path), dataset.samples[i].row or 0,
-                                                       dataset.samples[i].box or ()))
-    cells: dict = {}
-    for i in order:
-        sample = dataset.samples[i]
-        cells.setdefault((sample.split, None if dataset.is_regression else sample.label), []).append(i)
-    limit = cap * 5 if dataset.is_regression else cap
-    keep = []
-    for members in cells.values():
-        if len(members) <= limit:
-            keep += members
-        else:
-            keep += [members[k] for k in np.linspace(0, len(members) - 1, limit).round().astype(int)]
-    return dataset.subset(sorted(keep)) if len(keep) < len(dataset) else dataset
-
-
-def stain_normalized(ctx: StageContext, key: str, dataset: PatchDataset, method: str) -> PatchDataset:
-    """The same tiles, each Macenko-normalized to one reference tile of the dataset (as NCT-CRC-HE-100K was).
-
-    The reference is the most stained of the first 20 tiles (sorted by path), so it is fixed for a dataset and
-    never a background tile; tiles without tissue pass through unchanged. Normalized tiles are kept in memory.
-    """
-    from ..data.datasets import read_sample_image
-    from ..data.stain import MacenkoNormalizer
-
-    if method != "macenko":
-        raise ValueError(f"recipe {ctx.paper}: dataset {key!r} asks for stain normalization {method!r}; "
-                         "the kit has 'macenko'")
-    normalizer = MacenkoNormalizer(on_no_tissue="passthrough")
-    candidates = sorted(dataset.samples, key=lambda s: str(s.path))[:20]
-    stained = [(normalizer.stained_pixels(np.asarray(read_sample_image(s).convert("RGB"))), str(s.path), s)
-               for s in candidates]
-    _, ref_path, reference = max(stained, key=lambda t: (t[0], t[1]))
-    normalizer.fit(read_sample_image(reference))
-    ctx.add_note("all", f"{key}: tiles Macenko-normalized by the kit (torchstain) to the reference tile "
-                        f"{Path(ref_path).name}; tiles without tissue are left as they are.")
-    cache: dict = {}
-
-    def load(sample):
-        if sample.row is not None:  # rows of an array file: cheap to re-read, costly to hold
-            return normalizer(read_sample_image(sample))
-        if sample.key not in cache:  # the key, not the path: the tiles of one image are different samples
-            cache[sample.key] = normalizer(read_sample_image(sample))
-        return cache[sample.key].copy()
-
-    return PatchDataset(dataset.samples, dataset.classes, dataset.transform, name=f"{dataset.name}+macenko",
-                        image_loader=load)
-
-
-def split_indices(ctx: StageContext, key: str, scheme: Optional[str] = None) -> Optional[dict]:
-    """{split: indices} for a dataset, made once per run and reused (``run_dir/data/<key>/split_<scheme>.json``).
-
-    ``random`` = the paper's stratified 80/10/10; ``group`` = group-aware (None when the data has no group ids);
-    ``official`` = the dataset's own split (:func:`official_train_val_test`); ``none`` = every image is a training
-    image, val and test are empty (ImageNet-1k for LGFFEM strategy A, as ``torchvision.datasets.ImageNet(split=
-    'train')`` in the ffnir code). A dataset with a separate official test set splits its training data into
-    train/val and keeps the test set whole.
-    """
-    spec = ctx.recipe.dataset(key)
-    scheme = scheme or spec.split
-    dataset = load_recipe_dataset(ctx, key)
-    if scheme == "official":
-        return official_train_val_test(ctx, key, dataset, train_splits=spec.train_splits,
-                                       val_fraction=spec.val_fraction)
-    if scheme == "none":
-        empty = np.zeros(0, dtype=np.int64)
-        return {"train": np.arange(len(dataset), dtype=np.int64), "val": empty, "test": empty.copy()}
-    groups = None
-    if scheme == "group":
-        if not any(g is not None for g in dataset.groups):
-            return None
-        groups = np.asarray([str(g) for g in dataset.groups])
-    fractions = (0.9, 0.1, 0.0) if spec.test_dataset else SPLIT_FRACTIONS
-    split = load_or_make_split(ctx.path("data", slug(key), f"split_{scheme}.json"), dataset.labels, groups,
-                               fractions, ctx.seed)
-    if spec.test_dataset:
-        split = {"train": split["train"], "val": split["val"]}
-    return split
-
-
-def official_train_val_test(ctx: StageContext, key: str, dataset: PatchDataset, *, train_splits: tuple = (),
-                            val_fraction: float = 0.1) -> dict:
-    """train / val / test from a dataset's official split: named train/test as they are; folds (PanNuke) -> the
-    last fold is the test set; train + val only (BreastPathQ, test labels withheld) -> the official validation set
-    is the test set (Chen & Krishnan). Without an official val set, ``val_fraction`` of train (stratified, seeded)
-    is val; ``val_fraction=0`` keeps all of train for training (val empty: the Kimia Path24C protocol, whose 22,591
-    training patches are both the metric-learning set and the search gallery).
-
-    ``train_splits`` names the official splits that form the training part (PanNuke ``("fold1",)``, as PathML's
-    ``PanNukeDataModule(split=1)``); the test set is then the official ``test`` split, or else the last split not
-    trained on (empty if none is left), and an official ``val`` split not trained on is val."""
-    from ..data.splits import make_split, official_split
-
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"dataset {key!r}: val_fraction must lie in [0, 1), got {val_fraction}")
-    named = official_split(dataset)
-    if train_splits:
-        unknown = [s for s in train_splits if s not in named]
-        if unknown:
-            raise ValueError(f"dataset {key!r}: train_splits {unknown} are not official splits of it "
-                             f"({list(named)})")
-        rest = [s for s in named if s not in train_splits]
-        picked = {"train": np.concatenate([named[s] for s in train_splits])}
-        if "val" in rest:
-            picked["val"] = named["val"]
-        tests = [s for s in rest if s == "test"] or [s for s in rest if s != "val"][-1:]
-        picked["test"] = named[tests[0]] if tests else np.zeros(0, dtype=np.int64)
-        named = picked
-    elif "test" not in named and "val" in named:
-        named = {"train": named["train"], "test": named.pop("val")}
-    elif "train" not in named or "test" not in named:
-        folds = list(named)
-        named = {"train": np.concatenate([named[f] for f in folds[:-1]]), "test": named[folds[-1]]}
-    if "val" not in named:
-        train = np.asarray(named["train"])
-        if float(val_fraction) == 0.0:
-            named["val"] = np.zeros(0, dtype=np.int64)
-        else:
-            inner = make_split(dataset.labels[train], None, (1.0 - val_fraction, val_fraction), ctx.seed)
-            named["train"], named["val"] = train[inner["train"]], train[inner["test"]]
-    return {k: np.sort(np.asarray(named[k], dtype=np.int64)) for k in ("train", "val", "test")}
 
 
 @dataclass
@@ -242,7 +113,7 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 WEIGHTS_FROM_CACHE = "ImageNet weights from the local cache"
 WEIGHTS_DOWNLOADED = "ImageNet weights downloaded"
 WEIGHTS_UNREACHABLE = "random init: ImageNet weights unreachable"
-BUNDLED_DATASET = "kather2016_tiny"
+BUNDLED_WORDS = "bundled Kather 2016 tiles"  # the data of a manifest with ``access: bundled``, in words
 
 
 def hub_cache_dir() -> str:
@@ -291,9 +162,12 @@ def cached_hub_encoder(encoder_name: str, **kwargs) -> Optional[Encoder]:
 def _training_data_words(ctx: StageContext, run_name: str) -> str:
     """What a training run of this recipe read, e.g. "80 bundled Kather 2016 tiles" ("" when it cannot be said)."""
     try:
+        from .data_index import read_index
+
         run = ctx.recipe.train_spec(run_name)
         data = ctx.recipe.dataset(run.dataset)
-        what = "bundled Kather 2016 tiles" if data.dataset == BUNDLED_DATASET else f"{data.dataset} images"
+        bundled = read_index(ctx, run.dataset).meta["manifests"][data.dataset]["access"] == "bundled"
+        what = BUNDLED_WORDS if bundled else f"{data.dataset} images"
         if data.stain:
             what += f" ({data.stain}-normalized)"
         return f"{len(training_rows(ctx, split_indices(ctx, run.dataset)['train']))} {what}"

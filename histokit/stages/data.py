@@ -1,4 +1,6 @@
-"""Stage 01: load each recipe dataset through its manifest, make (or reuse) the splits, show what is there.
+"""Stage 01: read each recipe dataset through its manifest, split it, normalize its stains where the recipe asks,
+and write its data index (``data/<key>/index.csv`` + ``index.json``, :mod:`histokit.stages.data_index`) — the only
+stage that reads manifests; every later stage reads the index. Then show what is there.
 
 A dataset only a pretraining run reads that a given checkpoint replaces (EsViT's ImageNet-1k fallback under
 ``--checkpoint esvit_swin_tiny``) is not read (``Recipe.datasets_needed``)."""
@@ -11,6 +13,7 @@ import pandas as pd
 from ..io import atomic_write_text
 from .common import load_recipe_dataset, slug, split_indices
 from .context import StageContext
+from .data_index import write_index
 
 
 @dataclass
@@ -61,9 +64,15 @@ def split_size_table(ctx: StageContext) -> pd.DataFrame:
     return pd.DataFrame(rows).convert_dtypes()
 
 
+def write_indexes(ctx: StageContext) -> dict[str, dict]:
+    """The data index of every dataset the run reads: {key: its sidecar}."""
+    return {spec.key: write_index(ctx, spec.key) for spec in ctx.recipe.datasets_needed(ctx.checkpoints)}
+
+
 def run(ctx: StageContext) -> DataSummary:
     from ..viz.grid import class_counts_bar, sample_grid
 
+    write_indexes(ctx)
     counts = class_count_table(ctx)
     sizes = split_size_table(ctx)
     out = ctx.path("data")
