@@ -168,7 +168,7 @@ def _train_under_torchrun(ctx, spec, scope, final, history_file, figure) -> Trai
     import shlex
 
     from ..distributed.launch import TorchrunError, planned_world_size, run_torchrun, torchrun_command
-    from ..distributed.pretrain import module_args
+    from ..distributed.stage import train_module_args
 
     world = planned_world_size(ctx.distributed)
     n_train = len(training_rows(ctx, split_indices(ctx, spec.dataset)["train"]))  # made before the ranks read it
@@ -179,7 +179,7 @@ def _train_under_torchrun(ctx, spec, scope, final, history_file, figure) -> Trai
         except ValueError as err:
             raise ValueError(f"training run {spec.name!r}: {err}") from None
     log_dir = ctx.path("logs", "torchrun", spec.name)
-    cmd = torchrun_command(ctx.distributed, module_args(ctx, spec.name, scope), log_dir=log_dir)
+    cmd = torchrun_command(ctx.distributed, train_module_args(ctx, spec.name, scope), log_dir=log_dir)
     print(f"[histokit] {spec.name}: {world or 'elastic'} processes, global batch {batch}"
           + (f" = {world} x {batch // world}" if world else "") + f"\n[histokit] {shlex.join(cmd)}", flush=True)
     run_torchrun(cmd, what=f"training run {spec.name!r}", log_dir=log_dir, echo=ctx.progress)
