@@ -205,6 +205,7 @@ class SubCenterArcFace(nn.Module):
     # initialisation), as the kit's earlier Sub-center ArcFace loop did: its numbers are unchanged
     reseed_rng = False
     own_loader_generator = True  # its loader's workers are seeded by the loader's own generator (seeded_loader)
+    find_unused_parameters = False  # DDP: every trainable parameter (neck, head, centres) gets a gradient each step
 
     def __init__(self, encoder: nn.Module, loss: nn.Module, *, lr: float = 5e-3, min_lr: float = 8e-5,
                  weight_decay: float = 1e-5, centres_optimizer: str = "separate",

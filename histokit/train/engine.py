@@ -234,6 +234,18 @@ def _check_args(epochs: int, lr: float, warmup_epochs: int, log_every: int, grad
         raise ValueError("loader yields no batches (len(loader) == 0): dataset smaller than the batch with drop_last?")
 
 
+def _share_batchnorm_statistics(method: nn.Module) -> None:
+    """Rank 0's running statistics of every BatchNorm that is not synchronised (gloo on CPU has no SyncBatchNorm):
+    each rank's follow its own batches, and DDP's next forward replaces them with rank 0's (``broadcast_buffers``);
+    done here at the epoch end, so the replica check and the checkpoint hold the statistics the run continues with.
+    Any other buffer (DINO's center) is left alone, for the replica check to catch one that was not all-reduced."""
+    for module in method.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked):
+                if buffer is not None:
+                    dist.broadcast(buffer, 0)
+
+
 def _hook(method: nn.Module, name: str) -> Callable:
     return getattr(method, name, None) or (lambda *a, **k: None)
 
@@ -414,6 +426,8 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             s.step()
         if epoch_end is not None:
             history[-1].update(epoch_end(epoch) or {})
+        if _distributed():
+            _share_batchnorm_statistics(method)
         assert_replicas_equal(method, what=type(method).__name__)  # no-op in a single process
         rng_states = _gather_rng(generator, device) if ckpt_file is not None else None  # a collective: every rank
         if ckpt_file is not None and _is_main():
