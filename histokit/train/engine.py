@@ -127,7 +127,8 @@ def _restore_rank_rng(ckpt: dict, generator, device=None) -> None:
 class Optimization:
     """A method's own optimization: its optimizers (zeroed and stepped in this order every step), schedulers
     stepped once at each epoch end (``torch.optim.lr_scheduler``), the parameters gradient clipping covers (global
-    norm ``grad_clip``, None = no clipping) and what ``train_config.json`` records about it."""
+    norm ``grad_clip``, None = no clipping) and what ``train_config.json`` records about it. :func:`train`'s
+    optimizer, lr-schedule, weight-decay and grad_clip arguments then do not apply."""
 
     optimizers: list
     epoch_schedulers: list = field(default_factory=list)
@@ -204,9 +205,6 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: move_to_device(v, device) for k, v in batch.items()}
     return batch
-
-
-_set_epoch = set_loader_epoch  # DistributedSampler (and any sampler / dataset with ``set_epoch``) per epoch
 
 
 def _resolve_device(device) -> torch.device:
@@ -366,7 +364,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     for epoch in range(start_epoch, epochs):
         if epoch * steps_per_epoch >= stop_at:
             break
-        _set_epoch(loader, epoch)
+        set_loader_epoch(loader, epoch)  # a DistributedSampler's order, a PerSampleSeed's augmentation
         draw_skipped_base_seed(loader)  # the global stream (dropout, drop-path, MAE noise) whatever the workers
         method.train()
         window = _LogWindow(device)
