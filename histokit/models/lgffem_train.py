@@ -156,13 +156,12 @@ def make_subcenter_arcface(num_classes: int, embedding_size: int = 2048, *, marg
 
 
 def make_optimizer(model: nn.Module, loss: nn.Module, epochs: int, *, lr: float = 5e-3, min_lr: float = 8e-5,
-                   weight_decay: float = 1e-5, loss_lr: Optional[float] = None, include_loss: bool = True):
+                   weight_decay: float = 1e-5, include_loss: bool = True):
     """AdamW over the model's trainable parameters and the loss's class centres + CosineAnnealingLR(lr -> min_lr).
 
     One scheduler step per epoch (``T_max = epochs``). ``weight_decay`` 1e-5 is the ffnir scripts' default (the paper
-    gives none). ``loss_lr`` (default: ``lr``) sets the centres' rate in this optimizer (annealed with it);
-    ``include_loss=False`` leaves the centres out, for their own optimizer (:func:`make_centres_optimizer`, as the
-    ffnir scripts). Returns ``(optimizer, scheduler)``.
+    gives none). The centres share the model's rate and schedule; ``include_loss=False`` leaves them out, for their
+    own optimizer (:func:`make_centres_optimizer`, as the ffnir scripts). Returns ``(optimizer, scheduler)``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -172,7 +171,7 @@ def make_optimizer(model: nn.Module, loss: nn.Module, epochs: int, *, lr: float 
         raise ValueError("make_optimizer: the model has no trainable parameters")
     groups = [{"params": model_params, "lr": lr}]
     if loss_params:
-        groups.append({"params": loss_params, "lr": lr if loss_lr is None else loss_lr})
+        groups.append({"params": loss_params, "lr": lr})
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=min_lr)
     return optimizer, scheduler
