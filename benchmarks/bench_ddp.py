@@ -87,15 +87,15 @@ def register() -> None:
 def ranks_start_here():
     """While a stage launches torchrun: its ranks run ``-m benchmarks.bench_ddp`` (which registers the recipe, then
     calls histokit.distributed.pretrain.main) instead of ``-m histokit.distributed.pretrain``, with 1 thread each."""
-    import histokit.distributed.pretrain as pretrain
+    import histokit.distributed.stage as stage
 
-    saved, omp = pretrain.MODULE, os.environ.get("OMP_NUM_THREADS")
-    pretrain.MODULE = MODULE  # read by pretrain.module_args, which _train_under_torchrun calls
+    saved, omp = stage.TRAIN_MODULE, os.environ.get("OMP_NUM_THREADS")
+    stage.TRAIN_MODULE = MODULE  # read by stage.train_module_args, which _train_under_torchrun calls
     os.environ["OMP_NUM_THREADS"] = "1"  # torchrun's own default for nproc > 1, made explicit
     try:
         yield
     finally:
-        pretrain.MODULE = saved
+        stage.TRAIN_MODULE = saved
         if omp is None:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import histokit.distributed.pretrain as pretrain
+import histokit.distributed.stage as stage
 import histokit.papers as papers
 from histokit.papers import get_recipe
 from histokit.stages.context import open_stage
@@ -43,9 +44,9 @@ def test_torchrun_ranks_start_from_the_benchmark_and_get_the_products_arguments(
                      distributed={"nproc_per_node": 2})
     omp = os.environ.get("OMP_NUM_THREADS")
     with bench.ranks_start_here():
-        args = pretrain.module_args(ctx, bench.RUNS["vit_test"])
+        args = stage.train_module_args(ctx, bench.RUNS["vit_test"])
         assert os.environ["OMP_NUM_THREADS"] == "1"
-    assert pretrain.MODULE == "histokit.distributed.pretrain" and os.environ.get("OMP_NUM_THREADS") == omp
+    assert stage.TRAIN_MODULE == "histokit.distributed.pretrain" and os.environ.get("OMP_NUM_THREADS") == omp
     assert args[0] == bench.MODULE
     parsed = pretrain.parse_args(args[1:])
     assert (parsed.paper, parsed.profile, parsed.train_run, parsed.rehearse) == (

@@ -25,7 +25,8 @@ def test_fit_hands_the_runs_own_optimisation_to_the_engine(tmp_path, monkeypatch
         return []
 
     monkeypatch.setattr("histokit.train.engine.train", fake_train)
-    monkeypatch.setattr(train_stage, "training_loader", lambda ctx, spec, method: [None])  # no data needed
+    monkeypatch.setattr(train_stage, "training_split", lambda ctx, spec: SimpleNamespace(classes=[]))  # no data
+    monkeypatch.setattr(train_stage, "training_loader", lambda ctx, spec, method, split: [None])  # needed
     ctx = SimpleNamespace(device="cpu", seed=0, progress=False, max_steps=None)
     recipe = get_recipe("cyphervit", "smoke")
     for name in ("dino_vit", "mae_vit"):

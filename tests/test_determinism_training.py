@@ -11,7 +11,7 @@ its checkpoint ends where an uninterrupted one does.
 
 Paths: each SSL method (DINO, EsViT, iBOT, MoCo v3, SimCLR, MAE) through ``stages.train.fit`` (the pretraining
 stage), supervised fine-tuning (``train.supervised.finetune_classifier``), Sub-center ArcFace
-(``stages.train_metric.train_subcenter_arcface``, LGFFEM) and the label-fraction fine-tuning
+(``stages.train.fit`` too: ``SubCenterArcFace``, LGFFEM) and the label-fraction fine-tuning
 (``stages.finetune_fractions.finetune_fraction``). One intra-op thread: the guarantee is for a fixed thread count.
 """
 from __future__ import annotations
@@ -115,14 +115,13 @@ def test_ssl_pretraining_is_the_same_whatever_the_worker_count(tmp_path, one_thr
 
 
 def _arcface_run(tmp_path, name: str, *, seed: int = 0, run_dir=None, max_steps=None):
-    from histokit.stages.train_metric import train_subcenter_arcface
-
     spec = ARCFACE
     ctx = _ctx(run_dir or tmp_path / name, seed)
     if max_steps:  # stopped there, as an interrupted run is (the schedules keep the whole run's length)
         ctx.rehearse = {**ctx.rehearse, "max_steps": max_steps}
     encoder, _ = stage_train.initial_encoder(ctx, spec, "all")
-    history = train_subcenter_arcface(ctx, spec, encoder, ctx.path("ckpt", "last.pt"))
+    history, trained = stage_train.fit(ctx, spec, encoder, ctx.path("ckpt"))
+    assert trained is encoder
     return _weights(encoder), _losses(history), ctx
 
 
@@ -130,7 +129,7 @@ def test_subcenter_arcface_twice_from_one_seed_is_bit_identical(tmp_path, one_th
     weights, losses, _ = _arcface_run(tmp_path, "first")
     again, again_losses, _ = _arcface_run(tmp_path, "second")
     _assert_identical(weights, again)
-    assert losses == again_losses and len(losses) == 2
+    assert losses == again_losses and {h["epoch"] for h in losses} == {1, 2}
     other, _, _ = _arcface_run(tmp_path, "other", seed=1)
     assert not all(torch.equal(v, other[k]) for k, v in weights.items())  # the comparison can see a change
 
@@ -142,7 +141,8 @@ def test_subcenter_arcface_is_the_same_whatever_the_worker_count_and_after_a_res
     _assert_identical(weights, in_process)
     assert losses == in_process_losses
     # interrupted after its first epoch, then resumed from the checkpoint in a fresh model: the same end
-    _arcface_run(tmp_path, "", run_dir=tmp_path / "resumed", max_steps=losses[0]["steps"])
+    first_epoch = [h["step"] for h in losses if h["epoch"] == 1][-1]
+    _arcface_run(tmp_path, "", run_dir=tmp_path / "resumed", max_steps=first_epoch)
     torch.manual_seed(12345)  # whatever ran in between draws from the global RNGs
     np.random.seed(6789)
     resumed, resumed_losses, _ = _arcface_run(tmp_path, "", run_dir=tmp_path / "resumed")

@@ -5,6 +5,7 @@
 - A rank killed mid-epoch: the restarted job resumes from the last epoch checkpoint and ends bit-identical to the
   uninterrupted 2-rank run (what ``torchrun --max-restarts`` relies on); restarted workers find their peers through
   torchrun's shared store, not the dead workers' stale addresses.
+- Sub-center ArcFace under 2 ranks: a killed rank's restarted job ends bit-identical to the uninterrupted one.
 - Replicas that diverge (a center not all-reduced) are caught; the loader is sharded per rank.
 - Sharded extraction: 2 ranks == 1 process; a killed shard is redone alone and the merged store is complete; stage
   04's extraction under 2 ranks writes the feature file the single-process stage writes.
@@ -166,6 +167,62 @@ def test_killed_rank_restarts_from_the_last_epoch_and_ends_identical(dino_runs, 
     assert _final(tmp_path)["epoch"] == 1  # epoch 1 was checkpointed, epoch 2 died half-way
     run_local(run_rank, 2, (ctx, "dino_tiny"))  # the restart torchrun --max-restarts would do
     resumed, straight = _final(tmp_path), _final(dino_runs / "two")
+    for k in straight["model"]:
+        assert torch.equal(resumed["model"][k], straight["model"][k]), k
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(straight["history"])
+
+
+# Sub-center ArcFace (LGFFEM's neck + head, the ffnir optimizers) through the same stage function under 2 ranks.
+ARCFACE_RUN = TrainSpec(name="arcface_tiny", method="subcenter_arcface", encoder="lgffem_test", dataset="TILES",
+                        epochs=2, batch_size=8, lr=5e-3, min_lr=8e-5, weight_decay=1e-5, warmup_epochs=0,
+                        image_size=32, method_cfg={"variant": "paper", "sub_centers": 2,
+                                                   "centres_optimizer": "separate", "centres_lr": 1e-4,
+                                                   "augmentation": "ffnir_kimia"})
+
+
+def arcface_context(run_dir: Path) -> StageContext:
+    ctx = tiny_context(run_dir)
+    ctx.recipe = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_size=32,
+                        datasets=TINY_RECIPE.datasets, models=TINY_RECIPE.models, pretrain=(ARCFACE_RUN,))
+    return ctx
+
+
+def _arcface_final(run_dir):
+    return torch.load(checkpoint_path(run_dir / "train" / "arcface_tiny" / "checkpoints"), weights_only=True)
+
+
+def _arcface_with_rank1_killed_in_epoch2(ctx):
+    real = stage_train.training_loader  # patched in this forked child only
+    stage_train.training_loader = lambda c, s, *m: _DieMidEpoch(real(c, s, *m), 2) if rank() == 1 else real(c, s, *m)
+    run_rank(ctx, "arcface_tiny")
+
+
+@pytest.mark.fault
+@pytest.mark.determinism
+def test_subcenter_arcface_trains_under_two_ranks_and_a_killed_rank_resumes_identical(tmp_path, monkeypatch):
+    """The engine's DDP for Sub-center ArcFace: both AdamWs, the per-epoch cosine and the centres resumed by a
+    restarted 2-rank job, which ends bit-identical to the uninterrupted one; rank 0 writes the stage's files."""
+    monkeypatch.setenv("HISTOKIT_KEEP_CHECKPOINTS", "1")  # the finished runs' checkpoints are compared
+    straight_dir = tmp_path / "straight"
+    run_local(run_rank, 2, (arcface_context(straight_dir), "arcface_tiny"))
+    straight = _arcface_final(straight_dir)
+    run = straight_dir / "train" / "arcface_tiny"
+    cfg = json.loads((run / "checkpoints" / TRAIN_CONFIG_NAME).read_text())
+    assert (cfg["world_size"], cfg["batch_per_rank"], cfg["global_batch"]) == (2, 4, 8)
+    assert (cfg["optimizer"], cfg["centres_optimizer"], cfg["centres_lr"], cfg["grad_clip"]) == (
+        "adamw", "separate", 1e-4, 1.0)
+    assert (run / "encoder.pt").exists() and json.loads((run / "history.json").read_text())["world_size"] == 2
+    assert [e["epoch"] for e in straight["history"]] == [1, 1, 2, 2] and len(straight["rng_per_rank"]) == 2
+    assert straight["extra_optimizers"] and straight["schedulers"]
+
+    ctx = arcface_context(tmp_path / "killed")
+    with pytest.raises((mp.ProcessExitedException, mp.ProcessRaisedException)):
+        run_local(_arcface_with_rank1_killed_in_epoch2, 2, (ctx,))
+    assert _arcface_final(ctx.run_dir)["epoch"] == 1  # epoch 1 was checkpointed, epoch 2 died half-way
+    run_local(run_rank, 2, (ctx, "arcface_tiny"))  # the restart torchrun --max-restarts would do
+    resumed = _arcface_final(ctx.run_dir)
+    assert resumed["model"].keys() == straight["model"].keys()
     for k in straight["model"]:
         assert torch.equal(resumed["model"][k], straight["model"][k]), k
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731

@@ -154,15 +154,14 @@ def test_rot90_draws_all_four_turns_and_respects_p():
 
 
 def test_unknown_augmentation_and_a_run_without_one_are_errors():
-    from histokit.models.lgffem_train import lgffem_train_transform
-    from histokit.stages.train_metric import train_subcenter_arcface
+    from histokit.models.lgffem_train import SubCenterArcFace, lgffem_train_transform
 
     with pytest.raises(ValueError, match="ffnir_kimia"):
         lgffem_train_transform("randaugment", 224, (0.5,) * 3, (0.5,) * 3)
     spec = get_recipe("lgffem", "smoke").pretrain[0]
     spec = replace(spec, method_cfg={k: v for k, v in spec.method_cfg.items() if k != "augmentation"})
     with pytest.raises(ValueError, match="augmentation"):
-        train_subcenter_arcface(None, spec, None, None)
+        SubCenterArcFace.from_spec(spec, None, 24)
 
 
 # --- Sub-center ArcFace centres: the ffnir scripts' own AdamW at 1e-4 and 6 sub-centres -------------------------
@@ -191,12 +190,21 @@ def _encoder():
     return _Tiny()
 
 
-def test_separate_centres_optimizer_is_its_own_constant_adamw():
-    from histokit.stages.train_metric import loss_and_optimizers
+def _loss_and_optimizers(spec, encoder, num_classes):
+    """``(loss, model optimizer, its scheduler, centres optimizer or None)`` of the method a spec builds."""
+    from histokit.models.lgffem_train import SubCenterArcFace
 
+    method = SubCenterArcFace.from_spec(spec, encoder, num_classes)
+    plan = method.configure_optimizers(epochs=spec.epochs)
+    assert plan.clip_params == list(encoder.parameters()) and plan.grad_clip == 1.0  # ffnir clips the model only
+    (sched,) = plan.epoch_schedulers
+    return method.loss, plan.optimizers[0], sched, (plan.optimizers[1] if len(plan.optimizers) > 1 else None)
+
+
+def test_separate_centres_optimizer_is_its_own_constant_adamw():
     spec = get_recipe("lgffem", "full").train_spec("lgffem_C")
     encoder = _encoder()
-    loss, opt, sched, centres = loss_and_optimizers(spec, encoder, 24)
+    loss, opt, sched, centres = _loss_and_optimizers(spec, encoder, 24)
     assert loss.sub_centers == 6 and loss.W.shape == (encoder.embed_dim, 24 * 6)
     model_ids = {id(p) for g in opt.param_groups for p in g["params"]}
     assert id(loss.W) not in model_ids  # the centres are not in the model's optimizer
@@ -210,34 +218,30 @@ def test_separate_centres_optimizer_is_its_own_constant_adamw():
 
 
 def test_shared_centres_variant_is_the_kits_earlier_single_optimizer():
-    from histokit.stages.train_metric import loss_and_optimizers
-
     spec = get_recipe("lgffem", "full").train_spec("lgffem_C")
     spec = replace(spec, method_cfg=dict(spec.method_cfg, centres_optimizer="shared", sub_centers=3))
-    loss, opt, _, centres = loss_and_optimizers(spec, _encoder(), 24)
+    loss, opt, _, centres = _loss_and_optimizers(spec, _encoder(), 24)
     assert centres is None and loss.sub_centers == 3
     assert opt.param_groups[1]["params"] == [loss.W] and opt.param_groups[1]["lr"] == 5e-3
     with pytest.raises(ValueError, match="centres_optimizer"):
-        loss_and_optimizers(replace(spec, method_cfg=dict(spec.method_cfg, centres_optimizer="sgd")), _encoder(), 24)
+        _loss_and_optimizers(replace(spec, method_cfg=dict(spec.method_cfg, centres_optimizer="sgd")), _encoder(), 24)
 
 
 def test_train_loop_steps_and_checkpoints_the_centres_optimizer(tmp_path):
-    from histokit.models.lgffem_train import (make_centres_optimizer, make_optimizer, make_subcenter_arcface,
-                                              train_lgffem)
+    from histokit.models.lgffem_train import SubCenterArcFace, make_subcenter_arcface
+    from histokit.train.checkpoint import checkpoint_path
+    from histokit.train.engine import train
 
     torch.manual_seed(0)
     model = _encoder()
     loss = make_subcenter_arcface(2, model.embed_dim, sub_centers=6)
-    opt, sched = make_optimizer(model, loss, 2, include_loss=False)
-    centres = make_centres_optimizer(loss)
+    method = SubCenterArcFace(model, loss, centres_optimizer="separate")
     before = loss.W.detach().clone()
     x, y = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])
-    ckpt = tmp_path / "c.pt"
-    train_lgffem(model, loss, [(x, y)], 1, optimizer=opt, scheduler=sched, loss_optimizer=centres,
-                 checkpoint_path=ckpt, progress=False)
+    train(method, [(x, y)], epochs=1, lr=method.lr, device="cpu", checkpoint_dir=tmp_path, progress=False)
     assert not torch.equal(loss.W.detach(), before)  # the centres moved through their own optimizer
-    saved = torch.load(ckpt, weights_only=True)
-    assert saved["loss_optimizer"]["param_groups"][0]["lr"] == 1e-4
+    saved = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    assert saved["extra_optimizers"][0]["param_groups"][0]["lr"] == 1e-4
 
 
 # --- protocol cards -------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""LGFFEM training: Sub-center ArcFace factory (paper vs ffnir code), AdamW + cosine schedule, loop with resume."""
+"""LGFFEM training: Sub-center ArcFace factory (paper vs ffnir code), AdamW + cosine schedule, the method through the
+one engine with resume."""
 import math
 
 import numpy as np
@@ -9,8 +10,10 @@ from PIL import Image
 from pytorch_metric_learning.losses import SubCenterArcFaceLoss
 
 from histokit.models.backbones import create_encoder
-from histokit.models.lgffem_train import make_optimizer, make_subcenter_arcface, train_lgffem
+from histokit.models.lgffem_train import SubCenterArcFace, make_optimizer, make_subcenter_arcface
 from histokit.paths import BUNDLED_TILES_DIR
+from histokit.train.checkpoint import checkpoint_path
+from histokit.train.engine import TRAIN_CONFIG_NAME, train
 
 
 def test_loss_factory_paper_and_public_code_variants():
@@ -69,34 +72,60 @@ def _bundled_batch(n_per_class=1, size=64):
     return torch.stack(imgs), torch.tensor(rows["label"].to_numpy())
 
 
+def _method(model, num_classes, **kw):
+    return SubCenterArcFace(model, make_subcenter_arcface(num_classes, model.embed_dim), **kw)
+
+
+def _train(method, loader, epochs, ckpt_dir, **kw):
+    return train(method, loader, epochs=epochs, lr=method.lr, device="cpu", checkpoint_dir=ckpt_dir,
+                 progress=False, **kw)
+
+
 def test_loss_decreases_on_bundled_tiles_and_resume(tmp_path):
     torch.manual_seed(0)
     x, y = _bundled_batch()
     model = create_encoder("lgffem_test")
-    loss_fn = make_subcenter_arcface(int(y.max()) + 1, model.embed_dim)
+    method = _method(model, int(y.max()) + 1)
     loader = [(x, y)] * 2
-    ckpt = tmp_path / "lgffem.pt"
-    opt, sched = make_optimizer(model, loss_fn, epochs=3)
-    history = train_lgffem(model, loss_fn, loader, 2, optimizer=opt, scheduler=sched, checkpoint_path=ckpt,
-                           progress=False)
-    assert [h["epoch"] for h in history] == [0, 1]
-    assert ckpt.exists()
-    # Resume: a fresh model continues from the checkpoint's epoch 1 and trains epoch 2 only.
+    history = _train(method, loader, 3, tmp_path, max_steps=4)  # interrupted after 2 of 3 epochs
+    assert [h["epoch"] for h in history] == [1, 1, 2, 2]
+    assert history[2]["lr"] < history[0]["lr"] == pytest.approx(5e-3)  # CosineAnnealingLR, stepped per epoch
+    assert checkpoint_path(tmp_path).exists() and (tmp_path / TRAIN_CONFIG_NAME).exists()
+    # Resume: a fresh model continues from the checkpoint's epoch 2 and trains epoch 3 only.
     model2 = create_encoder("lgffem_test")
     model2.backbone.load_state_dict(model.backbone.state_dict())
-    loss2 = make_subcenter_arcface(int(y.max()) + 1, model2.embed_dim)
-    opt2, sched2 = make_optimizer(model2, loss2, epochs=3)
-    history = train_lgffem(model2, loss2, loader, 3, optimizer=opt2, scheduler=sched2, checkpoint_path=ckpt,
-                           progress=False)
-    assert [h["epoch"] for h in history] == [0, 1, 2]
+    method2 = _method(model2, int(y.max()) + 1)
+    history = _train(method2, loader, 3, tmp_path)
+    assert [h["epoch"] for h in history] == [1, 1, 2, 2, 3, 3]
     assert history[-1]["loss"] < history[0]["loss"]
     assert all(math.isfinite(h["loss"]) for h in history)
-    saved = torch.load(ckpt, weights_only=True)
-    assert saved["epoch"] == 2 and not any(k.startswith("backbone.") for k in saved["model"])
+    saved = torch.load(checkpoint_path(tmp_path), weights_only=True)
+    assert saved["epoch"] == 3 and not any(k.startswith("encoder.backbone.") for k in saved["model"])
+    assert any(k.startswith("encoder.neck.") for k in saved["model"]) and "loss.W" in saved["model"]
+    assert len(saved["extra_optimizers"]) == 1 and len(saved["schedulers"]) == 1  # the centres' AdamW, the cosine
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    """Two epochs straight vs one epoch, stopped, then resumed in a fresh method: the same weights, centres and
+    losses (optimizers, CosineAnnealingLR and RNG states come back from the checkpoint; the head's dropout draws)."""
+    x, y = _bundled_batch()
+
+    def run(ckpt_dir, **kw):
+        torch.manual_seed(0)
+        method = _method(create_encoder("lgffem_test"), int(y.max()) + 1)
+        return method, _train(method, [(x, y)] * 2, 2, ckpt_dir, **kw)
+
+    straight, history = run(tmp_path / "straight")
+    run(tmp_path / "resumed", max_steps=2)
+    torch.manual_seed(123)  # whatever ran in between draws from the global RNG
+    resumed, resumed_history = run(tmp_path / "resumed")
+    assert [h["loss"] for h in resumed_history] == [h["loss"] for h in history]
+    for k, v in straight.trainable_state_dict().items():
+        assert torch.equal(v, resumed.trainable_state_dict()[k]), k
 
 
 def test_bad_batch_is_a_clear_error():
     model = create_encoder("lgffem_test")
-    loss_fn = make_subcenter_arcface(2, model.embed_dim)
     with pytest.raises(ValueError, match="'image'"):
-        train_lgffem(model, loss_fn, [{"img": torch.zeros(2, 3, 64, 64)}], 1, progress=False)
+        train(_method(model, 2), [{"img": torch.zeros(2, 3, 64, 64)}], epochs=1, lr=5e-3, device="cpu",
+              progress=False)

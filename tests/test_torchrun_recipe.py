@@ -18,7 +18,7 @@ import torch
 
 from histokit.distributed.launch import (TorchrunError, failure_report, is_multiprocess, planned_world_size,
                                          run_torchrun, torchrun_command)
-from histokit.distributed.pretrain import module_args
+from histokit.distributed.stage import train_module_args as module_args
 from histokit.stages.context import open_stage
 from histokit.stages.train import train_one
 from histokit.stages.data import write_indexes

@@ -47,7 +47,7 @@ def local_size(image_size: int) -> int:
 
 
 def training_dataset(method_name: str, method, cfg, n: int) -> PerSampleSeed:
-    from ..stages.train import views_transform
+    from ..train.methods import views_transform
 
     spec = TrainSpec(name=f"bench_{method_name}", method=method_name, encoder="-", dataset="-",
                      image_size=cfg.image_size, local_size=local_size(cfg.image_size), n_local=cfg.train_n_local)

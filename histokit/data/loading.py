@@ -18,8 +18,8 @@ Workers (:func:`worker_count`): the cores this process may run on (``os.sched_ge
 Reproducibility with workers: the pretraining datasets draw each item's views and masks from an RNG seeded by
 (seed, epoch, index) (:class:`histokit.distributed.sampler.PerSampleSeed`, whose epoch persistent workers share), so
 they are the same whatever the worker count; so are supervised fine-tuning's (``train.supervised``, the
-label-fraction fine-tuning's too) and Sub-center ArcFace's (``stages.train_metric``), whose loaders
-:func:`seeded_loader` builds (tests/test_determinism_training.py).
+label-fraction fine-tuning's too), whose loaders :func:`seeded_loader` builds, and Sub-center ArcFace's (stages 02 /
+03, a loader with its own generator likewise) (tests/test_determinism_training.py).
 
 Seeding (:func:`seed_everything`, the kit's one): Python's ``random``, NumPy's global RNG and torch's (CPU and
 every CUDA device) from one seed; the engine, every stage (``open_stage``) and each training run call it. A loader
@@ -132,8 +132,8 @@ def seeded_loader(dataset, *, batch_size: int, seed: int, device: Union[str, tor
     under torchrun; ``drop_last`` also cuts it to a multiple of the world size instead of padding), the workers' base
     seed from its own :func:`loader_generator` (never from the global RNG dropout draws from), :func:`seed_worker`,
     and workers / pinned memory / prefetching by :func:`loader_kwargs`. The training loop calls
-    :func:`set_loader_epoch` before each epoch (the engine and ``models.lgffem_train.train_lgffem`` do) and
-    checkpoints the loader's generator. Supervised fine-tuning and Sub-center ArcFace train from it."""
+    :func:`set_loader_epoch` before each epoch (the engine does) and
+    checkpoints the loader's generator. Supervised fine-tuning trains from it."""
     from torch.utils.data import DataLoader
 
     from ..distributed.sampler import PerSampleSeed, rank_sampler

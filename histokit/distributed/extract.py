@@ -36,6 +36,7 @@ from histokit.io import atomic_write_json, sha256_file
 from histokit.retrieval.features import FeatureFileError, FeatureSet, extract_features, load_features, save_features
 
 from .launch import barrier, cleanup, init_distributed
+from .stage import EXTRACT_COMMAND
 
 MERGED_NAME = "features.npz"
 
@@ -288,17 +289,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------ stage 04 under torchrun (recipe)
 
-STAGE_COMMAND = "stage"
-
-
-def stage_module_args(ctx, model: str, dataset_key: str) -> list[str]:
-    """``[module, args...]`` that make a torchrun worker extract the features of one (model, dataset) of ``ctx``."""
-    from .stage import context_args
-
-    return ["histokit.distributed.extract", STAGE_COMMAND, *context_args(ctx), "--model", model, "--dataset-key",
-            dataset_key]
-
-
 def state_digest(module: nn.Module) -> str:
     """sha256 over a module's state dict (names and bytes): which weights extracted a shard."""
     h = hashlib.sha256()
@@ -347,7 +337,7 @@ def run_stage_extraction(ctx, model_name: str, dataset_key: str, *,
 def parse_stage_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     from .stage import add_context_arguments
 
-    p = argparse.ArgumentParser(prog=f"python -m histokit.distributed.extract {STAGE_COMMAND}",
+    p = argparse.ArgumentParser(prog=f"python -m histokit.distributed.extract {EXTRACT_COMMAND}",
                                 description="One rank of stage 04's feature extraction of a recipe's (model, "
                                             "dataset) under torchrun; started by the stage (docs/scaling.md).")
     add_context_arguments(p)
@@ -375,7 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == [STAGE_COMMAND]:
+    if argv[:1] == [EXTRACT_COMMAND]:
         stage_main(argv[1:])
         return
     args = parse_args(argv)

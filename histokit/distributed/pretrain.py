@@ -1,7 +1,7 @@
 """A training run of a recipe (stage 02 / 03) as one rank of a torchrun job.
 
-``python -m histokit.distributed.pretrain --paper P --profile PROF --train-run NAME --run-dir R --data-root D ...`` is what
-:func:`histokit.stages.train.train_one` launches under ``torchrun`` when the stage's ``distributed`` flags ask for
+``python -m histokit.distributed.pretrain --paper P --profile PROF --train-run NAME --run-dir R --data-root D ...``
+(:func:`histokit.distributed.stage.train_module_args`) is what :func:`histokit.stages.train.train_one` launches under ``torchrun`` when the stage's ``distributed`` flags ask for
 more than one process (``histokit reproduce --nproc-per-node N``). There is no configuration of its own: each rank
 reopens the notebook's context (:mod:`histokit.distributed.stage`), takes the recipe's own
 ``TrainSpec`` (``get_recipe(P, PROF).train_spec(NAME)``) and runs :func:`histokit.stages.train.train_rank`, the
@@ -24,14 +24,7 @@ from typing import Optional, Sequence
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from .launch import cleanup, init_distributed
-from .stage import add_context_arguments, context_args, mute_notes_off_main, worker_context
-
-MODULE = "histokit.distributed.pretrain"
-
-
-def module_args(ctx, run_name: str, scope: str = "all") -> list[str]:
-    """``[module, args...]`` that make a torchrun worker train ``run_name`` of ``ctx``'s recipe."""
-    return [MODULE, *context_args(ctx), "--train-run", run_name, "--scope", scope]
+from .stage import TRAIN_MODULE, add_context_arguments, mute_notes_off_main, worker_context
 
 
 def run_rank(ctx, run_name: str, scope: str = "all"):
@@ -46,7 +39,7 @@ def run_rank(ctx, run_name: str, scope: str = "all"):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
+    parser = argparse.ArgumentParser(prog=f"python -m {TRAIN_MODULE}",
                                      description="One rank of a recipe's training run under torchrun "
                                                  "(docs/scaling.md); started by stages 02 / 03.")
     add_context_arguments(parser)

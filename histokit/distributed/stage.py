@@ -1,5 +1,8 @@
 """What a stage hands to its torchrun workers: the run's context as command-line arguments, and back.
 
+The stages build their workers' command lines here (:func:`train_module_args`, :func:`extract_module_args`), so
+they never import the worker modules, which import the stages: the dependency runs one way.
+
 A stage notebook with ``distributed`` flags (``histokit reproduce --nproc-per-node N ...``) launches
 ``torchrun ... -m histokit.distributed.pretrain`` (a training run of stage 02 / 03) or ``-m
 histokit.distributed.extract stage`` (the features of stage 04). Each worker opens the same
@@ -15,6 +18,11 @@ from typing import Any
 
 from .launch import DistEnv
 
+# the worker modules torchrun runs (``python -m``); a benchmark's recipe may point TRAIN_MODULE at its own entry
+TRAIN_MODULE = "histokit.distributed.pretrain"
+EXTRACT_MODULE = "histokit.distributed.extract"
+EXTRACT_COMMAND = "stage"
+
 
 def context_args(ctx: Any) -> list[str]:
     """The arguments that reopen ``ctx`` in a worker (:func:`worker_context`)."""
@@ -27,6 +35,18 @@ def context_args(ctx: Any) -> list[str]:
     if not ctx.progress:
         args += ["--no-progress"]
     return args
+
+
+def train_module_args(ctx: Any, run_name: str, scope: str = "all") -> list[str]:
+    """``[module, args...]`` that make a torchrun worker train ``run_name`` of ``ctx``'s recipe
+    (:mod:`histokit.distributed.pretrain`)."""
+    return [TRAIN_MODULE, *context_args(ctx), "--train-run", run_name, "--scope", scope]
+
+
+def extract_module_args(ctx: Any, model: str, dataset_key: str) -> list[str]:
+    """``[module, args...]`` that make a torchrun worker extract the features of one (model, dataset) of ``ctx``
+    (:mod:`histokit.distributed.extract`)."""
+    return [EXTRACT_MODULE, EXTRACT_COMMAND, *context_args(ctx), "--model", model, "--dataset-key", dataset_key]
 
 
 def _pair(text: str) -> tuple[str, str]:

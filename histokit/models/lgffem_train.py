@@ -1,4 +1,4 @@
-"""Training LGFFEM's neck and head with Sub-center ArcFace — Nuñez-Fernández et al., Sensors 2025, Sec. 4.1.2-4.1.3.
+"""Training LGFFEM's neck and head with Sub-center ArcFace (:class:`SubCenterArcFace`, a method of the one engine) — Nuñez-Fernández et al., Sensors 2025, Sec. 4.1.2-4.1.3.
 
 Paper: Sub-center ArcFace (Deng et al., ECCV 2020) with m = 17.2 (degrees, pytorch-metric-learning's unit) and
 s = 64; AdamW with cosine annealing from 5e-3 to 8e-5; batch 64; 224 px. The loss comes from
@@ -8,16 +8,11 @@ also gives the class centres their own AdamW at a constant 1e-4 and 6 sub-centre
 """
 from __future__ import annotations
 
-import math
-from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Optional
 
 import torch
 from pytorch_metric_learning.losses import SubCenterArcFaceLoss
 from torch import nn
-from ..progress import progress_bar
-
-from ..io import atomic_torch_save
 
 # --- Training augmentation ---------------------------------------------------------------------------------------
 # The ffnir scripts (camilo-nunez/ffnir, albumentations 1.3-1.4 era, Feb-Jun 2024):
@@ -161,13 +156,12 @@ def make_subcenter_arcface(num_classes: int, embedding_size: int = 2048, *, marg
 
 
 def make_optimizer(model: nn.Module, loss: nn.Module, epochs: int, *, lr: float = 5e-3, min_lr: float = 8e-5,
-                   weight_decay: float = 1e-5, loss_lr: Optional[float] = None, include_loss: bool = True):
+                   weight_decay: float = 1e-5, include_loss: bool = True):
     """AdamW over the model's trainable parameters and the loss's class centres + CosineAnnealingLR(lr -> min_lr).
 
     One scheduler step per epoch (``T_max = epochs``). ``weight_decay`` 1e-5 is the ffnir scripts' default (the paper
-    gives none). ``loss_lr`` (default: ``lr``) sets the centres' rate in this optimizer (annealed with it);
-    ``include_loss=False`` leaves the centres out, for their own optimizer (:func:`make_centres_optimizer`, as the
-    ffnir scripts). Returns ``(optimizer, scheduler)``.
+    gives none). The centres share the model's rate and schedule; ``include_loss=False`` leaves them out, for their
+    own optimizer (:func:`make_centres_optimizer`, as the ffnir scripts). Returns ``(optimizer, scheduler)``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -177,7 +171,7 @@ def make_optimizer(model: nn.Module, loss: nn.Module, epochs: int, *, lr: float 
         raise ValueError("make_optimizer: the model has no trainable parameters")
     groups = [{"params": model_params, "lr": lr}]
     if loss_params:
-        groups.append({"params": loss_params, "lr": lr if loss_lr is None else loss_lr})
+        groups.append({"params": loss_params, "lr": lr})
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=min_lr)
     return optimizer, scheduler
@@ -186,118 +180,110 @@ def make_optimizer(model: nn.Module, loss: nn.Module, epochs: int, *, lr: float 
 def make_centres_optimizer(loss: nn.Module, *, lr: float = PUBLIC_CODE_CENTRES_LR,
                            weight_decay: float = PUBLIC_CODE_CENTRES_WEIGHT_DECAY) -> torch.optim.Optimizer:
     """The ffnir scripts' second optimizer: AdamW over the loss's class centres only, at its own constant ``lr``
-    (1e-4) and torch's default weight decay; pass it to :func:`train_lgffem` as ``loss_optimizer``."""
+    (1e-4) and torch's default weight decay (:class:`SubCenterArcFace`, ``centres_optimizer="separate"``)."""
     params = [p for p in loss.parameters() if p.requires_grad]
     if not params:
         raise ValueError("make_centres_optimizer: the loss has no trainable parameters (class centres)")
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, dict):
-        try:
-            return batch["image"], batch["label"]
-        except KeyError as err:
-            raise ValueError(f"batch dict needs keys 'image' and 'label', got {sorted(batch)}") from err
-    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise ValueError(f"a batch must be (images, labels, ...) or a dict with 'image'/'label', got {type(batch)}")
+FFNIR_GRAD_CLIP = 1.0  # the ffnir scripts' clip_grad_norm_ of the model's parameters (not the centres)
+CENTRES_OPTIMIZERS = ("separate", "shared")
 
 
-def train_lgffem(model: nn.Module, loss_fn: nn.Module, loader: Iterable, epochs: int, *,
-                 optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
-                 device: str | torch.device = "cpu", checkpoint_path: Optional[str | Path] = None,
-                 resume: bool = True, grad_clip: Optional[float] = 1.0, max_steps_per_epoch: Optional[int] = None,
-                 progress: bool = True, max_steps: Optional[int] = None,
-                 loss_optimizer: Optional[torch.optim.Optimizer] = None) -> list[dict]:
-    """Train neck + head (+ loss centres) for ``epochs``; returns ``history`` = [{epoch, loss, lr, steps}].
+class SubCenterArcFace(nn.Module):
+    """Sub-center ArcFace as a method of the one engine (:func:`histokit.train.engine.train`): ``forward(images,
+    labels) -> (loss, logs)`` on the encoder's embedding, and the paper's / ffnir's own optimization
+    (:meth:`configure_optimizers`): AdamW over the trainable encoder parameters (+ the centres when
+    ``centres_optimizer="shared"``) with CosineAnnealingLR(lr -> min_lr) stepped once per epoch; ``"separate"``:
+    the centres in their own constant AdamW (:func:`make_centres_optimizer`, the ffnir scripts); the model's
+    gradients clipped to ``grad_clip`` (ffnir: 1.0). The checkpoint holds the trainable weights only (no frozen
+    backbone: :meth:`trainable_state_dict`)."""
 
-    ``loss_optimizer``: the class centres' own optimizer (:func:`make_centres_optimizer`), zeroed and stepped with
-    ``optimizer`` every step as in the ffnir scripts, and saved / resumed with the checkpoint.
+    # rank 0 continues the global stream the caller seeded (the head's dropout draws there, after the centres'
+    # initialisation), as the kit's earlier Sub-center ArcFace loop did: its numbers are unchanged
+    reseed_rng = False
+    own_loader_generator = True  # its loader's workers are seeded by the loader's own generator (seeded_loader)
+    find_unused_parameters = False  # DDP: every trainable parameter (neck, head, centres) gets a gradient each step
 
-    Without ``optimizer``/``scheduler`` the paper's :func:`make_optimizer` is used. After each epoch the trainable
-    weights (:meth:`LGFFEM.trainable_state_dict` when available), loss, optimizer, scheduler and history are saved
-    atomically to ``checkpoint_path``; with ``resume`` an existing checkpoint there is loaded
-    (``weights_only=True``) and training continues after its last epoch, with the RNG states (Python, NumPy, torch,
-    the loader's generator) the checkpoint saved, so a resumed run draws what an uninterrupted one would (the head's
-    dropout). Before each epoch the loader's sampler and dataset are told the epoch (``set_epoch``: a
-    ``DistributedSampler``'s order, a ``PerSampleSeed``'s augmentation). ``grad_clip`` 1.0 as in the ffnir scripts.
-    ``max_steps``: stop after this many optimizer steps in all (a rehearsal), counting those of a resumed checkpoint.
-    """
-    if optimizer is None:
-        if scheduler is not None:
-            raise ValueError("pass scheduler only together with its optimizer")
-        optimizer, scheduler = make_optimizer(model, loss_fn, epochs)
-    from ..data.loading import draw_skipped_base_seed, set_loader_epoch
-    from ..train.checkpoint import capture_rng, restore_rng
+    def __init__(self, encoder: nn.Module, loss: nn.Module, *, lr: float = 5e-3, min_lr: float = 8e-5,
+                 weight_decay: float = 1e-5, centres_optimizer: str = "separate",
+                 centres_lr: float = PUBLIC_CODE_CENTRES_LR, grad_clip: Optional[float] = FFNIR_GRAD_CLIP,
+                 transform=None):
+        super().__init__()
+        if centres_optimizer not in CENTRES_OPTIMIZERS:
+            raise ValueError(f"centres_optimizer must be one of {CENTRES_OPTIMIZERS}, got {centres_optimizer!r}")
+        self.encoder, self.loss = encoder, loss
+        self.lr, self.min_lr, self.weight_decay = lr, min_lr, weight_decay
+        self.centres_optimizer, self.centres_lr, self.grad_clip = centres_optimizer, centres_lr, grad_clip
+        self.transform = transform
 
-    device = torch.device(device)
-    model.to(device)
-    loss_fn.to(device)
-    generator = getattr(loader, "generator", None)
-    history: list[dict] = []
-    start = 0
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
-    trainable_sd = getattr(model, "trainable_state_dict", model.state_dict)
-    if path is not None and resume and path.exists():
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        if hasattr(model, "load_trainable_state_dict"):
-            model.load_trainable_state_dict(ckpt["model"])
-        else:
-            model.load_state_dict(ckpt["model"])
-        loss_fn.load_state_dict(ckpt["loss"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if loss_optimizer is not None and ckpt.get("loss_optimizer") is not None:
-            loss_optimizer.load_state_dict(ckpt["loss_optimizer"])
-        history = list(ckpt["history"])
-        start = int(ckpt["epoch"]) + 1
-        if ckpt.get("rng") is not None:  # absent from checkpoints written before the RNG states were kept
-            restore_rng(ckpt["rng"], generator, device)
-    params = [p for p in model.parameters() if p.requires_grad]  # ffnir clips the model, not the loss centres
-    done = sum(int(h.get("steps", 0)) for h in history)
-    for epoch in range(start, epochs):
-        if max_steps is not None and done >= max_steps:
-            break
-        set_loader_epoch(loader, epoch)  # a per-epoch sampler / per-sample seeded dataset (stages.train_metric)
-        draw_skipped_base_seed(loader)
-        model.train()
-        total, steps = 0.0, 0
-        bar = progress_bar(loader, desc=f"LGFFEM epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            images, labels = _unpack(batch)
-            images, labels = images.to(device), torch.as_tensor(labels).to(device)
-            loss = loss_fn(model(images), labels)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"LGFFEM loss became {loss.item()} at epoch {epoch}, step {steps}")
-            optimizer.zero_grad(set_to_none=True)
-            if loss_optimizer is not None:
-                loss_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            if loss_optimizer is not None:
-                loss_optimizer.step()
-            total += loss.item()
-            steps += 1
-            done += 1
-            bar.set_postfix(loss=f"{total / steps:.4f}")
-            if max_steps_per_epoch is not None and steps >= max_steps_per_epoch:
-                break
-            if max_steps is not None and done >= max_steps:
-                break
-        if steps == 0:
-            raise ValueError("train_lgffem: the loader yielded no batches")
-        history.append({"epoch": epoch, "loss": total / steps, "lr": optimizer.param_groups[0]["lr"], "steps": steps})
-        if scheduler is not None:
-            scheduler.step()
-        if path is not None:
-            atomic_torch_save({"model": trainable_sd(), "loss": loss_fn.state_dict(),
-                               "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                               "loss_optimizer": loss_optimizer.state_dict() if loss_optimizer is not None else None,
-                               "epoch": epoch, "history": history,
-                               "rng": capture_rng(generator, device)}, path)
-    return history
+    @classmethod
+    def from_spec(cls, spec, encoder: nn.Module, num_classes: int) -> "SubCenterArcFace":
+        """The method of a recipe's TrainSpec. ``method_cfg``: ``variant`` paper (m = 17.2°, s = 64) | public_code
+        (m = s = 17.5), ``sub_centers`` (default 3), ``centres_optimizer`` separate | shared (default shared),
+        ``centres_lr`` (default 1e-4), ``augmentation`` (required; :data:`AUGMENTATIONS`). lr, min_lr and weight
+        decay come from the spec, gradient clipping from ``spec.grad_clip`` (None: ffnir's 1.0)."""
+        cfg = dict(spec.method_cfg)
+        if "augmentation" not in cfg:
+            raise ValueError(f"training run {spec.name!r}: method_cfg needs 'augmentation' (ffnir_kimia | "
+                             "ffnir_pannuke | ffnir_imagenet | kit_rrc)")
+        mode = cfg.get("centres_optimizer", "shared")
+        if mode not in CENTRES_OPTIMIZERS:
+            raise ValueError(f"training run {spec.name!r}: centres_optimizer must be one of {CENTRES_OPTIMIZERS}, "
+                             f"got {mode!r}")
+        transform = lgffem_train_transform(cfg["augmentation"], spec.image_size, spec.mean, spec.std)
+        loss = make_subcenter_arcface(num_classes, encoder.embed_dim, variant=cfg.get("variant", "paper"),
+                                      sub_centers=cfg.get("sub_centers", 3))
+        return cls(encoder, loss, lr=spec.lr, min_lr=spec.min_lr, weight_decay=spec.weight_decay,
+                   centres_optimizer=mode, centres_lr=cfg.get("centres_lr", PUBLIC_CODE_CENTRES_LR),
+                   grad_clip=FFNIR_GRAD_CLIP if spec.grad_clip is None else spec.grad_clip, transform=transform)
+
+    def train_transform(self):
+        """The training images' augmentation (stages 02 / 03 build the loader with it)."""
+        if self.transform is None:
+            raise ValueError("SubCenterArcFace was built without a training transform (use from_spec)")
+        return self.transform
+
+    def configure_optimizers(self, epochs: int):
+        from ..train.engine import Optimization
+
+        optimizer, scheduler = make_optimizer(self.encoder, self.loss, epochs, lr=self.lr, min_lr=self.min_lr,
+                                              weight_decay=self.weight_decay,
+                                              include_loss=self.centres_optimizer == "shared")
+        optimizers = [optimizer]
+        if self.centres_optimizer == "separate":  # stepped after the model's, as the ffnir scripts
+            optimizers.append(make_centres_optimizer(self.loss, lr=self.centres_lr))
+        return Optimization(optimizers, [scheduler], [p for p in self.encoder.parameters() if p.requires_grad],
+                            self.grad_clip,
+                            config={"optimizer": "adamw", "lr": self.lr, "min_lr": self.min_lr,
+                                    "weight_decay": self.weight_decay, "weight_decay_end": None, "warmup_epochs": 0,
+                                    "schedule": "CosineAnnealingLR, one step per epoch (T_max = epochs)",
+                                    "centres_optimizer": self.centres_optimizer,
+                                    "centres_lr": self.centres_lr if self.centres_optimizer == "separate" else None})
+
+    def batch_to_inputs(self, batch) -> tuple:
+        from ..train.supervised import image_and_label
+
+        return image_and_label(batch)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        embedding = self.encoder(images)
+        with torch.autocast(images.device.type, enabled=False):  # the margin and scale 64 in float32
+            return self.loss(embedding.float(), labels), {}
+
+    def eval_encoder(self) -> nn.Module:
+        return self.encoder
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Encoder weights without its frozen backbone (:meth:`LGFFEM.trainable_state_dict`) + the class centres."""
+        encoder = getattr(self.encoder, "trainable_state_dict", self.encoder.state_dict)()
+        return {**{f"encoder.{k}": v for k, v in encoder.items()},
+                **{f"loss.{k}": v for k, v in self.loss.state_dict().items()}}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        def part(prefix):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+        getattr(self.encoder, "load_trainable_state_dict", self.encoder.load_state_dict)(part("encoder."))
+        self.loss.load_state_dict(part("loss."))

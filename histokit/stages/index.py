@@ -247,11 +247,11 @@ def feature_sidecar(ctx: StageContext, record: dict, path) -> dict:
 def _extract_under_torchrun(ctx: StageContext, model_name: str, dataset_key: str) -> None:
     import shlex
 
-    from ..distributed.extract import stage_module_args
+    from ..distributed.stage import extract_module_args
     from ..distributed.launch import TorchrunError, run_torchrun, torchrun_command
 
     log_dir = ctx.path("logs", "torchrun", f"extract_{slug(model_name)}_{slug(dataset_key)}")
-    cmd = torchrun_command(ctx.distributed, stage_module_args(ctx, model_name, dataset_key), log_dir=log_dir)
+    cmd = torchrun_command(ctx.distributed, extract_module_args(ctx, model_name, dataset_key), log_dir=log_dir)
     print(f"[histokit] features of {model_name} on {dataset_key}: {shlex.join(cmd)}", flush=True)
     run_torchrun(cmd, what=f"feature extraction of {model_name!r} on {dataset_key!r}", log_dir=log_dir,
                  echo=ctx.progress)

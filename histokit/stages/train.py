@@ -31,29 +31,6 @@ class TrainOutcome:
     figure: Path | None
 
 
-def views_transform(spec: TrainSpec, mean, std):
-    """The views the method needs (its ViewSpec), at the recipe's sizes."""
-    from ..data.transforms import MultiCropTransform, OneView, TwoViewTransform
-    from ..ssl.registry import views_for
-
-    if views_for(spec.method).n_local > 0:  # a multi-crop method, even when a run asks for 0 local views (Table 4)
-        views = views_for(spec.method, global_size=spec.image_size, local_size=spec.local_size, n_local=spec.n_local)
-        return MultiCropTransform(global_size=views.global_size, local_size=views.local_size, n_global=views.n_global,
-                                  n_local=views.n_local, global_scale=views.global_scale,
-                                  local_scale=views.local_scale, mean=mean, std=std)
-    views = views_for(spec.method)
-    if views.n_global == 2:
-        style = "mocov3" if views.augmentation == "moco_v3" else "simclr"  # BYOL's asymmetric views for MoCo v3
-        return TwoViewTransform(spec.image_size, mean=mean, std=std, scale=views.global_scale, style=style)
-    # one view (MAE main_pretrain.py): RandomResizedCrop at the method's scale + horizontal flip
-    import torchvision.transforms as T
-
-    single = T.Compose([T.RandomResizedCrop(spec.image_size, scale=views.global_scale,
-                                            interpolation=T.InterpolationMode.BICUBIC),
-                        T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-    return OneView(single)
-
-
 def per_rank_batch(global_batch: int, world: int) -> int:
     """The batch each of ``world`` ranks loads: the recipe's batch is the global batch, split evenly
     (``global / world``); a batch that does not divide is refused rather than silently changed."""
@@ -66,32 +43,43 @@ def per_rank_batch(global_batch: int, world: int) -> int:
     return global_batch // world
 
 
-def training_dataset(ctx: StageContext, spec: TrainSpec, method=None):
-    """The run's images: the train split of its recipe dataset (a rehearsal's ``max_train_images`` of it), with the
-    method's views (and iBOT's masks, ``method.views_with_masks``) drawn per image from an RNG seeded by
-    (seed, epoch, index), so they do not depend on which process or loader worker makes them."""
-    from ..distributed.sampler import PerSampleSeed
-
+def training_split(ctx: StageContext, spec: TrainSpec):
+    """The run's images, untransformed: the train split of its recipe dataset (a rehearsal's ``max_train_images``
+    of it)."""
     dataset = load_recipe_dataset(ctx, spec.dataset)
-    dataset = dataset.subset(training_rows(ctx, split_indices(ctx, spec.dataset)["train"]))
-    dataset.transform = views_transform(spec, spec.mean, spec.std)
-    if hasattr(method, "views_with_masks"):  # made in the loader's workers, not in the training step
-        dataset.transform = method.views_with_masks(dataset.transform)
+    return dataset.subset(training_rows(ctx, split_indices(ctx, spec.dataset)["train"]))
+
+
+def training_dataset(ctx: StageContext, spec: TrainSpec, method=None, split=None):
+    """The run's images (``split``, or :func:`training_split`) with the method's transform
+    (:func:`~histokit.train.methods.training_transform`: its views, iBOT's masks, ArcFace's augmentation) drawn per
+    image from an RNG seeded by (seed, epoch, index), so they do not depend on which process or loader worker makes
+    them."""
+    from ..distributed.sampler import PerSampleSeed
+    from ..train.methods import training_transform
+
+    dataset = split if split is not None else training_split(ctx, spec)
+    dataset.transform = training_transform(spec, method)
     return PerSampleSeed(dataset, seed=ctx.seed)
 
 
-def training_loader(ctx: StageContext, spec: TrainSpec, method=None) -> DataLoader:
+def training_loader(ctx: StageContext, spec: TrainSpec, method=None, split=None) -> DataLoader:
     """This process's loader: one seeded permutation per epoch (``DistributedSampler``, this rank's share of it;
     all of it in one process), full batches of ``per_rank_batch(min(batch_size, images), world)``; workers, pinned
-    memory and prefetching by the kit's loader policy (:mod:`histokit.data.loading`)."""
-    from ..data.loading import loader_kwargs
+    memory and prefetching by the kit's loader policy (:mod:`histokit.data.loading`). A method with
+    ``own_loader_generator`` (Sub-center ArcFace) gets the loader its own seeded generator for the workers' base
+    seed (:func:`~histokit.data.loading.seeded_loader`); the SSL loaders draw it from the global stream, as they
+    always have (their numbers are unchanged)."""
+    from ..data.loading import loader_generator, loader_kwargs, seed_worker
     from ..distributed.launch import world_size
     from ..distributed.sampler import rank_sampler
 
-    dataset = training_dataset(ctx, spec, method)
+    dataset = training_dataset(ctx, spec, method, split)
     batch = per_rank_batch(min(spec.batch_size, len(dataset)), world_size())
     sampler = rank_sampler(dataset, shuffle=True, seed=ctx.seed, drop_last=True)
-    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, **loader_kwargs(ctx.device))
+    generator = loader_generator(ctx.seed) if getattr(method, "own_loader_generator", False) else None
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, generator=generator,
+                      worker_init_fn=seed_worker, **loader_kwargs(ctx.device))
 
 
 def initial_encoder(ctx: StageContext, spec: TrainSpec, scope: str):
@@ -124,13 +112,14 @@ def optimisation_kwargs(spec: TrainSpec) -> dict:
 
 
 def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
-    """The SSL / supervised run through the engine: ``(history, the encoder to evaluate)``. Under a process group
-    the engine wraps the method in DDP; ``ctx.max_steps`` (a rehearsal) caps the optimisation steps."""
-    from ..ssl.registry import create_method
+    """Any run (SSL, Sub-center ArcFace) through the engine: ``(history, the encoder to evaluate)``. Under a process
+    group the engine wraps the method in DDP; ``ctx.max_steps`` (a rehearsal) caps the optimisation steps."""
     from ..train.engine import train
+    from ..train.methods import create_training_method
 
-    method = create_method(spec.method, encoder, **spec.method_cfg)
-    loader = training_loader(ctx, spec, method)  # draws no random numbers: the method's initialisation is unchanged
+    split = training_split(ctx, spec)  # draws no global random numbers: the method's initialisation is unchanged
+    method = create_training_method(spec, encoder, num_classes=len(split.classes))
+    loader = training_loader(ctx, spec, method, split)
     history = train(method, loader, **optimisation_kwargs(spec), device=ctx.device, checkpoint_dir=checkpoint_dir,
                     resume=True, seed=ctx.seed, progress=ctx.progress, max_steps=ctx.max_steps, label=spec.name,
                     log_every=log_interval(spec.epochs * len(loader), ctx.max_steps))
@@ -140,22 +129,13 @@ def fit(ctx: StageContext, spec: TrainSpec, encoder, checkpoint_dir: Path):
 def train_rank(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
     """Train one run in this process: the whole run in a notebook, or this rank's part under torchrun
     (``histokit.distributed.pretrain``). Only rank 0 writes the outputs."""
-    from ..distributed.launch import is_main, world_size
+    from ..distributed.launch import is_main
 
     final = trained_weights_path(ctx, spec.name)
     history_file = final.parent / "history.json"
     figure = ctx.results_dir / "figures" / f"loss_{spec.name}.png"
     encoder, init = initial_encoder(ctx, spec, scope)
-    if spec.method == "subcenter_arcface":
-        if world_size() > 1:
-            raise ValueError(f"training run {spec.name!r}: Sub-center ArcFace (models/lgffem_train.py) has no "
-                             "distributed loop; it trains in one process")
-        from .train_metric import train_subcenter_arcface
-
-        history = train_subcenter_arcface(ctx, spec, encoder, final.parent / "checkpoints" / "last.pt")
-        trained = encoder
-    else:
-        history, trained = fit(ctx, spec, encoder, final.parent / "checkpoints")
+    history, trained = fit(ctx, spec, encoder, final.parent / "checkpoints")
     if not is_main():
         return TrainOutcome(spec.name, "trained", init, history, None)
     return _finish(ctx, spec, trained, init, history, final, history_file, figure)
@@ -180,9 +160,7 @@ def train_one(ctx: StageContext, spec: TrainSpec, scope: str) -> TrainOutcome:
         # other inputs (a new checkpoint, a retrained upstream run): neither the weights nor a resume point are valid
         shutil.rmtree(final.parent, ignore_errors=True)
     if is_multiprocess(ctx.distributed):
-        if spec.method != "subcenter_arcface":
-            return _train_under_torchrun(ctx, spec, scope, final, history_file, figure)
-        print(f"[histokit] {spec.name}: Sub-center ArcFace has no distributed loop; it trains in this process")
+        return _train_under_torchrun(ctx, spec, scope, final, history_file, figure)
     return train_rank(ctx, spec, scope)
 
 
@@ -190,7 +168,7 @@ def _train_under_torchrun(ctx, spec, scope, final, history_file, figure) -> Trai
     import shlex
 
     from ..distributed.launch import TorchrunError, planned_world_size, run_torchrun, torchrun_command
-    from ..distributed.pretrain import module_args
+    from ..distributed.stage import train_module_args
 
     world = planned_world_size(ctx.distributed)
     n_train = len(training_rows(ctx, split_indices(ctx, spec.dataset)["train"]))  # made before the ranks read it
@@ -201,7 +179,7 @@ def _train_under_torchrun(ctx, spec, scope, final, history_file, figure) -> Trai
         except ValueError as err:
             raise ValueError(f"training run {spec.name!r}: {err}") from None
     log_dir = ctx.path("logs", "torchrun", spec.name)
-    cmd = torchrun_command(ctx.distributed, module_args(ctx, spec.name, scope), log_dir=log_dir)
+    cmd = torchrun_command(ctx.distributed, train_module_args(ctx, spec.name, scope), log_dir=log_dir)
     print(f"[histokit] {spec.name}: {world or 'elastic'} processes, global batch {batch}"
           + (f" = {world} x {batch // world}" if world else "") + f"\n[histokit] {shlex.join(cmd)}", flush=True)
     run_torchrun(cmd, what=f"training run {spec.name!r}", log_dir=log_dir, echo=ctx.progress)

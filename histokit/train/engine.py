@@ -1,4 +1,12 @@
-"""The one training engine: every SSL method and the supervised fine-tuning run through :func:`train`.
+"""The one training engine: every SSL method, supervised fine-tuning and Sub-center ArcFace run through :func:`train`.
+
+A method is a module whose ``forward(*method.batch_to_inputs(batch))`` returns ``(loss, logs)``; the engine owns
+the loop, AMP, DDP, checkpoints / resume, progress and history. Optional hooks of the method: ``on_step``,
+``before_optimizer_step``, ``after_step`` (EMA teachers), ``configure_optimizers(epochs) ->``
+:class:`Optimization` (a method whose paper fixes its own optimizers and schedules, e.g. Sub-center ArcFace's two
+AdamWs and per-epoch CosineAnnealingLR; otherwise the engine's optimizer and per-step schedules below),
+``trainable_state_dict`` / ``load_trainable_state_dict`` (what the checkpoint holds, e.g. without a frozen
+backbone), ``reseed_rng = False`` (a method that continues the caller's global random stream in rank 0).
 
 Per optimizer step (the order of facebookresearch/dino ``train_one_epoch``): set lr (linear warm-up + cosine) and
 weight decay (constant, or DINO's cosine 0.04 -> 0.4) from the global step; ``method.on_step`` (teacher
@@ -18,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -114,6 +123,28 @@ def _restore_rank_rng(ckpt: dict, generator, device=None) -> None:
         restore_rng(ckpt["rng"], generator, device)
 
 
+@dataclass
+class Optimization:
+    """A method's own optimization: its optimizers (zeroed and stepped in this order every step), schedulers
+    stepped once at each epoch end (``torch.optim.lr_scheduler``), the parameters gradient clipping covers (global
+    norm ``grad_clip``, None = no clipping) and what ``train_config.json`` records about it. :func:`train`'s
+    optimizer, lr-schedule, weight-decay and grad_clip arguments then do not apply."""
+
+    optimizers: list
+    epoch_schedulers: list = field(default_factory=list)
+    clip_params: list = field(default_factory=list)
+    grad_clip: Optional[float] = None
+    config: dict = field(default_factory=dict)
+
+
+def _model_state(method: nn.Module) -> dict:
+    return getattr(method, "trainable_state_dict", method.state_dict)()
+
+
+def _load_model_state(method: nn.Module, state: dict) -> None:
+    getattr(method, "load_trainable_state_dict", method.load_state_dict)(state)
+
+
 def param_groups(module: nn.Module) -> list[dict[str, Any]]:
     """Trainable parameters split as DINO's ``get_params_groups``: biases and 1-D tensors (norms) get no weight
     decay."""
@@ -176,9 +207,6 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-_set_epoch = set_loader_epoch  # DistributedSampler (and any sampler / dataset with ``set_epoch``) per epoch
-
-
 def _resolve_device(device) -> torch.device:
     d = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if d.type == "cuda" and d.index is None and _distributed():
@@ -202,6 +230,18 @@ def _check_args(epochs: int, lr: float, warmup_epochs: int, log_every: int, grad
         raise ValueError(f"grad_clip_mode must be one of {GRAD_CLIP_MODES}, got grad_clip_mode={grad_clip_mode!r}")
     if steps_per_epoch < 1:
         raise ValueError("loader yields no batches (len(loader) == 0): dataset smaller than the batch with drop_last?")
+
+
+def _share_batchnorm_statistics(method: nn.Module) -> None:
+    """Rank 0's running statistics of every BatchNorm that is not synchronised (gloo on CPU has no SyncBatchNorm):
+    each rank's follow its own batches, and DDP's next forward replaces them with rank 0's (``broadcast_buffers``);
+    done here at the epoch end, so the replica check and the checkpoint hold the statistics the run continues with.
+    Any other buffer (DINO's center) is left alone, for the replica check to catch one that was not all-reduced."""
+    for module in method.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked):
+                if buffer is not None:
+                    dist.broadcast(buffer, 0)
 
 
 def _hook(method: nn.Module, name: str) -> Callable:
@@ -257,7 +297,8 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     use_amp = amp and device.type == "cuda"
     dtype = torch.bfloat16 if amp_dtype == "bfloat16" else torch.float16
 
-    seed_everything(seed + rank())  # ranks draw different masks / drop-paths; rank 0 (a single process) = seed
+    if getattr(method, "reseed_rng", True) or rank() > 0:
+        seed_everything(seed + rank())  # ranks draw different masks / drop-paths; rank 0 (a single process) = seed
     method.to(device)
     model: nn.Module = method
     if _distributed():
@@ -268,9 +309,15 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=getattr(method, "find_unused_parameters", True))
-    groups = param_groups(method)
-    opt = build_optimizer(optimizer, groups, momentum=momentum, betas=betas)
-    params = [p for g in groups for p in g["params"]]
+    own = getattr(method, "configure_optimizers", None)
+    plan: Optional[Optimization] = own(epochs=epochs) if own is not None else None
+    if plan is not None:  # the method's optimizers and per-epoch schedules; the engine's per-step ones are off
+        optimizers, params, grad_clip = list(plan.optimizers), list(plan.clip_params), plan.grad_clip
+    else:
+        groups = param_groups(method)
+        optimizers = [build_optimizer(optimizer, groups, momentum=momentum, betas=betas)]
+        params = [p for g in groups for p in g["params"]]
+    opt = optimizers[0]
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and dtype == torch.float16)
     generator = getattr(loader, "generator", None)
     scaling = batch_and_lr(getattr(loader, "batch_size", None), world_size(), lr, scale_lr)
@@ -282,6 +329,8 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
                   "grad_clip_mode": grad_clip_mode if grad_clip is not None else None,
                   "betas": list(betas) if betas is not None else None, "seed": seed, "max_steps": max_steps,
                   "sampler": type(sampler).__name__ if sampler is not None else None}
+    if plan is not None:
+        run_config.update(plan.config, grad_clip=grad_clip, grad_clip_mode="global" if grad_clip else None)
 
     history: list[dict] = []
     start_epoch = 0
@@ -294,8 +343,12 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
                 raise CheckpointError(f"{ckpt_file} was written by a run with {key}={ckpt['config'].get(key)!r}, "
                                       f"this run has {key}={run_config[key]!r}: use another checkpoint_dir or "
                                       f"resume=False")
-        method.load_state_dict(ckpt["model"])
+        _load_model_state(method, ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        for o, state in zip(optimizers[1:], ckpt.get("extra_optimizers", [])):
+            o.load_state_dict(state)
+        for s, state in zip(plan.epoch_schedulers if plan else [], ckpt.get("schedulers", [])):
+            s.load_state_dict(state)
         scaler.load_state_dict(ckpt["scaler"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
@@ -311,7 +364,7 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
     for epoch in range(start_epoch, epochs):
         if epoch * steps_per_epoch >= stop_at:
             break
-        _set_epoch(loader, epoch)
+        set_loader_epoch(loader, epoch)  # a DistributedSampler's order, a PerSampleSeed's augmentation
         draw_skipped_base_seed(loader)  # the global stream (dropout, drop-path, MAE noise) whatever the workers
         method.train()
         window = _LogWindow(device)
@@ -321,25 +374,31 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             if i >= steps_per_epoch:
                 break
             step = epoch * steps_per_epoch + i
-            lr_now = cosine_with_warmup(step, total_steps, lr, min_lr, warmup_steps, 0.0)
-            wd_now = weight_decay if weight_decay_end is None else cosine_with_warmup(
-                step, total_steps, weight_decay, weight_decay_end)
-            for g in opt.param_groups:
-                g["lr"] = lr_now
-                g["weight_decay"] = wd_now if g["regularized"] else 0.0
+            if plan is None:
+                lr_now = cosine_with_warmup(step, total_steps, lr, min_lr, warmup_steps, 0.0)
+                wd_now = weight_decay if weight_decay_end is None else cosine_with_warmup(
+                    step, total_steps, weight_decay, weight_decay_end)
+                for g in opt.param_groups:
+                    g["lr"] = lr_now
+                    g["weight_decay"] = wd_now if g["regularized"] else 0.0
+            else:
+                lr_now, wd_now = opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]
             on_step(step, total_steps, steps_per_epoch=steps_per_epoch)
 
             inputs = to_inputs(move_to_device(batch, device))
             with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
                 loss, logs = model(*inputs)
             window.add({**logs, "loss": loss})
-            opt.zero_grad(set_to_none=True)
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if grad_clip is not None:
-                scaler.unscale_(opt)
+                for o in optimizers:
+                    scaler.unscale_(o)
                 clip_gradients(params, grad_clip, grad_clip_mode)
             before_opt()
-            scaler.step(opt)
+            for o in optimizers:
+                scaler.step(o)
             scaler.update()
             after_step()
 
@@ -361,13 +420,19 @@ def train(method: nn.Module, loader, *, epochs: int, optimizer: str = "adamw", l
             if step + 1 >= stop_at:
                 break
         bar.close()
+        for s in plan.epoch_schedulers if plan else []:
+            s.step()
         if epoch_end is not None:
             history[-1].update(epoch_end(epoch) or {})
+        if _distributed():
+            _share_batchnorm_statistics(method)
         assert_replicas_equal(method, what=type(method).__name__)  # no-op in a single process
         rng_states = _gather_rng(generator, device) if ckpt_file is not None else None  # a collective: every rank
         if ckpt_file is not None and _is_main():
             save_checkpoint(ckpt_file, {
-                "model": method.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "model": _model_state(method), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "extra_optimizers": [o.state_dict() for o in optimizers[1:]],
+                "schedulers": [s.state_dict() for s in plan.epoch_schedulers] if plan else [],
                 "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "rng": rng_states[0],
                 "rng_per_rank": rng_states, "history": history, "config": run_config})
         if _distributed():
