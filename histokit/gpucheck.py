@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import os
+import re
 import resource
 import tempfile
 import time
@@ -32,7 +33,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .bench.environment import slugify
+
+def slugify(text: str, max_len: int = 48) -> str:
+    """A file-name-safe form of a device name (``NVIDIA H200`` -> ``nvidia-h200``), as the speed benchmark names its."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "unknown"
+
 
 PASS, FAIL, MEASURED, SKIPPED, ERROR = "pass", "FAIL", "measured", "skipped", "ERROR"
 TIME_TARGET_S = 300.0

@@ -21,8 +21,8 @@ from typing import Callable, Optional
 import faiss
 import torch
 
-from ..device import resolve_device
-from .. import paths
+from histokit.device import resolve_device
+from histokit import paths
 from .config import BenchConfig
 from .environment import bench_threads, environment
 from .extraction import run_extraction_section
@@ -63,7 +63,7 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
     out_dir = Path(out_dir) if out_dir is not None else paths.RESULTS_DIR / "speed"
     slug = env["slug"] if cfg.mode == "full" else f"{env['slug']}-{cfg.mode}"
     start = time.perf_counter()
-    from ..device import configure_backends, current_backends
+    from histokit.device import configure_backends, current_backends
 
     saved_backends = current_backends()
     # the same cuDNN / TF32 / matmul-precision policy the stages set (histokit.device), recorded with the results
