@@ -5,7 +5,9 @@ split variant is an index array into them; a separate official test set gets its
 sidecar names what it is (model, dataset, official test set or not, the run: paper, profile, label, run directory,
 recipe digest) and which weights made it; every reader checks that against what it asked for
 (:func:`check_feature_sidecar`), so a feature file copied over another model's stops the run, naming it.
-The gallery index is built for the timings and not saved (stage 05 builds its own from the checked features).
+The gallery index is built for the timings and not saved (stage 05 builds its own from the checked features): exact
+up to ``exact_index_max`` vectors, above it FAISS IVF with its recall against exact search in the timing record and
+a note on every table that reports the timing (:func:`histokit.retrieval.scale.gallery_index`).
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import pandas as pd
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
-from ..retrieval.index import build_index
 from ..retrieval.metrics import retrieval_latency_ms
+from ..retrieval.scale import EXACT_MAX_GALLERY, approximate_note, gallery_index
 from ..run_identity import run_identity
 from ..sidecars import SidecarError, check_sidecar, mismatches, read_sidecar
 from .common import init_identity, load_model, load_recipe_dataset, slug, split_indices, weights_normalization
@@ -52,6 +54,27 @@ def extraction_batch(ctx: StageContext) -> int:
     if ctx.rehearsal and str(ctx.device).startswith("cpu"):
         batch = min(batch, REHEARSAL_CPU_EXTRACTION_BATCH)
     return batch
+
+
+def exact_index_max(ctx: StageContext) -> int:
+    """The largest gallery searched exactly: the recipe's ``exact_index_max`` where it sets one, else
+    :data:`~histokit.retrieval.scale.EXACT_MAX_GALLERY` (1,000,000 vectors)."""
+    return int(getattr(ctx.recipe, "exact_index_max", None) or EXACT_MAX_GALLERY)
+
+
+def timing_tables(ctx: StageContext, model: str, dataset: str) -> list[str]:
+    """The tables that report (model, dataset)'s timings (an evaluation or ablation with ``timing``)."""
+    return [spec.table for spec in ctx.recipe.evaluations + ctx.recipe.ablations
+            if spec.params.get("timing") and model in spec.models and dataset in spec.datasets]
+
+
+def index_fields(approximate: dict | None) -> dict:
+    """What a timing record says of the gallery index it searched: exact, or the IVF index and its recall@10
+    against exact search (:attr:`~histokit.retrieval.scale.GalleryIndex.approximate`)."""
+    if not approximate:
+        return {"gallery_index": "Flat (exact)", "gallery_index_recall@10": None}
+    return {"gallery_index": f"{approximate['factory']} nprobe={approximate['nprobe']}",
+            "gallery_index_recall@10": approximate["recall@10"]}
 
 
 def pairs_needed(ctx: StageContext) -> dict[tuple[str, str], bool]:
@@ -297,9 +320,13 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     gallery = feature_parts(ctx, model_name, dataset_key)["train"]
     # Built here for the timings only and never saved: retrieval evaluation (stage 05) builds its own index from the
     # checked feature files, so no index file exists that nothing would read (and whose checksum nothing would run).
-    index = build_index(gallery.features, kind="flat", metric="ip", device=ctx.device)  # GPU FAISS if built
+    built = gallery_index(gallery.features, metric="ip", device=ctx.device, exact_max=exact_index_max(ctx))
+    index = built.index  # exact (GPU FAISS if built) up to exact_index_max vectors, IVF above
     if not timed:
         return {**record, "gallery_size": int(index.ntotal)}
+    if built.approximate:
+        for table in timing_tables(ctx, model_name, dataset_key):
+            ctx.add_note(table, f"{model_name} on {dataset_key}: retrieval latency: {approximate_note(built.approximate)}")
     repeats = {}
     if ctx.rehearsal:  # a rehearsal times one pass at a small batch, no larger than its capped gallery
         repeats = dict(repeats=REHEARSAL_TIMING_REPEATS, warmup=0)
@@ -323,7 +350,8 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
               "end_to_end_ms_per_image": end_to_end.get("ms_per_image"), "end_to_end_decode_included": True,
               "retrieval_latency_ms": latency["latency_ms"], "latency_batch_size": 1,
               "timing_repeats": repeats.get("repeats", 20),
-              "latency_search_ms": latency.get("search_ms"), "gallery_size": int(index.ntotal)}
+              "latency_search_ms": latency.get("search_ms"), "gallery_size": int(index.ntotal),
+              **index_fields(built.approximate)}
     atomic_write_json(ctx.path("timing", slug(model_name), slug(dataset_key) + ".json"), timing)
     return timing
 
