@@ -8,15 +8,24 @@ recipe digest) and which weights made it; every reader checks that against what 
 The gallery index is built for the timings and not saved (stage 05 builds its own from the checked features): exact
 up to ``exact_index_max`` vectors, above it FAISS IVF with its recall against exact search in the timing record and
 a note on every table that reports the timing (:func:`histokit.retrieval.scale.gallery_index`).
+
+Where several models extract features of one dataset at one input size, its images are decoded and resized once into
+a tile cache (:mod:`histokit.data.tile_cache`: uint8 pixels, each model's mean / std applied after; the same
+features as decoding each time) under ``tile_cache/`` of the run, deleted when the stage ends.
 """
 from __future__ import annotations
 
+import shutil
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..data.datasets import PatchDataset
+from ..data.tile_cache import build_tile_cache
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
@@ -288,11 +297,36 @@ def _extract_under_torchrun(ctx: StageContext, model_name: str, dataset_key: str
                             f"every node sees?)")
 
 
-def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bool = True) -> dict:
+def tile_cache_dir(ctx: StageContext) -> Path:
+    return ctx.path("tile_cache")
+
+
+def shared_inputs(pairs) -> set[str]:
+    """The datasets that more than one model of ``pairs`` reads (all at the dataset's one input size,
+    :func:`extraction_settings`): decoding them once into a tile cache serves them all."""
+    return {dataset for dataset, n in Counter(d for _, d in pairs).items() if n > 1}
+
+
+def cached_tiles(ctx: StageContext, path: Path, dataset, settings: dict):
+    """``dataset`` decoded and resized once into a tile cache beside the other models' (reused when its source
+    fingerprint matches), served with this model's mean / std; ``dataset`` itself where a cache cannot hold it (a
+    regression target, a dataset that is not a PatchDataset). Returns (dataset to extract from, seconds decoding)."""
+    if not isinstance(dataset, PatchDataset) or dataset.is_regression or not len(dataset):
+        return dataset, None
+    size = settings["image_size"]
+    t = time.perf_counter()
+    cache = build_tile_cache(dataset, tile_cache_dir(ctx) / f"{path.stem}_{size}px.npy", size,
+                             mean=settings["mean"], std=settings["std"])
+    return cache, time.perf_counter() - t
+
+
+def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bool = True,
+                 tile_cache: bool = False) -> dict:
     """Features (+ official test set), the gallery index and (``timed``) the timings of one (model, dataset).
 
     With ``ctx.distributed`` asking for several processes the missing feature files are extracted by a torchrun
-    job (each rank whole groups of images, rank 0 merges); otherwise here, in one process."""
+    job (each rank whole groups of images, rank 0 merges); otherwise here, in one process, from a tile cache
+    shared with the dataset's other models when ``tile_cache`` (:func:`shared_inputs`)."""
     from ..distributed.launch import is_multiprocess
 
     batch = extraction_batch(ctx)
@@ -311,8 +345,11 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     else:
         model, record, targets = extraction_targets(ctx, model_name, dataset_key)
         for path, dataset in targets:
-            fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device, num_workers="auto",
+            source, decode_s = cached_tiles(ctx, path, dataset, settings) if tile_cache else (dataset, None)
+            fs = extract_features(model.encoder, source, batch_size=batch, device=ctx.device, num_workers="auto",
                                   progress=ctx.progress, normalize=record["l2_normalized"])
+            if decode_s is not None:  # decoded into (or read back from) the shared cache, outside this clock
+                fs.timing.update(tile_cache=source.path.name, tile_cache_s=decode_s)
             sha = save_features(path, fs)
             atomic_write_json(path.with_suffix(".json"),
                               {"sha256": sha, **feature_sidecar(ctx, record, path), "timing": fs.timing})
@@ -347,7 +384,8 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
               "feature_extraction_ms": single["ms_per_image"], "feature_extraction_batch_size": 1,
               "feature_extraction_amortized_ms": amortized["ms_per_image"], "extraction_batch_size": batch,
               "extraction_decode_included": False,
-              "end_to_end_ms_per_image": end_to_end.get("ms_per_image"), "end_to_end_decode_included": True,
+              "end_to_end_ms_per_image": end_to_end.get("ms_per_image"),
+              "end_to_end_decode_included": end_to_end.get("decode_included", True),
               "retrieval_latency_ms": latency["latency_ms"], "latency_batch_size": 1,
               "timing_repeats": repeats.get("repeats", 20),
               "latency_search_ms": latency.get("search_ms"), "gallery_size": int(index.ntotal),
@@ -363,7 +401,12 @@ def head_node(ctx: StageContext) -> bool:
 
 
 def run(ctx: StageContext) -> IndexSummary:
-    timings = [extract_pair(ctx, m, d, timed) for (m, d), timed in pairs_needed(ctx).items()]
+    pairs = pairs_needed(ctx)
+    shared = shared_inputs(pairs)
+    try:
+        timings = [extract_pair(ctx, m, d, timed, tile_cache=d in shared) for (m, d), timed in pairs.items()]
+    finally:  # the caches only serve this stage's models: a full dataset's would hold its pixels twice on disk
+        shutil.rmtree(tile_cache_dir(ctx), ignore_errors=True)
     if not head_node(ctx):
         return IndexSummary(pd.DataFrame(timings), pd.DataFrame())
     timing = pd.DataFrame(timings)
