@@ -1,5 +1,5 @@
-"""``histokit speed`` (formerly ``histokit bench``): how fast the kit is, measured against the bare libraries it
-calls, on this machine.
+"""The speed benchmark (``make speed``, ``histokit speed`` from a checkout; no part of the installed package): how
+fast the kit is, measured against the bare libraries it calls, on this machine.
 
 Seven sections, each a module: model-only vs the kit's extraction (``model``), end-to-end from image files and from
 the decoded-tile cache plus decode throughput (``extraction``), the kit's search vs bare FAISS and exact vs
