@@ -301,10 +301,12 @@ def tile_cache_dir(ctx: StageContext) -> Path:
     return ctx.path("tile_cache")
 
 
-def shared_inputs(pairs) -> set[str]:
-    """The datasets that more than one model of ``pairs`` reads (all at the dataset's one input size,
-    :func:`extraction_settings`): decoding them once into a tile cache serves them all."""
-    return {dataset for dataset, n in Counter(d for _, d in pairs).items() if n > 1}
+def shared_inputs(ctx: StageContext, pairs) -> set[str]:
+    """The datasets that more than one model of ``pairs`` still has to extract (all at the dataset's one input
+    size, :func:`extraction_settings`): decoding them once into a tile cache serves them all. A model whose feature
+    files exist is not counted (a re-run extracts nothing, or one model: a cache would only add a copy)."""
+    pending = Counter(d for m, d in pairs if not all(_done(p) for _, p in feature_files(ctx, m, d)))
+    return {dataset for dataset, n in pending.items() if n > 1}
 
 
 def cached_tiles(ctx: StageContext, path: Path, dataset, settings: dict):
@@ -355,12 +357,12 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
                               {"sha256": sha, **feature_sidecar(ctx, record, path), "timing": fs.timing})
     _restamp(ctx, model_name, dataset_key)
     gallery = feature_parts(ctx, model_name, dataset_key)["train"]
-    # Built here for the timings only and never saved: retrieval evaluation (stage 05) builds its own index from the
+    # Built for the timings only and never saved: retrieval evaluation (stage 05) builds its own index from the
     # checked feature files, so no index file exists that nothing would read (and whose checksum nothing would run).
+    if not timed:  # no timing: no index to time
+        return {**record, "gallery_size": len(gallery.features)}
     built = gallery_index(gallery.features, metric="ip", device=ctx.device, exact_max=exact_index_max(ctx))
     index = built.index  # exact (GPU FAISS if built) up to exact_index_max vectors, IVF above
-    if not timed:
-        return {**record, "gallery_size": int(index.ntotal)}
     if built.approximate:
         for table in timing_tables(ctx, model_name, dataset_key):
             ctx.add_note(table, f"{model_name} on {dataset_key}: retrieval latency: {approximate_note(built.approximate)}")
@@ -402,7 +404,7 @@ def head_node(ctx: StageContext) -> bool:
 
 def run(ctx: StageContext) -> IndexSummary:
     pairs = pairs_needed(ctx)
-    shared = shared_inputs(pairs)
+    shared = shared_inputs(ctx, pairs)
     try:
         timings = [extract_pair(ctx, m, d, timed, tile_cache=d in shared) for (m, d), timed in pairs.items()]
     finally:  # the caches only serve this stage's models: a full dataset's would hold its pixels twice on disk
