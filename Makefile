@@ -12,7 +12,7 @@ TORCH_CUDA12_INDEX ?= https://download.pytorch.org/whl/cu126
 LOCK   := $(if $(filter 12,$(CUDA)),requirements-cu12.lock,requirements.lock)
 STAMP  := $(VENV)/.installed$(if $(filter 12,$(CUDA)),-cu12,)
 
-.PHONY: install reproduce test test-random speed bench lock lock-cu12 clean-venv
+.PHONY: install reproduce test test-random speed lock lock-cu12 clean-venv
 
 # The stamp is rebuilt when the pins change, so `make` reuses a ready environment and installs nothing twice.
 $(STAMP): pyproject.toml $(LOCK)
@@ -54,12 +54,10 @@ test: install
 test-random: install
 	$(BIN)/python -m pytest tests -p randomly -p no:cacheprovider $(if $(SEED),--randomly-seed=$(SEED))
 
-# How fast the kit is on this machine -> results/speed/<device>.md + .csv (histokit speed).
+# How fast the kit is on this machine -> results/speed/<device>.md + .csv: benchmarks/speed/ (histokit speed runs it
+# from this checkout; it is no part of the installed package). SPEED_ARGS=--quick: every section at smoke sizes.
 speed: install
-	$(BIN)/histokit speed
-
-# The old name of `make speed` (before `histokit bench` became `histokit speed`).
-bench: speed
+	$(BIN)/histokit speed $(SPEED_ARGS)
 
 # Regenerate the full lock from pyproject's pins (needs network to PyPI).
 lock:

@@ -1,4 +1,4 @@
-"""Moved: this metric benchmark is now section 4 of ``histokit speed`` (``histokit/bench/metrics.py``).
+"""Moved: this metric benchmark is now section 4 of ``make speed`` (``benchmarks/speed/metrics.py``).
 
 This script runs only that section — the kit's ``evaluate_retrieval`` against a per-query loop (one FAISS search per
 query + AP / P / nDCG in Python, sampled and extrapolated), equal results checked — at the sizes given, and prints
@@ -7,12 +7,15 @@ its rows. Run: ``python benchmarks/bench_metrics.py [--gallery 100000 --queries 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from histokit.bench.config import BenchConfig
-from histokit.bench.metrics import run_metrics_section
-from histokit.bench.report import fmt
-from histokit.bench.synthetic import make_retrieval_data
-from histokit.retrieval.index import build_index
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.speed beside this script
+from benchmarks.speed.config import BenchConfig  # noqa: E402
+from benchmarks.speed.metrics import run_metrics_section  # noqa: E402
+from benchmarks.speed.report import fmt  # noqa: E402
+from benchmarks.speed.synthetic import make_retrieval_data  # noqa: E402
+from histokit.retrieval.index import build_index  # noqa: E402
 
 
 def main() -> None:

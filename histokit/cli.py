@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 
@@ -278,12 +279,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_speed(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+class SpeedBenchmarkMissing(RuntimeError):
+    """``histokit speed`` outside a checkout: the speed benchmark lives in ``benchmarks/speed/``, not in the package."""
 
+
+def speed_benchmark(repo_dir=None):
+    """The speed benchmark (``benchmarks/speed/`` of the checkout ``repo_dir``, default the clone's), imported; it is
+    no part of the installed package (issue 18), so a pip-installed histokit gets :class:`SpeedBenchmarkMissing`."""
+    import importlib
+
+    from . import paths
+
+    repo = Path(repo_dir) if repo_dir is not None else paths.REPO_DIR
+    folder = repo / "benchmarks" / "speed"
+    if not (folder / "__init__.py").is_file():
+        raise SpeedBenchmarkMissing(
+            f"histokit speed runs the speed benchmark of a histokit checkout, and {folder} does not exist (a "
+            "pip-installed histokit ships no benchmarks): clone the repository and run `make speed` there")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    module = importlib.import_module("benchmarks.speed")
+    if Path(module.__file__).resolve().parent != folder.resolve():
+        raise SpeedBenchmarkMissing(f"`import benchmarks.speed` found {module.__file__}, not {folder}: another "
+                                    "`benchmarks` package shadows the checkout's")
+    return module
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
     try:
-        out = run_bench(args.out, device=args.device, quick=args.quick)
-    except ValueError as exc:
+        out = speed_benchmark().run_bench(args.out, device=args.device, quick=args.quick)
+    except (ValueError, SpeedBenchmarkMissing) as exc:
         print(f"histokit: {exc}", file=sys.stderr)
         return 1
     print(f"[histokit] speed: {out['md']} and {out['csv']}")
@@ -312,24 +337,6 @@ def cmd_gpucheck(args: argparse.Namespace) -> int:
     return out["status"]
 
 
-# Old subcommand names that still run, each with a one-line note on stderr and no line in --help.
-RENAMED = {"bench": "speed"}
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that, for a renamed subcommand (``renamed_to``), says the new name on stderr before it
-    parses (so before ``--help`` too)."""
-
-    def __init__(self, *args, renamed_to: Optional[str] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.renamed_to = renamed_to
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self.renamed_to:
-            print(f"{self.prog} is now histokit {self.renamed_to}", file=sys.stderr, flush=True)
-        return super().parse_known_args(args, namespace)
-
-
 def _add_speed_options(p: argparse.ArgumentParser, default_out) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help=f"report folder (default {default_out})")
@@ -340,12 +347,12 @@ def _add_speed_options(p: argparse.ArgumentParser, default_out) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _Parser(prog="histokit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="histokit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"histokit {__version__}")
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="where runs/ and results/ live (default: the clone's own; for an installed histokit "
                              "the directory `histokit init` made, else the current one)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser("reproduce", help="run a paper's stage notebooks and publish its tables")
     rep.add_argument("paper", help="esvit | chen2022 | cyphervit | lgffem | all")
@@ -432,9 +439,6 @@ def build_parser() -> argparse.ArgumentParser:
     speed = sub.add_parser("speed", help="how fast the kit is (extraction, decoding, search, metrics, latency) "
                                          "-> results/speed/<device>.md + .csv")
     _add_speed_options(speed, RESULTS_DIR / "speed")
-    # `histokit bench`, the old name: runs `speed` after a note, listed nowhere in --help (no help=)
-    _add_speed_options(sub.add_parser("bench", renamed_to=RENAMED["bench"], description="Renamed: histokit speed."),
-                       RESULTS_DIR / "speed")
 
     doctor = sub.add_parser("doctor", help="driver, CUDA runtime, torch / torchvision / faiss builds and GPUs; "
                                            "warns (exit 1) where they do not fit together")
@@ -455,8 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .byo import add_parser as add_evaluate_subcommand  # histokit evaluate --encoder SPEC (histokit/byo.py)
 
     add_evaluate_subcommand(sub)
-    # the usage line and --help list the commands without the renamed ones (which still parse)
-    sub.metavar = "{" + ",".join(name for name in sub.choices if name not in RENAMED) + "}"
     return parser
 
 

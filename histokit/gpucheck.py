@@ -32,7 +32,13 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .bench.environment import slugify
+from .io import slug
+
+
+def slugify(text: str, max_len: int = 48) -> str:
+    """A file-name-safe form of a device name (``NVIDIA H200`` -> ``nvidia-h200``), as the speed benchmark names its."""
+    return slug(text)[:max_len].rstrip("-") or "unknown"
+
 
 PASS, FAIL, MEASURED, SKIPPED, ERROR = "pass", "FAIL", "measured", "skipped", "ERROR"
 TIME_TARGET_S = 300.0

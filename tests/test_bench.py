@@ -1,8 +1,11 @@
-"""`histokit speed` (formerly `histokit bench`) at tiny sizes: the report has every section and target row, its
-numbers are finite and its ratios positive, GPU targets are never invented on a CPU, and the per-query metric loop
-agrees with the kit; `histokit bench` still runs it, after a note."""
+"""The speed benchmark (benchmarks/speed/, run by `make speed` and `histokit speed` from a checkout) at tiny sizes:
+the report has every section and target row, its numbers are finite and its ratios positive, GPU targets are never
+invented on a CPU, and the per-query metric loop agrees with the kit; without benchmarks/ (a pip-installed histokit)
+`histokit speed` says where the benchmark is instead of failing on an import."""
 import math
 import os
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import faiss
@@ -11,18 +14,22 @@ import pandas as pd
 import pytest
 import torch
 
-from histokit.bench import BenchConfig, run_bench
-from histokit.bench.environment import bench_threads, device_slug, slugify
-from histokit.bench.metrics import class_counts_of, kit_metric_matrix, loop_metrics, loop_metrics_from_ids
-from histokit.bench.report import SECTION_TITLES
-from histokit.bench.rows import Row, SectionResult
-from histokit.bench.synthetic import make_retrieval_data
-from histokit.bench.targets import NO_GPU, evaluate_targets
-from histokit.bench import timing
-from histokit.bench.timing import profile_top, timed_runs
 from histokit import paths
-from histokit.cli import build_parser, cmd_speed, main
+from histokit.cli import build_parser, cmd_speed, main, speed_benchmark
 from histokit.retrieval.metrics import evaluate_retrieval, retrieval_scores
+
+REPO = str(Path(__file__).resolve().parents[1])
+if REPO not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repository root off sys.path
+    sys.path.insert(0, REPO)
+from benchmarks.speed import BenchConfig, run_bench  # noqa: E402
+from benchmarks.speed.environment import bench_threads, device_slug, slugify  # noqa: E402
+from benchmarks.speed.metrics import class_counts_of, kit_metric_matrix, loop_metrics, loop_metrics_from_ids  # noqa: E402
+from benchmarks.speed.report import SECTION_TITLES  # noqa: E402
+from benchmarks.speed.rows import Row, SectionResult  # noqa: E402
+from benchmarks.speed.synthetic import make_retrieval_data  # noqa: E402
+from benchmarks.speed.targets import NO_GPU, evaluate_targets  # noqa: E402
+from benchmarks.speed import timing  # noqa: E402
+from benchmarks.speed.timing import profile_top, timed_runs  # noqa: E402
 
 TINY = BenchConfig(
     mode="test", backbones=("vit_test", "resnet_test"), image_size=32, batch_size=4, n_batches=1, warmup=0,
@@ -211,27 +218,24 @@ def test_device_slug_and_cli_wiring(tmp_path, monkeypatch):
     def fake_run_bench(out, device, quick):
         seen.update(out=out, device=device, quick=quick)
         raise ValueError("device='cuda' was asked for, but torch sees no CUDA GPU")
-    monkeypatch.setattr("histokit.bench.run_bench", fake_run_bench)
+    monkeypatch.setattr("benchmarks.speed.run_bench", fake_run_bench)
     assert cmd_speed(args) == 1 and seen == {"out": str(tmp_path), "device": "cpu", "quick": True}
 
 
-def test_bench_is_the_old_name_of_speed(tmp_path, monkeypatch, capsys):
-    """`histokit bench` (the old name, kept for scripts) says it is now `histokit speed` and runs it; --help lists
-    only `speed`, whose report folder is results/speed (not results/benchmark/, the common benchmark's)."""
-    with pytest.raises(SystemExit) as exit_:
-        main(["bench", "--help"])
-    assert exit_.value.code == 0
-    out, err = capsys.readouterr()
-    assert err == "histokit bench is now histokit speed\n"
+def test_speed_runs_the_checkouts_benchmark_and_the_old_name_is_gone(tmp_path, monkeypatch, capsys):
+    """`histokit speed` runs benchmarks/speed/ of the checkout; --help lists it, whose report folder is
+    results/speed (not results/benchmark/, the common benchmark's); `histokit bench`, one letter from `histokit
+    benchmark`, is no longer a command."""
     default = f"(default {paths.RESULTS_DIR / 'speed'})"
-    assert "usage: histokit bench" in out and "--quick" in out and default in " ".join(out.split())
-
     with pytest.raises(SystemExit):
         main(["--help"])
     out, err = capsys.readouterr()
     listed = out.split("positional arguments:", 1)[1]
     assert "    speed " in listed and " bench " not in listed and ",bench," not in out
     assert "results/speed/<device>.md" in out and err == ""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--quick"])
+    assert exit_.value.code == 2 and "invalid choice: 'bench'" in capsys.readouterr().err
 
     with pytest.raises(SystemExit):
         main(["speed", "--help"])
@@ -243,12 +247,21 @@ def test_bench_is_the_old_name_of_speed(tmp_path, monkeypatch, capsys):
     def fake_run_bench(out, device, quick):
         seen.append((out, device, quick))
         return {"md": tmp_path / "cpu.md", "csv": tmp_path / "cpu.csv", "targets": []}
-    monkeypatch.setattr("histokit.bench.run_bench", fake_run_bench)
-    assert main(["bench", "--quick", "--device", "cpu"]) == 0
+    monkeypatch.setattr("benchmarks.speed.run_bench", fake_run_bench)
+    assert main(["speed", "--quick", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
     assert seen == [(None, "cpu", True)]  # None: run_bench's default, results/speed
-    assert err == "histokit bench is now histokit speed\n" and f"[histokit] speed: {tmp_path / 'cpu.md'}" in out
-    assert main(["speed", "--device", "cpu"]) == 0 and capsys.readouterr().err == ""
+    assert f"[histokit] speed: {tmp_path / 'cpu.md'}" in out and err == ""
+
+
+def test_speed_without_a_checkout_says_where_the_benchmark_is(tmp_path, monkeypatch, capsys):
+    assert speed_benchmark().__file__ == str(Path(REPO) / "benchmarks" / "speed" / "__init__.py")
+    with pytest.raises(Exception, match=r"benchmarks/speed does not exist .*pip-installed.*make speed"):
+        speed_benchmark(tmp_path)
+    monkeypatch.setattr(paths, "REPO_DIR", tmp_path)  # an installed histokit: no benchmarks/ beside the package
+    assert main(["speed", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'benchmarks' / 'speed'} does not exist" in err and "make speed" in err
 
 
 def test_training_input_rows_compare_the_loader_with_the_step_per_method(bench_run):

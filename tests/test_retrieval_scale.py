@@ -1,5 +1,7 @@
 """FAISS at scale: IVF recall@10 against exact search on 200k x 384 vectors, IndexShards and the on-disk merge return
-what one in-memory index returns, IVF-PQ reports its (larger) recall loss, and the on-disk files are verified."""
+what one in-memory index returns, IVF-PQ reports its (larger) recall loss, and the on-disk files are verified; the
+product path (gallery_index: stage 04 and evaluate_retrieval) is exact up to its threshold and IVF above it, with the
+recall it lost against exact search reported."""
 import warnings
 from contextlib import contextmanager
 
@@ -8,8 +10,10 @@ import numpy as np
 import pytest
 
 from histokit.retrieval.index import IndexFileError
-from histokit.retrieval.scale import (build_ivf, build_ondisk, factory_string, load_ondisk, sample_rows, set_nprobe,
-                                     to_all_gpus, train_ivf)
+from histokit.retrieval.index import build_index, search
+from histokit.retrieval.metrics import evaluate_retrieval
+from histokit.retrieval.scale import (EXACT_MAX_GALLERY, approximate_note, build_ivf, build_ondisk, factory_string,
+                                     gallery_index, load_ondisk, sample_rows, set_nprobe, to_all_gpus, train_ivf)
 
 # The stated operating point: 256 lists trained on 20,000 sampled rows (78 per list), 8 of them searched per query.
 NLIST, NPROBE, TRAIN_SIZE = 256, 8, 20_000
@@ -119,3 +123,65 @@ def test_gpu_sharding_falls_back_to_the_cpu_index_with_a_warning():
         warnings.simplefilter("always")
         assert to_all_gpus(index, shard=True) is index
     assert any("no GPU support" in str(w.message) for w in caught)
+
+
+def test_gallery_index_is_exact_up_to_its_threshold_and_ivf_with_its_recall_above():
+    x = clustered(4_000, 32, 20, 1.0, seed=5)
+    queries = clustered(300, 32, 20, 1.0, seed=6)
+    assert EXACT_MAX_GALLERY == 1_000_000
+    exact = gallery_index(x, exact_max=4_000)  # at the threshold: exact
+    assert exact.approximate is None and isinstance(faiss.downcast_index(exact.index), faiss.IndexFlatIP)
+    _, want = search(build_index(x), queries, 10)
+    assert np.array_equal(search(exact.index, queries, 10)[1], want)
+
+    approx = gallery_index(x, exact_max=3_999, queries=queries, n_eval=100)
+    report = approx.approximate
+    assert isinstance(faiss.downcast_index(approx.index), faiss.IndexIVFFlat)
+    assert report["exact_max"] == 3_999 and report["n"] == 4_000 and report["n_queries"] == 100
+    assert report["factory"] == "IVF102,Flat" and report["nprobe"] == 32 and report["k"] == 10
+    # the recall it reports is the recall it has, on the queries it was measured on
+    got = search(approx.index, queries, 10)[1]
+    assert 0.5 < report["recall@10"] <= 1.0 and 0.5 < np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)])
+    note = approximate_note(report)
+    assert "4,000 vectors exceeds the exact-search limit (3,999)" in note and f"{report['recall@10']:.3f}" in note
+    with pytest.raises(ValueError, match="exact_max"):
+        gallery_index(x, exact_max=0)
+
+
+def test_evaluate_retrieval_reports_the_approximate_index_it_searched():
+    x = clustered(1_000, 16, 8, 0.5, seed=7)
+    labels = np.arange(1_000) % 8
+    q, q_labels = x[:50], labels[:50]
+    exact = evaluate_retrieval(x, labels, q, q_labels, k=5)
+    assert exact.approximate is None  # default threshold: 1,000,000
+    approx = evaluate_retrieval(x, labels, q, q_labels, k=5, exact_max=500)
+    assert approx.approximate["recall@5"] > 0.5 and approx.approximate["n_queries"] == 50
+    assert approx.approximate["exact_max"] == 500 and set(approx.means) == set(exact.means)
+    again = evaluate_retrieval(x, labels, x, labels, k=5, exact_max=500, same_set=True)  # leave-one-out too
+    assert again.ids.shape == (1_000, 5) and not (again.ids == np.arange(1_000)[:, None]).any()
+
+
+def test_stage_04_above_the_threshold_records_the_ivf_index_and_notes_its_recall(tmp_path, monkeypatch):
+    """Stage 04's timing index with a threshold below the gallery (monkeypatched: a recipe sets exact_index_max)
+    is IVF: its timing row names it with its recall@10 against exact, and the table reporting the timing a note."""
+    import json
+
+    from histokit.papers.recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe
+    from histokit.stages import index as stage
+    from histokit.stages.context import StageContext
+
+    recipe = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_size=32,
+                    datasets=(DatasetSpec("TILES", "kather2016_tiny"),), models=(ModelSpec("tiny", "vit_test", "random"),),
+                    evaluations=(EvalSpec("retrieval", "table1", ("tiny",), ("TILES",), {"timing": True}),))
+    ctx = StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=tmp_path, data_root=tmp_path,
+                       device="cpu", seed=0, progress=False, rehearse={"steps": 1})
+    exact = stage.extract_pair(ctx, "tiny", "TILES", timed=True)
+    assert exact["gallery_index"] == "Flat (exact)" and exact["gallery_index_recall@10"] is None
+    assert not ctx.notes().get("table1")
+    monkeypatch.setattr(stage, "EXACT_MAX_GALLERY", exact["gallery_size"] - 1)
+    row = stage.extract_pair(ctx, "tiny", "TILES", timed=True)
+    assert row["gallery_index"].startswith("IVF") and 0 < row["gallery_index_recall@10"] <= 1
+    written = json.loads(ctx.path("timing", "tiny", "tiles.json").read_text())
+    assert written["gallery_index_recall@10"] == row["gallery_index_recall@10"]
+    (note,) = ctx.notes()["table1"]
+    assert note.startswith("tiny on TILES: retrieval latency: approximate search") and "recall@10" in note

@@ -99,3 +99,49 @@ def test_torchvision_decoder_close_to_pil(tmp_path, tiles):
     direct = decode_resize_torchvision([s.path for s in jpegs], SIZE)
     assert direct.shape == (4, 3, SIZE, SIZE) and direct.dtype == torch.uint8
     np.testing.assert_array_equal(direct.permute(0, 2, 3, 1).numpy(), tv.images)
+
+
+def test_stage_04_decodes_a_dataset_once_for_its_models_and_their_features_are_unchanged(tmp_path, monkeypatch):
+    """Two models (different input normalisations) on one dataset: stage 04 decodes its images once into a tile
+    cache, each model reads it with its own mean / std, the features are bit-identical to decoding per model, and
+    the cache is gone when the stage ends."""
+    from histokit.papers.recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe
+    from histokit.retrieval.features import load_features
+    from histokit.stages import index as stage
+    from histokit.stages.context import StageContext
+
+    models = (ModelSpec("a", "vit_test", "random"),
+              ModelSpec("b", "resnet_test", "random", mean=(0.7, 0.6, 0.7), std=(0.15, 0.2, 0.1)))
+    recipe = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_size=32,
+                    datasets=(DatasetSpec("TILES", "kather2016_tiny"),), models=models,
+                    evaluations=(EvalSpec("retrieval", "table1", ("a", "b"), ("TILES",)),))
+
+    def context(run_dir):
+        return StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=run_dir, data_root=tmp_path,
+                            device="cpu", seed=0, progress=False)
+
+    built, real = [], stage.build_tile_cache
+    monkeypatch.setattr(stage, "build_tile_cache", lambda *a, **kw: built.append(a[1]) or real(*a, **kw))
+    import histokit.data.tile_cache as tile_cache
+
+    tiles_decoded, real_tile = [], tile_cache._pil_tile
+    monkeypatch.setattr(tile_cache, "_pil_tile", lambda d, i, size: tiles_decoded.append(i) or real_tile(d, i, size))
+    decodes, real_getitem = [], PatchDataset.__getitem__
+    monkeypatch.setattr(PatchDataset, "__getitem__", lambda self, i: decodes.append(i) or real_getitem(self, i))
+    cached = context(tmp_path / "cached")
+    stage.run(cached)
+    n = len(load_features(stage.feature_path(cached, "a", "TILES")).labels)
+    # one decode per image (the cache's), however many models; both models' sidecars name the cache they read
+    assert len(built) == 2 and built[0] == built[1] and len(tiles_decoded) == n and len(decodes) == 0
+    for model in ("a", "b"):
+        timing = stage.check_feature_sidecar(cached, model, "TILES")["timing"]
+        assert timing["tile_cache"] == built[0].name and timing["decode_included"] is False
+    assert not stage.tile_cache_dir(cached).exists()
+
+    plain = context(tmp_path / "plain")
+    for model in ("a", "b"):
+        stage.extract_pair(plain, model, "TILES", timed=False)  # tile_cache=False: each image decoded per model
+        ours, theirs = (load_features(stage.feature_path(c, model, "TILES")) for c in (cached, plain))
+        assert np.array_equal(ours.features, theirs.features) and np.array_equal(ours.labels, theirs.labels)
+        assert np.array_equal(ours.indices, theirs.indices)
+    assert len(decodes) == 2 * n

@@ -156,11 +156,11 @@ def test_latency_records_extraction_and_search_devices():
 
 
 def test_evaluate_retrieval_builds_its_index_on_the_run_device(monkeypatch):
-    from histokit.retrieval import metrics
+    from histokit.retrieval import metrics, scale
 
     seen = []
-    real = metrics.build_index
-    monkeypatch.setattr(metrics, "build_index", lambda *a, **kw: seen.append(kw.get("device")) or real(*a, **kw))
+    real = scale.build_index  # the exact index evaluate_retrieval's gallery_index builds below its threshold
+    monkeypatch.setattr(scale, "build_index", lambda *a, **kw: seen.append(kw.get("device")) or real(*a, **kw))
     g, labels = _unit(40, 8, 0), np.arange(40) % 4
     with pytest.warns(UserWarning, match="stays on the CPU"):
         metrics.evaluate_retrieval(g, labels, g[:5], labels[:5], k=3, device="cuda")

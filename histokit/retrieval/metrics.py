@@ -35,6 +35,7 @@ from torch import nn
 
 from .features import autocast_context, l2_normalize, synchronize
 from .index import build_index, search
+from .scale import EXACT_MAX_GALLERY, gallery_index
 from .torch_search import TorchFlatIndex, describe_search
 
 AP_NORMALIZATIONS = ("min_k_R", "hits", "R", "k")
@@ -186,6 +187,9 @@ class RetrievalResult:
     k: int = 10
     ids: Optional[np.ndarray] = field(default=None, repr=False)      # (Q, k) ranked gallery rows, for galleries
     scores: Optional[np.ndarray] = field(default=None, repr=False)   # (Q, k) cosine similarities
+    # None: searched exactly; else the approximate index's recall vs exact (scale.GalleryIndex.approximate), which a
+    # table must carry as a note (scale.approximate_note) and its sidecar as a field
+    approximate: Optional[dict[str, Any]] = None
 
 
 def evaluate_retrieval(
@@ -199,6 +203,7 @@ def evaluate_retrieval(
     index_kind: str = "flat",
     ap_normalization: str = "min_k_R",
     device: str = "cpu",
+    exact_max: Optional[int] = None,
 ) -> RetrievalResult:
     """Index the gallery, search every query by cosine similarity (Habijan et al. Eq. 1), score the top ``k``.
 
@@ -207,6 +212,10 @@ def evaluate_retrieval(
     gallery items with its label. ``search_seconds`` times the search of all queries (batched), excluding the index
     build; ``device`` is the run's: on CUDA the index searches on the GPU (:func:`build_index`). The metrics
     (``means``, ``per_query``) are fractions in [0, 1].
+
+    ``exact_max`` (default ``scale.EXACT_MAX_GALLERY``, 1,000,000): a larger gallery (``index_kind="flat"``) is
+    searched with an IVF index (:func:`histokit.retrieval.scale.gallery_index`) whose recall@k against exact search
+    on a sample of the queries is returned in ``approximate``.
     """
     if ap_normalization not in AP_NORMALIZATIONS:
         raise ValueError(f"ap_normalization must be one of {AP_NORMALIZATIONS}, got {ap_normalization!r}")
@@ -221,7 +230,13 @@ def evaluate_retrieval(
     if same_set and (q.shape != g.shape or not np.array_equal(query_labels, gallery_labels)):
         raise ValueError("same_set=True needs the queries to be the gallery (same features and labels, same order)")
 
-    index = build_index(g, kind=index_kind, metric="ip", device=device)
+    approximate = None
+    if index_kind == "flat":
+        built = gallery_index(g, metric="ip", device=device, k=k, queries=q,
+                              exact_max=EXACT_MAX_GALLERY if exact_max is None else exact_max)
+        index, approximate = built.index, built.approximate
+    else:
+        index = build_index(g, kind=index_kind, metric="ip", device=device)
     t0 = time.perf_counter()
     scores, ids = search(index, q, k, exclude_self=same_set)
     search_seconds = time.perf_counter() - t0
@@ -232,7 +247,7 @@ def evaluate_retrieval(
     )
     return RetrievalResult(
         per_query=per_query, means=summarize(per_query), search_seconds=search_seconds,
-        ap_normalization=ap_normalization, k=k, ids=ids, scores=scores,
+        ap_normalization=ap_normalization, k=k, ids=ids, scores=scores, approximate=approximate,
     )
 
 

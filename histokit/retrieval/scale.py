@@ -3,7 +3,9 @@
 ``faiss.contrib.ondisk.merge_ondisk``) for collections larger than memory.
 
 Exact search stays the kit's default for reported metrics (docs/design.md); an approximate index is for galleries where
-exact search is too slow or too big. So every builder here measures what it loses: recall@10 of the index against
+exact search is too slow or too big: :func:`gallery_index` (stage 04's index, ``evaluate_retrieval``'s) builds the
+exact flat index up to ``EXACT_MAX_GALLERY`` vectors and this module's IVF above, with the loss it measured and
+:func:`approximate_note`, the footnote that says it. So every builder here measures what it loses: recall@10 of the index against
 exact search (``faiss.knn``, or ``faiss.contrib.exhaustive_search.knn_ground_truth`` block by block for data that
 does not fit in memory) on a sample of queries, returned with the index in an :class:`ApproxIndex`.
 
@@ -23,11 +25,16 @@ import faiss
 import numpy as np
 
 from ..io import atomic_path, atomic_write_json, sha256_file
-from .index import (METRICS, IndexFileError, _as_float32_matrix, _gpu_available, is_gpu_index, no_gpu_reason,
-                    read_sidecar, recall_at_k, save_index)
+from .index import (METRICS, IndexFileError, _as_float32_matrix, _default_nlist, _gpu_available, build_index,
+                    is_gpu_index, no_gpu_reason, read_sidecar, recall_at_k, save_index)
 
 KINDS = ("ivf_flat", "ivf_pq")
 ADD_BATCH = 65_536  # rows per add() call: bounds the temporary memory of assigning vectors to lists
+# Galleries up to this many vectors get an exact index (a flat 1M x 768 float32 gallery is 3 GB, and searched in
+# seconds per thousand queries); above it gallery_index switches to IVF-Flat and reports its recall against exact.
+EXACT_MAX_GALLERY = 1_000_000
+APPROX_NPROBE = 32        # IVF lists searched per query by gallery_index (of ~4 sqrt(N) lists: 4,000 at 1M)
+APPROX_EVAL_QUERIES = 256  # queries on which gallery_index measures recall@k against exact search
 
 
 @dataclass
@@ -204,6 +211,7 @@ def to_all_gpus(index: faiss.Index, *, shard: bool = True) -> faiss.Index:
     co.shard = shard
     gpu_index = faiss.index_cpu_to_all_gpus(index, co=co)
     gpu_index._histokit_on_gpu = True  # IndexShards / IndexReplicas of GPU indexes: searched through GpuParameterSpace
+    gpu_index._histokit_device = "cuda"  # every GPU, for timing rows (describe_search)
     return gpu_index
 
 
@@ -285,3 +293,46 @@ def load_ondisk(path: str | os.PathLike, *, verify: bool = True) -> faiss.Index:
         raise IndexFileError(f"index file {path} has dim {index.d} / {index.ntotal} vectors, sidecar {side} says "
                              f"dim={meta['dim']} / ntotal={meta['ntotal']}")
     return index
+
+
+@dataclass
+class GalleryIndex:
+    """The index a gallery is searched with, and ``approximate``: None for the exact flat index, else what the IVF
+    index loses against exact search (:meth:`ApproxIndex.report` plus ``exact_max``), for a sidecar and a note."""
+
+    index: Any
+    approximate: Optional[dict[str, Any]] = None
+
+
+def gallery_index(features: np.ndarray, *, metric: str = "ip", device: str = "cpu",
+                  exact_max: int = EXACT_MAX_GALLERY, k: int = 10, queries: Optional[np.ndarray] = None,
+                  n_eval: int = APPROX_EVAL_QUERIES, seed: int = 0) -> GalleryIndex:
+    """The exact flat index (:func:`~histokit.retrieval.index.build_index`) for up to ``exact_max`` gallery
+    vectors, so no approximate-recall loss leaks into a reported metric; above it an IVF-Flat index
+    (:func:`build_ivf`: ~4 sqrt(N) lists, ``APPROX_NPROBE`` searched; on every GPU, sharded, where FAISS has GPU
+    support) whose recall@``k`` against exact search is measured on ``n_eval`` of ``queries`` (default: of the
+    gallery's own rows) and returned in ``approximate``."""
+    if not isinstance(exact_max, (int, np.integer)) or isinstance(exact_max, bool) or exact_max < 1:
+        raise ValueError(f"exact_max (the largest gallery searched exactly) must be an integer >= 1, "
+                         f"got exact_max={exact_max!r}")
+    x = _as_float32_matrix(features, "features")
+    if len(x) <= exact_max:
+        return GalleryIndex(build_index(x, kind="flat", metric=metric, device=device))
+    nlist = _default_nlist(len(x))
+    q = None if queries is None else sample_rows(_as_float32_matrix(queries, "queries"), n_eval, seed + 1)
+    built = build_ivf(x, kind="ivf_flat", nlist=nlist, nprobe=min(APPROX_NPROBE, nlist), metric=metric,
+                      k=min(k, len(x)), n_eval=n_eval, queries=q, seed=seed)
+    index = built.index
+    if str(device).startswith("cuda"):
+        index = to_all_gpus(index, shard=True)  # warns and stays on the CPU without GPU FAISS
+    report = {key: value for key, value in built.report().items() if not key.endswith("_s")}  # no timings
+    return GalleryIndex(index, {**report, "exact_max": int(exact_max)})
+
+
+def approximate_note(report: dict[str, Any]) -> str:
+    """The footnote of a table whose numbers came from an approximate index (``GalleryIndex.approximate``)."""
+    k = report["k"]
+    return (f"approximate search: the gallery of {report['n']:,} vectors exceeds the exact-search limit "
+            f"({report['exact_max']:,}), so it was searched with FAISS {report['factory']} (nprobe={report['nprobe']}); "
+            f"its recall@{k} against exact search is {report[f'recall@{k}']:.3f} on {report['n_queries']} sampled "
+            f"queries, a loss the numbers carry")

@@ -5,21 +5,32 @@ split variant is an index array into them; a separate official test set gets its
 sidecar names what it is (model, dataset, official test set or not, the run: paper, profile, label, run directory,
 recipe digest) and which weights made it; every reader checks that against what it asked for
 (:func:`check_feature_sidecar`), so a feature file copied over another model's stops the run, naming it.
-The gallery index is built for the timings and not saved (stage 05 builds its own from the checked features).
+The gallery index is built for the timings and not saved (stage 05 builds its own from the checked features): exact
+up to ``exact_index_max`` vectors, above it FAISS IVF with its recall against exact search in the timing record and
+a note on every table that reports the timing (:func:`histokit.retrieval.scale.gallery_index`).
+
+Where several models extract features of one dataset at one input size, its images are decoded and resized once into
+a tile cache (:mod:`histokit.data.tile_cache`: uint8 pixels, each model's mean / std applied after; the same
+features as decoding each time) under ``tile_cache/`` of the run, deleted when the stage ends.
 """
 from __future__ import annotations
 
+import shutil
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..data.datasets import PatchDataset
+from ..data.tile_cache import build_tile_cache
 from ..data.transforms import eval_transform
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.features import FeatureSet, extract_features, load_features, measure_latency, save_features
-from ..retrieval.index import build_index
 from ..retrieval.metrics import retrieval_latency_ms
+from ..retrieval.scale import EXACT_MAX_GALLERY, approximate_note, gallery_index
 from ..run_identity import run_identity
 from ..sidecars import SidecarError, check_sidecar, mismatches, read_sidecar
 from .common import init_identity, load_model, load_recipe_dataset, slug, split_indices, weights_normalization
@@ -52,6 +63,27 @@ def extraction_batch(ctx: StageContext) -> int:
     if ctx.rehearsal and str(ctx.device).startswith("cpu"):
         batch = min(batch, REHEARSAL_CPU_EXTRACTION_BATCH)
     return batch
+
+
+def exact_index_max(ctx: StageContext) -> int:
+    """The largest gallery searched exactly: the recipe's ``exact_index_max`` where it sets one, else
+    :data:`~histokit.retrieval.scale.EXACT_MAX_GALLERY` (1,000,000 vectors)."""
+    return int(getattr(ctx.recipe, "exact_index_max", None) or EXACT_MAX_GALLERY)
+
+
+def timing_tables(ctx: StageContext, model: str, dataset: str) -> list[str]:
+    """The tables that report (model, dataset)'s timings (an evaluation or ablation with ``timing``)."""
+    return [spec.table for spec in ctx.recipe.evaluations + ctx.recipe.ablations
+            if spec.params.get("timing") and model in spec.models and dataset in spec.datasets]
+
+
+def index_fields(approximate: dict | None) -> dict:
+    """What a timing record says of the gallery index it searched: exact, or the IVF index and its recall@10
+    against exact search (:attr:`~histokit.retrieval.scale.GalleryIndex.approximate`)."""
+    if not approximate:
+        return {"gallery_index": "Flat (exact)", "gallery_index_recall@10": None}
+    return {"gallery_index": f"{approximate['factory']} nprobe={approximate['nprobe']}",
+            "gallery_index_recall@10": approximate["recall@10"]}
 
 
 def pairs_needed(ctx: StageContext) -> dict[tuple[str, str], bool]:
@@ -265,11 +297,38 @@ def _extract_under_torchrun(ctx: StageContext, model_name: str, dataset_key: str
                             f"every node sees?)")
 
 
-def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bool = True) -> dict:
+def tile_cache_dir(ctx: StageContext) -> Path:
+    return ctx.path("tile_cache")
+
+
+def shared_inputs(ctx: StageContext, pairs) -> set[str]:
+    """The datasets that more than one model of ``pairs`` still has to extract (all at the dataset's one input
+    size, :func:`extraction_settings`): decoding them once into a tile cache serves them all. A model whose feature
+    files exist is not counted (a re-run extracts nothing, or one model: a cache would only add a copy)."""
+    pending = Counter(d for m, d in pairs if not all(_done(p) for _, p in feature_files(ctx, m, d)))
+    return {dataset for dataset, n in pending.items() if n > 1}
+
+
+def cached_tiles(ctx: StageContext, path: Path, dataset, settings: dict):
+    """``dataset`` decoded and resized once into a tile cache beside the other models' (reused when its source
+    fingerprint matches), served with this model's mean / std; ``dataset`` itself where a cache cannot hold it (a
+    regression target, a dataset that is not a PatchDataset). Returns (dataset to extract from, seconds decoding)."""
+    if not isinstance(dataset, PatchDataset) or dataset.is_regression or not len(dataset):
+        return dataset, None
+    size = settings["image_size"]
+    t = time.perf_counter()
+    cache = build_tile_cache(dataset, tile_cache_dir(ctx) / f"{path.stem}_{size}px.npy", size,
+                             mean=settings["mean"], std=settings["std"])
+    return cache, time.perf_counter() - t
+
+
+def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bool = True,
+                 tile_cache: bool = False) -> dict:
     """Features (+ official test set), the gallery index and (``timed``) the timings of one (model, dataset).
 
     With ``ctx.distributed`` asking for several processes the missing feature files are extracted by a torchrun
-    job (each rank whole groups of images, rank 0 merges); otherwise here, in one process."""
+    job (each rank whole groups of images, rank 0 merges); otherwise here, in one process, from a tile cache
+    shared with the dataset's other models when ``tile_cache`` (:func:`shared_inputs`)."""
     from ..distributed.launch import is_multiprocess
 
     batch = extraction_batch(ctx)
@@ -288,18 +347,25 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
     else:
         model, record, targets = extraction_targets(ctx, model_name, dataset_key)
         for path, dataset in targets:
-            fs = extract_features(model.encoder, dataset, batch_size=batch, device=ctx.device, num_workers="auto",
+            source, decode_s = cached_tiles(ctx, path, dataset, settings) if tile_cache else (dataset, None)
+            fs = extract_features(model.encoder, source, batch_size=batch, device=ctx.device, num_workers="auto",
                                   progress=ctx.progress, normalize=record["l2_normalized"])
+            if decode_s is not None:  # decoded into (or read back from) the shared cache, outside this clock
+                fs.timing.update(tile_cache=source.path.name, tile_cache_s=decode_s)
             sha = save_features(path, fs)
             atomic_write_json(path.with_suffix(".json"),
                               {"sha256": sha, **feature_sidecar(ctx, record, path), "timing": fs.timing})
     _restamp(ctx, model_name, dataset_key)
     gallery = feature_parts(ctx, model_name, dataset_key)["train"]
-    # Built here for the timings only and never saved: retrieval evaluation (stage 05) builds its own index from the
+    # Built for the timings only and never saved: retrieval evaluation (stage 05) builds its own index from the
     # checked feature files, so no index file exists that nothing would read (and whose checksum nothing would run).
-    index = build_index(gallery.features, kind="flat", metric="ip", device=ctx.device)  # GPU FAISS if built
-    if not timed:
-        return {**record, "gallery_size": int(index.ntotal)}
+    if not timed:  # no timing: no index to time
+        return {**record, "gallery_size": len(gallery.features)}
+    built = gallery_index(gallery.features, metric="ip", device=ctx.device, exact_max=exact_index_max(ctx))
+    index = built.index  # exact (GPU FAISS if built) up to exact_index_max vectors, IVF above
+    if built.approximate:
+        for table in timing_tables(ctx, model_name, dataset_key):
+            ctx.add_note(table, f"{model_name} on {dataset_key}: retrieval latency: {approximate_note(built.approximate)}")
     repeats = {}
     if ctx.rehearsal:  # a rehearsal times one pass at a small batch, no larger than its capped gallery
         repeats = dict(repeats=REHEARSAL_TIMING_REPEATS, warmup=0)
@@ -320,10 +386,12 @@ def extract_pair(ctx: StageContext, model_name: str, dataset_key: str, timed: bo
               "feature_extraction_ms": single["ms_per_image"], "feature_extraction_batch_size": 1,
               "feature_extraction_amortized_ms": amortized["ms_per_image"], "extraction_batch_size": batch,
               "extraction_decode_included": False,
-              "end_to_end_ms_per_image": end_to_end.get("ms_per_image"), "end_to_end_decode_included": True,
+              "end_to_end_ms_per_image": end_to_end.get("ms_per_image"),
+              "end_to_end_decode_included": end_to_end.get("decode_included", True),
               "retrieval_latency_ms": latency["latency_ms"], "latency_batch_size": 1,
               "timing_repeats": repeats.get("repeats", 20),
-              "latency_search_ms": latency.get("search_ms"), "gallery_size": int(index.ntotal)}
+              "latency_search_ms": latency.get("search_ms"), "gallery_size": int(index.ntotal),
+              **index_fields(built.approximate)}
     atomic_write_json(ctx.path("timing", slug(model_name), slug(dataset_key) + ".json"), timing)
     return timing
 
@@ -335,7 +403,12 @@ def head_node(ctx: StageContext) -> bool:
 
 
 def run(ctx: StageContext) -> IndexSummary:
-    timings = [extract_pair(ctx, m, d, timed) for (m, d), timed in pairs_needed(ctx).items()]
+    pairs = pairs_needed(ctx)
+    shared = shared_inputs(ctx, pairs)
+    try:
+        timings = [extract_pair(ctx, m, d, timed, tile_cache=d in shared) for (m, d), timed in pairs.items()]
+    finally:  # the caches only serve this stage's models: a full dataset's would hold its pixels twice on disk
+        shutil.rmtree(tile_cache_dir(ctx), ignore_errors=True)
     if not head_node(ctx):
         return IndexSummary(pd.DataFrame(timings), pd.DataFrame())
     timing = pd.DataFrame(timings)

@@ -8,8 +8,8 @@ import sys
 import torch
 from torch.utils.data import TensorDataset
 
-from ..models.backbones import create_encoder
-from ..retrieval.features import autocast_context, extract_features, is_convnet
+from histokit.models.backbones import create_encoder
+from histokit.retrieval.features import autocast_context, extract_features, is_convnet
 from .rows import Row, SectionResult
 from .targets import EXTRACT_RATIO_MIN
 from .timing import median, paired_ratio, paired_ratio_iqr, profile_top, spread, timed_runs

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import torch
 
-from ..models.backbones import create_encoder
-from ..retrieval.features import synchronize
-from ..retrieval.index import build_index
-from ..retrieval.metrics import retrieval_latency_ms
+from histokit.models.backbones import create_encoder
+from histokit.retrieval.features import synchronize
+from histokit.retrieval.index import build_index
+from histokit.retrieval.metrics import retrieval_latency_ms
 from .rows import Row, SectionResult
 from .synthetic import make_retrieval_data
 from .targets import LATENCY_H100_MAX_MS, PAPER_LATENCY_MS

@@ -1,5 +1,5 @@
-"""``histokit speed`` (formerly ``histokit bench``): how fast the kit is, measured against the bare libraries it
-calls, on this machine.
+"""The speed benchmark (``make speed``, ``histokit speed`` from a checkout; no part of the installed package): how
+fast the kit is, measured against the bare libraries it calls, on this machine.
 
 Seven sections, each a module: model-only vs the kit's extraction (``model``), end-to-end from image files and from
 the decoded-tile cache plus decode throughput (``extraction``), the kit's search vs bare FAISS and exact vs
@@ -21,8 +21,8 @@ from typing import Callable, Optional
 import faiss
 import torch
 
-from ..device import resolve_device
-from .. import paths
+from histokit.device import resolve_device
+from histokit import paths
 from .config import BenchConfig
 from .environment import bench_threads, environment
 from .extraction import run_extraction_section
@@ -63,7 +63,7 @@ def run_bench(out_dir: Optional[str | os.PathLike] = None, device: str = "auto",
     out_dir = Path(out_dir) if out_dir is not None else paths.RESULTS_DIR / "speed"
     slug = env["slug"] if cfg.mode == "full" else f"{env['slug']}-{cfg.mode}"
     start = time.perf_counter()
-    from ..device import configure_backends, current_backends
+    from histokit.device import configure_backends, current_backends
 
     saved_backends = current_backends()
     # the same cuDNN / TF32 / matmul-precision policy the stages set (histokit.device), recorded with the results

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.loading import loader_kwargs
-from ..distributed.sampler import PerSampleSeed
-from ..models.backbones import create_encoder
-from ..papers.recipe import TrainSpec
-from ..paths import BUNDLED_TILES_DIR
-from ..retrieval.features import synchronize
-from ..ssl import create_method
-from ..train.engine import move_to_device
+from histokit.data.loading import loader_kwargs
+from histokit.distributed.sampler import PerSampleSeed
+from histokit.models.backbones import create_encoder
+from histokit.papers.recipe import TrainSpec
+from histokit.paths import BUNDLED_TILES_DIR
+from histokit.retrieval.features import synchronize
+from histokit.ssl import create_method
+from histokit.train.engine import move_to_device
 from .rows import Row, SectionResult
 from .timing import median
 
@@ -47,7 +47,7 @@ def local_size(image_size: int) -> int:
 
 
 def training_dataset(method_name: str, method, cfg, n: int) -> PerSampleSeed:
-    from ..train.methods import views_transform
+    from histokit.train.methods import views_transform
 
     spec = TrainSpec(name=f"bench_{method_name}", method=method_name, encoder="-", dataset="-",
                      image_size=cfg.image_size, local_size=local_size(cfg.image_size), n_local=cfg.train_n_local)

@@ -15,7 +15,7 @@ import time
 import faiss
 import numpy as np
 
-from ..retrieval.metrics import evaluate_retrieval, retrieval_scores
+from histokit.retrieval.metrics import evaluate_retrieval, retrieval_scores
 from .rows import Row, SectionResult
 from .targets import EVAL_SPEEDUP_MIN
 from .timing import median, profile_top

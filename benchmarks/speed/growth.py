@@ -13,7 +13,7 @@ import time
 import faiss
 import numpy as np
 
-from ..retrieval.index import build_index, recall_at_k
+from histokit.retrieval.index import build_index, recall_at_k
 from .rows import Row, SectionResult
 from .search import build_ivf_sampled, timed_search
 

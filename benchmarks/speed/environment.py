@@ -13,8 +13,8 @@ import timm
 import torch
 import torchvision
 
-from ..io import slug
-from ..retrieval.features import usable_cpus
+from histokit.gpucheck import slugify  # noqa: F401  (one definition: gpucheck names its report the same way)
+from histokit.retrieval.features import usable_cpus
 
 
 def cpu_model() -> str:
@@ -25,10 +25,6 @@ def cpu_model() -> str:
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown cpu"
-
-
-def slugify(text: str, max_len: int = 48) -> str:
-    return slug(text)[:max_len].rstrip("-") or "unknown"
 
 
 def device_slug(device: str) -> str:

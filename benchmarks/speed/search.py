@@ -14,7 +14,7 @@ import time
 import faiss
 import numpy as np
 
-from ..retrieval.index import build_index, recall_at_k, search
+from histokit.retrieval.index import build_index, recall_at_k, search
 from .rows import Row, SectionResult
 from .targets import SEARCH_OVERHEAD_MAX
 from .timing import median, paired_ratio, profile_top, spread, timed_runs

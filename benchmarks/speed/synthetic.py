@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..retrieval.features import l2_normalize
+from histokit.retrieval.features import l2_normalize
 
 _CHUNK = 100_000
 

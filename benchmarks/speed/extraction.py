@@ -16,13 +16,13 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..data.datasets import PatchDataset, Sample
-from ..data.images import load_image
-from ..data.tile_cache import build_tile_cache, decode_resize_torchvision
-from ..data.transforms import eval_transform
-from ..models.backbones import create_encoder
-from ..paths import BUNDLED_TILES_DIR
-from ..retrieval.features import auto_num_workers, autocast_context, extract_features, is_convnet, synchronize
+from histokit.data.datasets import PatchDataset, Sample
+from histokit.data.images import load_image
+from histokit.data.tile_cache import build_tile_cache, decode_resize_torchvision
+from histokit.data.transforms import eval_transform
+from histokit.models.backbones import create_encoder
+from histokit.paths import BUNDLED_TILES_DIR
+from histokit.retrieval.features import auto_num_workers, autocast_context, extract_features, is_convnet, synchronize
 from .rows import Row, SectionResult
 from .targets import E2E_CACHE_RATIO_MIN
 from .timing import median, paired_ratio, profile_top, spread, timed_runs

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..retrieval.features import synchronize
+from histokit.retrieval.features import synchronize
 
 
 class Timings(dict):
