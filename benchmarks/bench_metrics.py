@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: benchmarks.speed beside this script
 from benchmarks.speed.config import BenchConfig  # noqa: E402
 from benchmarks.speed.metrics import run_metrics_section  # noqa: E402
-from benchmarks.speed.report import fmt  # noqa: E402
+from histokit.tables import format_cell as fmt  # noqa: E402
 from benchmarks.speed.synthetic import make_retrieval_data  # noqa: E402
 from histokit.retrieval.index import build_index  # noqa: E402
 

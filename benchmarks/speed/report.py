@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write_text
-from ..tables import markdown_table
+from histokit.io import atomic_write_text
+from histokit.tables import markdown_table
 from .environment import threads_text, versions_text
 
 SECTION_TITLES = {
