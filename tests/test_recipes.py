@@ -32,7 +32,7 @@ def test_every_evaluation_column_is_a_table_metric(paper, profile):
     recipe = get_recipe(paper, profile)
     for spec in recipe.evaluations + recipe.ablations:
         metrics = set(recipe.table(spec.table).metrics)
-        for dataset, columns in spec.params.get("columns", {}).items():
+        for dataset, columns in getattr(spec, "columns", {}).items():
             assert dataset in spec.datasets
             assert set(columns.values()) <= metrics, (paper, spec.table, set(columns.values()) - metrics)
 
@@ -48,7 +48,7 @@ def test_smoke_profiles_read_only_the_bundled_tiles(paper):
 def test_cyphervit_table4_grid_reaches_the_training_runs(profile, cypher):
     recipe = get_recipe("cyphervit", profile)
     grid = recipe.ablations[0]
-    rows = grid.params["rows"]
+    rows = grid.rows
     seen = set()
     for model in grid.models:
         spec = recipe.model(model)
@@ -63,11 +63,11 @@ def test_cyphervit_table4_grid_reaches_the_training_runs(profile, cypher):
 
 def test_cyphervit_table3_compares_each_framework_across_backbones():
     spec = get_recipe("cyphervit", "full").evaluations[2]
-    assert spec.kind == "resplit_knn" and spec.params["n_splits"] == 5
-    for vanilla, cypher in spec.params["compare"]:
-        assert spec.params["rows"][vanilla]["backbone"] == "VanillaViT"
-        assert spec.params["rows"][cypher]["backbone"] == "CypherViT"
-        assert spec.params["rows"][vanilla]["framework"] == spec.params["rows"][cypher]["framework"]
+    assert spec.kind == "resplit_knn" and spec.n_splits == 5
+    for vanilla, cypher in spec.compare:
+        assert spec.rows[vanilla]["backbone"] == "VanillaViT"
+        assert spec.rows[cypher]["backbone"] == "CypherViT"
+        assert spec.rows[vanilla]["framework"] == spec.rows[cypher]["framework"]
 
 
 def test_chen2022_dino_uses_half_normalisation_and_official_weights_first():
@@ -90,7 +90,7 @@ def test_lgffem_strategies_chain_and_ma_ms_loss_is_marked_not_reproducible():
     built = build_table(table2, pd.DataFrame(columns=["table", "method", "metric", "value"]))
     row = built[built.method == "MA + MS-loss"].iloc[0]
     assert row["eta_p"] == NOT_REPRODUCIBLE and row["eta_p (paper)"] == 97.89
-    protocols = {s.params["protocol"] for s in full.evaluations}
+    protocols = {s.protocol for s in full.evaluations}
     assert protocols == {"standard", "public_code"}
 
 
@@ -120,9 +120,9 @@ def test_chen2022_full_recipe_follows_the_reference_code():
     assert recipe.model("ImageNet ResNet-50").encoder == "resnet50_trunc"
     assert recipe.dataset("BreastPathQ").image_size == 512 and recipe.dataset("CRC-NORM").image_size is None
     assert recipe.feature_l2_normalize is False
-    params = recipe.evaluations[0].params
-    assert params["fit_on"] == "train+val"
-    assert params["columns"]["BreastPathQ"] == {"mse_unclipped": "breastpathq_mse", "tau_bpq": "breastpathq_tau",
+    probes = recipe.evaluations[0]
+    assert probes.fit_on == "train+val"
+    assert probes.columns["BreastPathQ"] == {"mse_unclipped": "breastpathq_mse", "tau_bpq": "breastpathq_tau",
                                                 "mse": "breastpathq_mse_clipped", "tau_unclipped": "breastpathq_tau_b"}
     table = recipe.table("table1")
     paper = pd.read_csv(PAPER_TABLES_DIR / table.paper_csv)

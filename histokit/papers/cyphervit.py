@@ -19,7 +19,9 @@ compares the paper (or the reference code it defers to) with the full profile po
 """
 from __future__ import annotations
 
-from .recipe import DatasetSpec, EvalSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
+from ..evaluation.protocols import ClassificationProbes, LabelFraction, ResplitKnn
+from ..viz.figures import ClsAttention, UmapPanels
+from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
 
 PROFILES = ("smoke", "full")
 TITLE = "Ye et al. 2024 — CypherViT: multi-[cls]-token clustering ViT in DINO, SimCLR, MoCo v3 and MAE"
@@ -194,47 +196,80 @@ def _cypher_run(n_cls: int, n_local: int) -> str:
     return f"dino_cyphervit_cls{n_cls}_local{n_local}"
 
 
+# Each table's column per (dataset, measure) (histokit.evaluation.protocols.probes / .resplit)
+COLUMNS = {
+    "table1": {"CRC-NONORM": {"knn": "crc_nonorm_knn", "linear": "crc_nonorm_linear"},
+               "CRC-NORM": {"knn": "crc_norm_knn", "linear": "crc_norm_linear"},
+               "PanNuke": {"knn": "pannuke_knn"},
+               "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
+    "table3": {"CRC-NORM": {"acc_mean": "crc_norm_acc_mean", "acc_std": "crc_norm_acc_std",
+                            "acc_pvalue": "pvalue_crc", "acc_pvalue_paired": "pvalue_crc_paired"},
+               "PanNuke": {"acc_mean": "pannuke_acc_mean", "acc_std": "pannuke_acc_std",
+                           "acc_pvalue": "pvalue_pannuke", "acc_pvalue_paired": "pvalue_pannuke_paired"},
+               "BreastPathQ": {"mse_mean": "breastpathq_mse_mean", "mse_std": "breastpathq_mse_std",
+                               "tau_mean": "breastpathq_tau_mean", "tau_std": "breastpathq_tau_std",
+                               "mse_pvalue": "pvalue_mse", "tau_pvalue": "pvalue_tau",
+                               "mse_pvalue_paired": "pvalue_mse_paired", "tau_pvalue_paired": "pvalue_tau_paired"}},
+    "table4": {"CRC-NONORM": {"knn": "crc_nonorm_acc1", "knn_top3": "crc_nonorm_acc3"},
+               "CRC-NORM": {"knn": "crc_norm_acc1", "knn_top3": "crc_norm_acc3"},
+               "PanNuke": {"knn": "pannuke_acc1", "knn_top3": "pannuke_acc3"},
+               "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
+}
+# Table 3's rows: model -> (framework, backbone); VanillaViT vs CypherViT are compared within each framework
+TABLE3_ROWS = {"MAE": ("MAE", "VanillaViT"), "SimCLR": ("SimCLR", "VanillaViT"),
+               "SimCLR-CypherViT": ("SimCLR", "CypherViT"), "MoCo": ("MoCo", "VanillaViT"),
+               "MoCo-CypherViT": ("MoCo", "CypherViT"), "DINO": ("DINO", "VanillaViT"),
+               "DINO-CypherViT": ("DINO", "CypherViT")}
+TABLE1_MODELS = ("Pretrained on ImageNet", "SimCLR", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
+TABLE2_MODELS = ("Fully-supervised", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
+
+
+def ssl_run(name: str, method: str, encoder: str, *, smoke: bool, dataset: str, n_local=None, n_cls=None,
+            stage0_cls=None) -> TrainSpec:
+    """One pretraining run with its framework's optimisation (smoke: 2 epochs, 1 warm-up, batch 16, 64 px, the same
+    optimizer, lr rule, weight decay and clipping); ``n_local`` None = the framework's own local crops (smoke: 2)."""
+    fw = FRAMEWORKS[method]
+    batch = 16 if smoke else FULL_BATCH
+    cfg = {}
+    if method in ("dino", "ibot"):
+        cfg = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
+        if n_local is None:
+            n_local = BEST[1] if smoke else fw["n_local"]
+    else:
+        n_local = 0  # two views (MoCo v3, SimCLR) or one (MAE): no local crops
+    cfg.update(fw.get("method_cfg", {}))
+    kwargs = {"num_final_cls": n_cls} if n_cls else {}
+    if stage0_cls:
+        kwargs["num_stage0_cls"] = stage0_cls
+    epochs, warmup = (2, 1) if smoke else (fw["epochs"], fw["warmup_epochs"])
+    size, local = (64, 32) if smoke else (224, 96)
+    return TrainSpec(name=name, method=method, encoder=encoder, dataset=dataset, init="random", epochs=epochs,
+                     batch_size=batch, optimizer=fw["optimizer"], lr=framework_lr(method, batch), min_lr=fw["min_lr"],
+                     weight_decay=fw["weight_decay"], weight_decay_end=fw.get("weight_decay_end"),
+                     grad_clip=fw.get("grad_clip"), grad_clip_mode=fw.get("grad_clip_mode", "global"),
+                     betas=fw.get("betas"), warmup_epochs=warmup, image_size=size, local_size=local, n_local=n_local,
+                     method_cfg=cfg, encoder_kwargs=kwargs)
+
+
 def build(profile: str) -> Recipe:
     smoke = profile == "smoke"
-    size, local = (64, 32) if smoke else (224, 96)
-    batch = 16 if smoke else FULL_BATCH
+    size = 64 if smoke else 224
     datasets = _datasets(smoke)
     vit, cypher = (SMOKE_VIT, SMOKE_CYPHER) if smoke else (VIT, CYPHER)
-    pretrain_on = "CRC-NONORM" if smoke else "VGH"
     eval_sets = tuple(d.key for d in datasets if d.key != "VGH")
-    head = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
+    stage0, stage0_alt = STAGE0[profile]
+    stage0_run = f"{_cypher_run(*BEST)}_stage0_{stage0_alt}"
 
-    def ssl(name, method, encoder, n_local=None, n_cls=None, stage0_cls=None):
-        """One pretraining run with its framework's optimisation (smoke: 2 epochs, 1 warm-up, the same optimizer,
-        lr rule, weight decay and clipping); ``n_local`` None = the framework's own local crops (smoke: 2)."""
-        fw = FRAMEWORKS[method]
-        cfg = dict(head) if method in ("dino", "ibot") else {}
-        cfg.update(fw.get("method_cfg", {}))
-        if method not in ("dino", "ibot"):
-            n_local = 0  # two views (MoCo v3, SimCLR) or one (MAE): no local crops
-        elif n_local is None:
-            n_local = BEST[1] if smoke else fw["n_local"]
-        epochs, warmup = (2, 1) if smoke else (fw["epochs"], fw["warmup_epochs"])
-        kwargs = {"num_final_cls": n_cls} if n_cls else {}
-        if stage0_cls:
-            kwargs["num_stage0_cls"] = stage0_cls
-        return TrainSpec(name=name, method=method, encoder=encoder, dataset=pretrain_on, init="random",
-                         epochs=epochs, batch_size=batch, optimizer=fw["optimizer"], lr=framework_lr(method, batch),
-                         min_lr=fw["min_lr"], weight_decay=fw["weight_decay"],
-                         weight_decay_end=fw.get("weight_decay_end"), grad_clip=fw.get("grad_clip"),
-                         grad_clip_mode=fw.get("grad_clip_mode", "global"), betas=fw.get("betas"),
-                         warmup_epochs=warmup, image_size=size, local_size=local, n_local=n_local, method_cfg=cfg,
-                         encoder_kwargs=kwargs)
+    def ssl(name, method, encoder, **kw):
+        return ssl_run(name, method, encoder, smoke=smoke, dataset="CRC-NONORM" if smoke else "VGH", **kw)
 
     pretrain = [ssl(f"{m}_vit", m, vit) for m in ("dino", "ibot", "moco", "simclr", "mae")]
     pretrain += [ssl(f"{m}_cyphervit", m, cypher, n_cls=BEST[0]) for m in ("moco", "simclr")]
     pretrain += [ssl(_cypher_run(c, v), "dino", cypher, n_local=v, n_cls=c) for c, v in GRID]
-    stage0, stage0_alt = STAGE0[profile]
-    stage0_run = f"{_cypher_run(*BEST)}_stage0_{stage0_alt}"
     pretrain.append(ssl(stage0_run, "dino", cypher, n_local=BEST[1], n_cls=BEST[0], stage0_cls=stage0_alt))
 
-    def cypher_model(name, run, n_cls):
-        return ModelSpec(name, cypher, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls})
+    def cypher_model(name, run, n_cls, **kwargs):
+        return ModelSpec(name, cypher, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls, **kwargs})
 
     models = [
         ModelSpec("Pretrained on ImageNet", VIT, "timm"),  # hub weights exist for ViT-S/16 only: full size here
@@ -248,67 +283,36 @@ def build(profile: str) -> Recipe:
         cypher_model("SimCLR-CypherViT", "simclr_cyphervit", BEST[0]),
         cypher_model("MoCo-CypherViT", "moco_cyphervit", BEST[0]),
     ]
-    grid_models = {}
+    grid_rows = {}   # Table 4: model -> its (num_cls, num_local_views) row
     for c, v in GRID:
         name = "DINO-CypherViT" if (c, v) == BEST else f"DINO-CypherViT [cls]={c} local={v}"
         if (c, v) != BEST:
             models.append(cypher_model(name, _cypher_run(c, v), c))
-        grid_models[name] = {"num_cls": str(c), "num_local_views": str(v)}
+        grid_rows[name] = {"num_cls": str(c), "num_local_views": str(v)}
     stage0_model = f"DINO-CypherViT [cls]={BEST[0]} local={BEST[1]} stage-0 [cls]={stage0_alt}"
-    models.append(ModelSpec(stage0_model, cypher, f"train:{stage0_run}",
-                            encoder_kwargs={"num_final_cls": BEST[0], "num_stage0_cls": stage0_alt}))
+    models.append(cypher_model(stage0_model, stage0_run, BEST[0], num_stage0_cls=stage0_alt))
     stage0_rows = {stage0_model: {"num_cls": f"{BEST[0]} ({stage0_alt} at stage 0)", "num_local_views": str(BEST[1])}}
 
-    def cols(table, key):
-        return {
-            "table1": {"CRC-NONORM": {"knn": "crc_nonorm_knn", "linear": "crc_nonorm_linear"},
-                       "CRC-NORM": {"knn": "crc_norm_knn", "linear": "crc_norm_linear"},
-                       "PanNuke": {"knn": "pannuke_knn"},
-                       "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
-            "table3": {"CRC-NORM": {"acc_mean": "crc_norm_acc_mean", "acc_std": "crc_norm_acc_std",
-                                    "acc_pvalue": "pvalue_crc", "acc_pvalue_paired": "pvalue_crc_paired"},
-                       "PanNuke": {"acc_mean": "pannuke_acc_mean", "acc_std": "pannuke_acc_std",
-                                   "acc_pvalue": "pvalue_pannuke", "acc_pvalue_paired": "pvalue_pannuke_paired"},
-                       "BreastPathQ": {"mse_mean": "breastpathq_mse_mean", "mse_std": "breastpathq_mse_std",
-                                       "tau_mean": "breastpathq_tau_mean", "tau_std": "breastpathq_tau_std",
-                                       "mse_pvalue": "pvalue_mse", "tau_pvalue": "pvalue_tau",
-                                       "mse_pvalue_paired": "pvalue_mse_paired",
-                                       "tau_pvalue_paired": "pvalue_tau_paired"}},
-            "table4": {"CRC-NONORM": {"knn": "crc_nonorm_acc1", "knn_top3": "crc_nonorm_acc3"},
-                       "CRC-NORM": {"knn": "crc_norm_acc1", "knn_top3": "crc_norm_acc3"},
-                       "PanNuke": {"knn": "pannuke_acc1", "knn_top3": "pannuke_acc3"},
-                       "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
-        }[table][key]
+    def sets(table):  # the table's datasets this profile has, in the table's order, and their columns
+        keys = tuple(k for k in COLUMNS[table] if k in eval_sets)
+        return keys, {k: COLUMNS[table][k] for k in keys}
 
-    def only(table, keys):
-        keys = tuple(k for k in keys if k in eval_sets)
-        return keys, {k: cols(table, k) for k in keys}
-
-    t1_sets, t1_cols = only("table1", ("CRC-NONORM", "CRC-NORM", "PanNuke", "BreastPathQ"))
-    t3_sets, t3_cols = only("table3", ("CRC-NORM", "PanNuke", "BreastPathQ"))
-    t4_sets, t4_cols = only("table4", ("CRC-NONORM", "CRC-NORM", "PanNuke", "BreastPathQ"))
-    table3_rows = {"MAE": ("MAE", "VanillaViT"), "SimCLR": ("SimCLR", "VanillaViT"),
-                   "SimCLR-CypherViT": ("SimCLR", "CypherViT"), "MoCo": ("MoCo", "VanillaViT"),
-                   "MoCo-CypherViT": ("MoCo", "CypherViT"), "DINO": ("DINO", "VanillaViT"),
-                   "DINO-CypherViT": ("DINO", "CypherViT")}
-    table1_models = ("Pretrained on ImageNet", "SimCLR", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
-    table2_models = ("Fully-supervised", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
-    finetune = dict(fractions=FRACTIONS, epochs=2 if smoke else 100, lr=1e-4, batch_size=16 if smoke else 64,
-                    weight_decay=0.05, warmup_epochs=0 if smoke else 5, table="table2")
+    t1_sets, t1_cols = sets("table1")
+    t3_sets, t3_cols = sets("table3")
+    t4_sets, t4_cols = sets("table4")
     evaluations = (
-        EvalSpec("classification_probes", "table1", table1_models, t1_sets, dict(columns=t1_cols)),
-        EvalSpec("label_fraction", "table2", table2_models, ("CRC-NORM",), finetune),
-        EvalSpec("resplit_knn", "table3", tuple(table3_rows), t3_sets,
-                 dict(columns=t3_cols, n_splits=5, test_fraction="original",
-                      rows={m: {"framework": f, "backbone": b} for m, (f, b) in table3_rows.items()},
-                      compare=[(m, m + "-CypherViT") for m in ("SimCLR", "MoCo", "DINO")])),
+        ClassificationProbes("table1", TABLE1_MODELS, t1_sets, columns=t1_cols),
+        LabelFraction("table2", TABLE2_MODELS, ("CRC-NORM",), fractions=FRACTIONS, epochs=2 if smoke else 100,
+                      lr=1e-4, batch_size=16 if smoke else 64, weight_decay=0.05, warmup_epochs=0 if smoke else 5),
+        ResplitKnn("table3", tuple(TABLE3_ROWS), t3_sets, columns=t3_cols, n_splits=5, test_fraction="original",
+                   rows={m: {"framework": f, "backbone": b} for m, (f, b) in TABLE3_ROWS.items()},
+                   compare=tuple((m, m + "-CypherViT") for m in ("SimCLR", "MoCo", "DINO"))),
     )
     ablations = (
-        EvalSpec("classification_probes", "table4", tuple(grid_models), t4_sets,
-                 dict(columns=t4_cols, knn_ks=(20,), rows=grid_models)),
+        ClassificationProbes("table4", tuple(grid_rows), t4_sets, columns=t4_cols, knn_ks=(20,), rows=grid_rows),
         # the kit's own row: the stage-0 token count (an assumption) at the paper's best setting
-        EvalSpec("classification_probes", "table4", tuple(stage0_rows), t4_sets,
-                 dict(columns=t4_cols, knn_ks=(20,), rows=stage0_rows)),
+        ClassificationProbes("table4", tuple(stage0_rows), t4_sets, columns=t4_cols, knn_ks=(20,),
+                             rows=stage0_rows),
     )
     probes = ("Frozen features: DINO weighted k-NN (cosine, T = 0.07) top-1 accuracy in %, k chosen on a validation "
               "split (10 % of the training data) from DINO's 10 / 20 / 100 / 200 (those <= the training size); "
@@ -362,12 +366,11 @@ def build(profile: str) -> Recipe:
                                 else ""),),
                   protocol=card["table4"]),
     )
-    figure_set = "CRC-NORM"
     figures = (
-        ("fig1_umap", "umap_panels", dict(models=table1_models, dataset=figure_set,
-                                          title="UMAP of frozen features (CRC w/ norm), 15 neighbours, min_dist 0.1")),
-        ("fig2_cls_attention", "cls_attention", dict(model="DINO-CypherViT", dataset=figure_set, features=False,
-                                                     omit=("EMPTY", "DEBRIS", "BACK", "DEB", "MUC"))),
+        UmapPanels("fig1_umap", models=TABLE1_MODELS, dataset="CRC-NORM",
+                   title="UMAP of frozen features (CRC w/ norm), 15 neighbours, min_dist 0.1"),
+        ClsAttention("fig2_cls_attention", model="DINO-CypherViT", dataset="CRC-NORM",
+                     omit=("EMPTY", "DEBRIS", "BACK", "DEB", "MUC")),
     )
     notes = ()
     if smoke:
