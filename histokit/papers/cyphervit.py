@@ -251,6 +251,76 @@ def ssl_run(name: str, method: str, encoder: str, *, smoke: bool, dataset: str, 
                      method_cfg=cfg, encoder_kwargs=kwargs)
 
 
+SMOKE_NOTE = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
+              "(raw = w/o norm, Macenko-normalized by the kit = w/ norm) and, in place of VGH/NKI, for the "
+              "pretraining data (training split only); 64 px images (32 px local crops), 2 epochs (1 warm-up) "
+              "for every framework, batch 16, CPU, each framework's own optimizer, lr rule, weight decay and "
+              "clipping otherwise; DINO ViT and iBOT ViT with 2 local crops, not their codebases' 8 and 10 (a "
+              "scale choice: the full profile trains 8 and 10); DINO / iBOT heads with 4,096 prototypes and no "
+              "frozen last-layer epoch; random 80/10/10 split instead of CRC-VAL-HE-7K; the trained "
+              "and fine-tuned encoders are the registered smoke variants vit_smoke (ViT/16, 192-d, 6 blocks, 3 "
+              "heads) and cyphervit_smoke (192-d, 2 stages x 3 blocks, 16 -> 4 or 8 [cls] tokens), not ViT-S/16 "
+              "and CypherViT-S; 'Pretrained on ImageNet' is timm's ViT-S/16. "
+              "PanNuke and BreastPathQ are not in the smoke profile. The protocol card of each table describes "
+              "the full profile; these notes are the smoke profile's deviations from it.")
+
+
+def _tables(smoke: bool, vit: str, cypher: str, stage0: int, stage0_alt: int) -> tuple:
+    """The four tables in the paper's layout, with their footnotes and protocol cards."""
+    probes = ("Frozen features: DINO weighted k-NN (cosine, T = 0.07) top-1 accuracy in %, k chosen on a validation "
+              "split (10 % of the training data) from DINO's 10 / 20 / 100 / 200 (those <= the training size); "
+              "linear probe = multinomial logistic regression, C swept on the same validation split.",
+              "BreastPathQ: linear regression on frozen features, MSE and Kendall tau on the official validation "
+              "set.",)
+    card = {t: tuple(PROTOCOL[k] for k in keys) for t, keys in TABLE_PROTOCOL.items()}
+    return (
+        TableSpec("table1", "Table 1 — k-NN and linear probing, BreastPathQ regression",
+                  "ye2024_cyphervit_table1.csv", keys=("method",),
+                  metrics=("crc_nonorm_knn", "crc_nonorm_linear", "crc_norm_knn", "crc_norm_linear", "pannuke_knn",
+                           "breastpathq_mse", "breastpathq_tau"),
+                  footnotes=probes + ((f"All rows {vit} except DINO-CypherViT ({cypher}) and 'Pretrained on "
+                                       f"ImageNet' ({VIT}); " if smoke else
+                                       "All rows ViT-S/16 except DINO-CypherViT; ") +
+                                      "DINO-CypherViT uses 4 final [cls] tokens and 2 local views (the paper's best "
+                                      "setting, Table 4).",),
+                  protocol=card["table1"]),
+        TableSpec("table2", "Table 2 — fine-tuning with 1-100 % of the CRC (w/ norm) labels",
+                  "ye2024_cyphervit_table2.csv", keys=("method",), metrics=tuple(FRACTIONS.values()),
+                  footnotes=("End-to-end fine-tuning of encoder + linear head (AdamW, cosine schedule) on a "
+                             "class-balanced fraction of the training split (at least one tile per class); top-1 "
+                             "accuracy in % on the unchanged test split. Fully-supervised = ViT-S/16 from random "
+                             "initialisation.",),
+                  protocol=card["table2"]),
+        TableSpec("table3", "Table 3 — VanillaViT vs CypherViT in each framework, 5 re-splits",
+                  "ye2024_cyphervit_table3.csv", keys=("framework", "backbone"),
+                  metrics=("crc_norm_acc_mean", "crc_norm_acc_std", "pannuke_acc_mean", "pannuke_acc_std",
+                           "breastpathq_mse_mean", "breastpathq_mse_std", "breastpathq_tau_mean",
+                           "breastpathq_tau_std", "pvalue_crc", "pvalue_pannuke", "pvalue_mse", "pvalue_tau")
+                  + PAIRED_PVALUES,
+                  extra_metrics=PAIRED_PVALUES,
+                  footnotes=("Official train and test pooled and re-split 5 times (stratified, seeds 0-4) with each "
+                             "dataset's own official test share (CRC: CRC-VAL-HE-7K, 7,180 of 107,180; PanNuke: the "
+                             "last fold, about a third; BreastPathQ: the validation set, 187 of 2,766; the value "
+                             "used is in each record's note); weighted k-NN (k = 20, T = 0.07) top-1 accuracy, mean "
+                             "± sample std; pvalue_*: Welch's t-test (scipy ttest_ind, equal_var=False) VanillaViT vs "
+                             "CypherViT within a framework; pvalue_*_paired (kit-only columns): the paired t-test "
+                             "(scipy ttest_rel), since both backbones are scored on the same five re-splits.",),
+                  protocol=card["table3"]),
+        TableSpec("table4", "Table 4 — number of final [cls] tokens x number of local views (DINO-CypherViT)",
+                  "ye2024_cyphervit_table4.csv", keys=("num_cls", "num_local_views"),
+                  metrics=("crc_nonorm_acc1", "crc_nonorm_acc3", "crc_norm_acc1", "crc_norm_acc3", "pannuke_acc1",
+                           "pannuke_acc3", "breastpathq_mse", "breastpathq_tau"),
+                  footnotes=("Weighted k-NN (k = 20, T = 0.07) top-1 / top-3 accuracy in %.",
+                             f"Every row has {stage0} stage-0 [cls] tokens (the paper gives no count; the kit's "
+                             f"assumption, 64 in CypherViT-S as GroupViT's first stage) except the kit's extra row "
+                             f"'{BEST[0]} ({stage0_alt} at stage 0)': {stage0_alt} stage-0 tokens at the paper's best "
+                             f"setting, since a 96 px local crop has 36 patches, fewer than 64 tokens."
+                             + (" Smoke: 32 px local crops (4 patches), cyphervit_smoke's 16 or 8 tokens." if smoke
+                                else ""),),
+                  protocol=card["table4"]),
+    )
+
+
 def build(profile: str) -> Recipe:
     smoke = profile == "smoke"
     size = 64 if smoke else 224
@@ -314,78 +384,14 @@ def build(profile: str) -> Recipe:
         ClassificationProbes("table4", tuple(stage0_rows), t4_sets, columns=t4_cols, knn_ks=(20,),
                              rows=stage0_rows),
     )
-    probes = ("Frozen features: DINO weighted k-NN (cosine, T = 0.07) top-1 accuracy in %, k chosen on a validation "
-              "split (10 % of the training data) from DINO's 10 / 20 / 100 / 200 (those <= the training size); "
-              "linear probe = multinomial logistic regression, C swept on the same validation split.",
-              "BreastPathQ: linear regression on frozen features, MSE and Kendall tau on the official validation "
-              "set.",)
-    card = {t: tuple(PROTOCOL[k] for k in keys) for t, keys in TABLE_PROTOCOL.items()}
-    tables = (
-        TableSpec("table1", "Table 1 — k-NN and linear probing, BreastPathQ regression",
-                  "ye2024_cyphervit_table1.csv", keys=("method",),
-                  metrics=("crc_nonorm_knn", "crc_nonorm_linear", "crc_norm_knn", "crc_norm_linear", "pannuke_knn",
-                           "breastpathq_mse", "breastpathq_tau"),
-                  footnotes=probes + ((f"All rows {vit} except DINO-CypherViT ({cypher}) and 'Pretrained on "
-                                       f"ImageNet' ({VIT}); " if smoke else
-                                       "All rows ViT-S/16 except DINO-CypherViT; ") +
-                                      "DINO-CypherViT uses 4 final [cls] tokens and 2 local views (the paper's best "
-                                      "setting, Table 4).",),
-                  protocol=card["table1"]),
-        TableSpec("table2", "Table 2 — fine-tuning with 1-100 % of the CRC (w/ norm) labels",
-                  "ye2024_cyphervit_table2.csv", keys=("method",), metrics=tuple(FRACTIONS.values()),
-                  footnotes=("End-to-end fine-tuning of encoder + linear head (AdamW, cosine schedule) on a "
-                             "class-balanced fraction of the training split (at least one tile per class); top-1 "
-                             "accuracy in % on the unchanged test split. Fully-supervised = ViT-S/16 from random "
-                             "initialisation.",),
-                  protocol=card["table2"]),
-        TableSpec("table3", "Table 3 — VanillaViT vs CypherViT in each framework, 5 re-splits",
-                  "ye2024_cyphervit_table3.csv", keys=("framework", "backbone"),
-                  metrics=("crc_norm_acc_mean", "crc_norm_acc_std", "pannuke_acc_mean", "pannuke_acc_std",
-                           "breastpathq_mse_mean", "breastpathq_mse_std", "breastpathq_tau_mean",
-                           "breastpathq_tau_std", "pvalue_crc", "pvalue_pannuke", "pvalue_mse", "pvalue_tau")
-                  + PAIRED_PVALUES,
-                  extra_metrics=PAIRED_PVALUES,
-                  footnotes=("Official train and test pooled and re-split 5 times (stratified, seeds 0-4) with each "
-                             "dataset's own official test share (CRC: CRC-VAL-HE-7K, 7,180 of 107,180; PanNuke: the "
-                             "last fold, about a third; BreastPathQ: the validation set, 187 of 2,766; the value "
-                             "used is in each record's note); weighted k-NN (k = 20, T = 0.07) top-1 accuracy, mean "
-                             "± sample std; pvalue_*: Welch's t-test (scipy ttest_ind, equal_var=False) VanillaViT vs "
-                             "CypherViT within a framework; pvalue_*_paired (kit-only columns): the paired t-test "
-                             "(scipy ttest_rel), since both backbones are scored on the same five re-splits.",),
-                  protocol=card["table3"]),
-        TableSpec("table4", "Table 4 — number of final [cls] tokens x number of local views (DINO-CypherViT)",
-                  "ye2024_cyphervit_table4.csv", keys=("num_cls", "num_local_views"),
-                  metrics=("crc_nonorm_acc1", "crc_nonorm_acc3", "crc_norm_acc1", "crc_norm_acc3", "pannuke_acc1",
-                           "pannuke_acc3", "breastpathq_mse", "breastpathq_tau"),
-                  footnotes=("Weighted k-NN (k = 20, T = 0.07) top-1 / top-3 accuracy in %.",
-                             f"Every row has {stage0} stage-0 [cls] tokens (the paper gives no count; the kit's "
-                             f"assumption, 64 in CypherViT-S as GroupViT's first stage) except the kit's extra row "
-                             f"'{BEST[0]} ({stage0_alt} at stage 0)': {stage0_alt} stage-0 tokens at the paper's best "
-                             f"setting, since a 96 px local crop has 36 patches, fewer than 64 tokens."
-                             + (" Smoke: 32 px local crops (4 patches), cyphervit_smoke's 16 or 8 tokens." if smoke
-                                else ""),),
-                  protocol=card["table4"]),
-    )
+    tables = _tables(smoke, vit, cypher, stage0, stage0_alt)
     figures = (
         UmapPanels("fig1_umap", models=TABLE1_MODELS, dataset="CRC-NORM",
                    title="UMAP of frozen features (CRC w/ norm), 15 neighbours, min_dist 0.1"),
         ClsAttention("fig2_cls_attention", model="DINO-CypherViT", dataset="CRC-NORM",
                      omit=("EMPTY", "DEBRIS", "BACK", "DEB", "MUC")),
     )
-    notes = ()
-    if smoke:
-        notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
-                 "(raw = w/o norm, Macenko-normalized by the kit = w/ norm) and, in place of VGH/NKI, for the "
-                 "pretraining data (training split only); 64 px images (32 px local crops), 2 epochs (1 warm-up) "
-                 "for every framework, batch 16, CPU, each framework's own optimizer, lr rule, weight decay and "
-                 "clipping otherwise; DINO ViT and iBOT ViT with 2 local crops, not their codebases' 8 and 10 (a "
-                 "scale choice: the full profile trains 8 and 10); DINO / iBOT heads with 4,096 prototypes and no "
-                 "frozen last-layer epoch; random 80/10/10 split instead of CRC-VAL-HE-7K; the trained "
-                 "and fine-tuned encoders are the registered smoke variants vit_smoke (ViT/16, 192-d, 6 blocks, 3 "
-                 "heads) and cyphervit_smoke (192-d, 2 stages x 3 blocks, 16 -> 4 or 8 [cls] tokens), not ViT-S/16 "
-                 "and CypherViT-S; 'Pretrained on ImageNet' is timm's ViT-S/16. "
-                 "PanNuke and BreastPathQ are not in the smoke profile. The protocol card of each table describes "
-                 "the full profile; these notes are the smoke profile's deviations from it.",)
+    notes = (SMOKE_NOTE,) if smoke else ()
     return Recipe(paper="cyphervit", title=TITLE, citation=CITATION, profile=profile, image_size=size,
                   datasets=datasets, models=tuple(models), pretrain=tuple(pretrain), evaluations=evaluations,
                   ablations=ablations, tables=tables, figures=figures, notes=notes,
