@@ -131,3 +131,42 @@ def test_chen2022_full_recipe_follows_the_reference_code():
     assert [p.aspect for p in table.protocol] == ["data + split", "preprocessing / normalisation", "input size",
                                                   "baselines' weights", "classifier / metric variant",
                                                   "evaluation protocol"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(kind="label_fraction", fractions={"0": "0%"}), r"fraction '0' must be a number in \(0, 1\]"),
+    (dict(kind="label_fraction", fractions={"1.5": "150%"}), r"fraction '1.5' must be a number in \(0, 1\]"),
+    (dict(kind="probes", columns={"CRC-NORM": {"knn_top5": "x"}}), r"unknown measures \['knn_top5'\]"),
+    (dict(kind="probes", fit_on="val"), r"fit_on must be one of"),
+    (dict(kind="resplit", test_fraction=1.0), r"test_fraction must be 'original' or in \(0, 1\)"),
+    (dict(kind="kimia", protocol="ffnir"), r"protocol must be one of"),
+    (dict(kind="retrieval", gallery="all"), r"gallery must be one of"),
+])
+def test_a_protocol_parameter_the_kit_cannot_run_fails_in_validate(bad, message):
+    """Typed protocol fields are checked when the recipe is built, naming the paper, the protocol and the table."""
+    from dataclasses import replace
+
+    from histokit.evaluation.protocols import ClassificationProbes, KimiaEta, LabelFraction, ResplitKnn, Retrieval
+
+    recipe = get_recipe("cyphervit", "smoke")
+    models, sets = ("DINO",), ("CRC-NORM",)
+    kind = bad.pop("kind")
+    protocol = {"label_fraction": lambda: LabelFraction("table2", models, sets, **bad),
+                "probes": lambda: ClassificationProbes("table1", models, sets, **{"columns": {"CRC-NORM": {}}, **bad}),
+                "resplit": lambda: ResplitKnn("table3", models, sets, columns={"CRC-NORM": {}}, **bad),
+                "kimia": lambda: KimiaEta("table1", models, sets, **bad),
+                "retrieval": lambda: Retrieval("table1", models, sets, **bad)}[kind]()
+    with pytest.raises(ValueError, match=rf"cyphervit: {protocol.kind} evaluation of table '{protocol.table}'"):
+        replace(recipe, evaluations=(protocol,)).validate()
+    with pytest.raises(ValueError, match=message):
+        replace(recipe, evaluations=(protocol,)).validate()
+
+
+def test_a_figure_naming_an_unknown_model_fails_in_validate():
+    from dataclasses import replace
+
+    from histokit.viz.figures import UmapPanels
+
+    recipe = get_recipe("cyphervit", "smoke")
+    with pytest.raises(ValueError, match=r"figure 'fig1_umap' \(umap_panels\) names unknown model 'DINOv2'"):
+        replace(recipe, figures=(UmapPanels("fig1_umap", models=("DINO", "DINOv2"), dataset="CRC-NORM"),)).validate()
