@@ -41,11 +41,7 @@ PAPER_STAGES = ("01_data", "02_pretrain", "03_finetune")
 # what the evaluation reads of the paper's own run (label_fraction: the paper rows' fine-tuned results, reused while
 # their starting weights are the same)
 LINKED = ("data", "train", "features", "timing", "label_fraction")
-KIND_WORDS = {"retrieval": "retrieval (mAP@k / P@k / nDCG@k, timings where the paper reports them)",
-              "classification_probes": "frozen-feature k-NN / linear / AUC probes",
-              "resplit_knn": "k-NN over the paper's re-splits", "kimia_eta": "the Kimia eta",
-              "label_fraction": "label-fraction fine-tuning, end to end, test accuracy",
-              "retrieval_split_variants": "retrieval under the random and the group-aware split"}
+
 
 
 def evaluate_dir(paper: str, label: str, root: Optional[Path] = None) -> Path:
@@ -87,12 +83,16 @@ def _with_user_rows(recipe, specs, kinds, names, tables) -> tuple[list, list]:
         if spec.table in tables:
             continue
         table = recipe.table(spec.table)
-        tables[spec.table] = spec.kind
-        params = {k: v for k, v in spec.params.items() if k not in ("as_run", "compare", "rows")}
+        tables[spec.table] = spec
         for name in names:
             labels = _row_labels(table, name)
-            extra = dict(labels={**{k: name for k in spec.labels if k == "model"}, **labels}) if spec.labels else {}
-            added.append(replace(spec, models=(name,), params={**params, "rows": {name: labels}}, **extra))
+            # the spec's protocol parameters, not the paper rows' weight labels, comparisons or row labels
+            changes = dict(models=(name,), as_run={})
+            changes.update({"rows": {name: labels}} if hasattr(spec, "rows") else {})
+            changes.update({"compare": ()} if hasattr(spec, "compare") else {})
+            if spec.labels:
+                changes["labels"] = {**{k: name for k in spec.labels if k == "model"}, **labels}
+            added.append(replace(spec, **changes))
     return kept, added
 
 
@@ -105,7 +105,7 @@ def evaluation_recipe(recipe, rows: Sequence):
     tables: dict = {}
     kept, added = _with_user_rows(recipe, recipe.evaluations, FROZEN_KINDS + FINETUNED_KINDS, names, tables)
     kept_ablations, added_ablations = _with_user_rows(recipe, recipe.ablations, FROZEN_ABLATION_KINDS, names, tables)
-    skipped = sorted({f"{KIND_WORDS.get(s.kind, s.kind)} ({s.table})" for s in recipe.evaluations
+    skipped = sorted({f"{s.words or s.kind} ({s.table})" for s in recipe.evaluations
                       if s.kind not in FROZEN_KINDS + FINETUNED_KINDS})
     training_ablations = sorted({s.table for s in recipe.ablations if s.kind not in FROZEN_ABLATION_KINDS})
     skipped += [f"the training ablations ({', '.join(training_ablations)})"] if training_ablations else []
@@ -114,10 +114,11 @@ def evaluation_recipe(recipe, rows: Sequence):
     for table in recipe.tables:
         if table.id not in tables:
             continue
-        how = ("fine-tuned from their weights with the paper's own fine-tuning recipe" if tables[table.id] in
+        protocol = tables[table.id]
+        how = ("fine-tuned from their weights with the paper's own fine-tuning recipe" if protocol.kind in
                FINETUNED_KINDS else "frozen")
         note = (f"Rows {', '.join(names)}: your encoders (histokit evaluate), {how}, under this table's protocol "
-                f"({KIND_WORDS[tables[table.id]]}), on the same splits and features as the paper's rows; "
+                f"({protocol.words}), on the same splits and features as the paper's rows; "
                 "'weights used' says what each loaded. Not run for them: "
                 + ("; ".join(skipped) if skipped else "nothing") + ".")
         out_tables.append(replace(table, footnotes=tuple(table.footnotes) + (note,)))

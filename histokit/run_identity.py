@@ -33,7 +33,9 @@ class IdentityError(RuntimeError):
 
 def _plain(obj):
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        # a protocol or figure part names its kind (a class attribute, not a field) so recipe.json says which it is
+        kind = {"kind": type(obj).kind} if isinstance(getattr(type(obj), "kind", None), str) else {}
+        return {**kind, **{f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

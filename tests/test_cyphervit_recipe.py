@@ -107,7 +107,8 @@ def _resplit_world(monkeypatch):
 
     from histokit.papers.recipe import DatasetSpec
     from histokit.retrieval.features import FeatureSet
-    from histokit.stages import eval_classification as ec
+    from histokit.evaluation.protocols import resplit as ec
+    from histokit.stages import common, index
 
     specs = {"CRC": DatasetSpec("CRC", "crc", test_dataset="crc_test"), "PanNuke": DatasetSpec("PanNuke", "pn",
                                                                                                split="official")}
@@ -120,8 +121,8 @@ def _resplit_world(monkeypatch):
         noise = {"V": 2.0, "C": 1.0}[model]
         return FeatureSet(np.eye(8)[labels] * 2 + rng.normal(scale=noise, size=(n, 8)), labels, np.arange(n))
 
-    monkeypatch.setattr(ec, "load_feature_set", load)
-    monkeypatch.setattr(ec, "split_indices", lambda ctx, key: {"train": np.arange(50), "val": np.arange(50, 60),
+    monkeypatch.setattr(index, "load_feature_set", load)
+    monkeypatch.setattr(common, "split_indices", lambda ctx, key: {"train": np.arange(50), "val": np.arange(50, 60),
                                                                "test": np.arange(60, 90)})
     return SimpleNamespace(recipe=SimpleNamespace(dataset=specs.__getitem__), seed=0), ec
 
@@ -134,19 +135,19 @@ def test_resplits_keep_each_datasets_own_test_share(monkeypatch):
     assert pannuke["test_fraction"] == pytest.approx(30 / 90)   # PanNuke's last fold: a third, not CRC's share
     assert ec.resplit_scores(ctx, "V", "PanNuke", 2, {"PanNuke": 0.25})["test_fraction"] == 0.25
     for profile in ("smoke", "full"):
-        assert get_recipe("cyphervit", profile).evaluations[2].params["test_fraction"] == "original"
+        assert get_recipe("cyphervit", profile).evaluations[2].test_fraction == "original"
 
 
 def test_table3_reports_the_paired_t_test_next_to_welchs(monkeypatch):
     from scipy import stats
 
-    from histokit.papers.recipe import EvalSpec
+    from histokit.evaluation.protocols import ResplitKnn
 
     ctx, ec = _resplit_world(monkeypatch)
     columns = {"acc_mean": "m", "acc_std": "s", "acc_pvalue": "p_welch", "acc_pvalue_paired": "p_paired"}
-    spec = EvalSpec("resplit_knn", "t3", ("V", "C"), ("PanNuke",),
-                    dict(columns={"PanNuke": columns}, n_splits=5, compare=[("V", "C")]))
-    records = {(r["model"], r["metric"]): r for r in ec.eval_resplit_knn(ctx, spec)}
+    spec = ResplitKnn("t3", ("V", "C"), ("PanNuke",), columns={"PanNuke": columns}, n_splits=5,
+                      compare=(("V", "C"),))
+    records = {(r["model"], r["metric"]): r for r in spec.run(ctx)}
     v, c = (ec.resplit_scores(ctx, m, "PanNuke", 5)["acc"] for m in ("V", "C"))
     for model in ("V", "C"):
         assert records[(model, "p_paired")]["value"] == pytest.approx(stats.ttest_rel(v, c).pvalue)
@@ -157,7 +158,7 @@ def test_table3_reports_the_paired_t_test_next_to_welchs(monkeypatch):
     table3 = get_recipe("cyphervit", "full").table("table3")
     assert set(table3.extra_metrics) == {"pvalue_crc_paired", "pvalue_pannuke_paired", "pvalue_mse_paired",
                                          "pvalue_tau_paired"} and set(table3.extra_metrics) <= set(table3.metrics)
-    cols = get_recipe("cyphervit", "full").evaluations[2].params["columns"]
+    cols = get_recipe("cyphervit", "full").evaluations[2].columns
     assert cols["PanNuke"]["acc_pvalue_paired"] == "pvalue_pannuke_paired"
     assert cols["BreastPathQ"]["tau_pvalue_paired"] == "pvalue_tau_paired"
 
@@ -194,7 +195,7 @@ def test_stage0_token_count_is_run_as_an_extra_table4_row(profile, encoder, defa
     run = recipe.train_spec(model.weights.split(":", 1)[1])
     assert (run.method, run.encoder, run.n_local) == ("dino", encoder, 2)
     assert run.encoder_kwargs == model.encoder_kwargs == {"num_final_cls": 4, "num_stage0_cls": alt}
-    assert extra.params["rows"][model.name] == {"num_cls": f"4 ({alt} at stage 0)", "num_local_views": "2"}
+    assert extra.rows[model.name] == {"num_cls": f"4 ({alt} at stage 0)", "num_local_views": "2"}
     best = recipe.train_spec(recipe.model("DINO-CypherViT").weights.split(":", 1)[1])
     assert {k: getattr(best, k) for k in ("optimizer", "lr", "epochs", "n_local", "grad_clip")} == {
         k: getattr(run, k) for k in ("optimizer", "lr", "epochs", "n_local", "grad_clip")}

@@ -12,7 +12,7 @@ its checkpoint ends where an uninterrupted one does.
 Paths: each SSL method (DINO, EsViT, iBOT, MoCo v3, SimCLR, MAE) through ``stages.train.fit`` (the pretraining
 stage), supervised fine-tuning (``train.supervised.finetune_classifier``), Sub-center ArcFace
 (``stages.train.fit`` too: ``SubCenterArcFace``, LGFFEM) and the label-fraction fine-tuning
-(``stages.finetune_fractions.finetune_fraction``). One intra-op thread: the guarantee is for a fixed thread count.
+(``evaluation.protocols.LabelFraction.finetune``). One intra-op thread: the guarantee is for a fixed thread count.
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_subcenter_arcface_is_the_same_whatever_the_worker_count_and_after_a_res
 def _supervised_run(seed: int = 0):
     tiles = load_dataset("kather2016_tiny")
     tiles = tiles.subset(np.arange(0, len(tiles), 8))  # 13 tiles, every class
-    from histokit.stages.finetune_fractions import finetune_transform
+    from histokit.evaluation.protocols.label_fraction import finetune_transform
 
     train_ds = tiles.with_transform(finetune_transform(32, (0.5,) * 3, (0.5,) * 3))
     val_ds = tiles.subset(np.arange(4)).with_transform(eval_transform(32, (0.5,) * 3, (0.5,) * 3))
@@ -180,23 +180,25 @@ def test_supervised_finetuning_is_the_same_whatever_the_worker_count(one_thread,
     assert losses == in_process_losses and len(losses) >= 2
 
 
-def test_label_fraction_finetuning_twice_from_one_seed_is_identical(tmp_path, one_thread, workers):
-    from histokit.stages.finetune_fractions import finetune_fraction
+def _label_fraction(epochs: int):
+    from histokit.evaluation.protocols import LabelFraction
 
-    params = {"epochs": 2, "batch_size": 4, "lr": 1e-3}
-    first = finetune_fraction(_ctx(tmp_path / "first"), "tiny", "TILES", 0.5, params)
-    second = finetune_fraction(_ctx(tmp_path / "second"), "tiny", "TILES", 0.5, params)
+    return LabelFraction("all", ("tiny",), ("TILES",), fractions={"0.5": "50%"}, epochs=epochs, batch_size=4, lr=1e-3)
+
+
+def test_label_fraction_finetuning_twice_from_one_seed_is_identical(tmp_path, one_thread, workers):
+    protocol = _label_fraction(epochs=2)
+    first = protocol.finetune(_ctx(tmp_path / "first"), "tiny", "TILES", 0.5)
+    second = protocol.finetune(_ctx(tmp_path / "second"), "tiny", "TILES", 0.5)
     assert _losses(first["history"]) == _losses(second["history"]) and first["history"]
     assert first["correct"] == second["correct"] and first["accuracy"] == second["accuracy"]
 
 
 def test_label_fraction_finetuning_is_the_same_whatever_the_worker_count(tmp_path, one_thread, workers):
-    from histokit.stages.finetune_fractions import finetune_fraction
-
-    params = {"epochs": 2, "batch_size": 4, "lr": 1e-3}
-    with_workers = finetune_fraction(_ctx(tmp_path / "two"), "tiny", "TILES", 0.5, params)
+    protocol = _label_fraction(epochs=2)
+    with_workers = protocol.finetune(_ctx(tmp_path / "two"), "tiny", "TILES", 0.5)
     workers(0)
-    in_process = finetune_fraction(_ctx(tmp_path / "none"), "tiny", "TILES", 0.5, params)
+    in_process = protocol.finetune(_ctx(tmp_path / "none"), "tiny", "TILES", 0.5)
     assert _losses(with_workers["history"]) == _losses(in_process["history"]) and in_process["history"]
     assert with_workers["correct"] == in_process["correct"]
 
@@ -206,22 +208,23 @@ def test_a_label_fraction_result_is_reused_only_while_its_starting_weights_are_t
                                                                                         workers, monkeypatch):
     """The cached result of a (model, dataset, fraction) records what the fine-tuning started from; other weights
     under the same row name (a retrained run, another file at the same path) are fine-tuned again."""
-    from histokit.stages import finetune_fractions, index
+    from histokit.stages import index
+    from histokit.train import supervised
 
     calls = []
-    real = finetune_fractions.finetune_classifier
+    real = supervised.finetune_classifier
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(finetune_fractions, "finetune_classifier", counted)
-    params = {"epochs": 1, "batch_size": 4, "lr": 1e-3}
+    monkeypatch.setattr(supervised, "finetune_classifier", counted)
+    protocol = _label_fraction(epochs=1)
     ctx = _ctx(tmp_path / "run")
-    first = finetune_fractions.finetune_fraction(ctx, "tiny", "TILES", 0.5, params)
+    first = protocol.finetune(ctx, "tiny", "TILES", 0.5)
     assert first["weights_identity"] == index.weights_identity(ctx, "tiny", "TILES")
-    assert finetune_fractions.finetune_fraction(ctx, "tiny", "TILES", 0.5, params)["accuracy"] == first["accuracy"]
+    assert protocol.finetune(ctx, "tiny", "TILES", 0.5)["accuracy"] == first["accuracy"]
     assert len(calls) == 1  # the same starting weights: read back
     monkeypatch.setattr(index, "weights_identity", lambda *a, **k: {"kind": "checkpoint", "sha256": "other"})
-    again = finetune_fractions.finetune_fraction(ctx, "tiny", "TILES", 0.5, params)
+    again = protocol.finetune(ctx, "tiny", "TILES", 0.5)
     assert len(calls) == 2 and again["weights_identity"] == {"kind": "checkpoint", "sha256": "other"}

@@ -122,7 +122,7 @@ def _spec(recipe, table, model="EsViT + k-NN"):
 
 
 def test_a_fallback_row_is_labelled_with_what_it_was_trained_on(tmp_path):
-    from histokit.stages.evaluate import weight_lineage, weights_as_run
+    from histokit.evaluation.protocols.records import weight_lineage, weights_as_run
 
     # smoke: the fallback is the kit's EsViT on the bundled tiles
     ctx = _ctx(tmp_path / "smoke", "smoke")
@@ -193,14 +193,14 @@ def test_retrieval_records_carry_the_label_and_the_timing_device(tmp_path, monke
     import numpy as np
 
     from histokit.retrieval.features import FeatureSet
-    from histokit.stages import evaluate
+    from histokit.stages import index
 
     rng = np.random.default_rng(0)
     labels = np.arange(20) % 2
     feats = rng.normal(size=(20, 4)).astype(np.float32) + labels[:, None]
     parts = (FeatureSet(feats[:16], labels[:16], np.arange(16), {}), FeatureSet(feats[16:], labels[16:],
                                                                                  np.arange(16, 20), {}))
-    monkeypatch.setattr(evaluate, "gallery_and_queries", lambda *a, **k: parts)
+    monkeypatch.setattr(index, "gallery_and_queries", lambda *a, **k: parts)
     ctx = _ctx(tmp_path, "smoke")
     _trained(ctx, "esvit_pretrain", "esvit_finetune_CRC")
     timing = ctx.path("timing", "esvit_k-nn", "crc.json")
@@ -210,7 +210,7 @@ def test_retrieval_records_carry_the_label_and_the_timing_device(tmp_path, monke
                                   "feature_extraction_amortized_ms": 0.5, "extraction_batch_size": 32,
                                   "retrieval_latency_ms": 4.0}))
     spec = _spec(ctx.recipe, "table1")
-    records = evaluate.eval_retrieval(ctx, spec)
+    records = spec.run(ctx)
     assert {r["row_label"] for r in records} == {"EsViT + k-NN (init: kit's own EsViT, 2 ep on the bundled Kather "
                                                  "2016 tiles, not ImageNet)"}
     by_metric = {r["metric"]: r for r in records}

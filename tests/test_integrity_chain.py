@@ -17,7 +17,8 @@ import torch
 import histokit.stages.common as common
 from histokit.crosspaper.collect import collect_feature_sets
 from histokit.models.backbones import create_encoder
-from histokit.papers.recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe
+from histokit.evaluation.protocols import LabelFraction, Retrieval
+from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe
 from histokit.sidecars import SidecarError, check_sidecar
 from histokit.stages.context import StageContext
 from histokit.stages.index import extract_pair, feature_path, gallery_and_queries, load_feature_set
@@ -30,7 +31,7 @@ RECIPE = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_
                 datasets=(DatasetSpec("TILES", "kather2016_tiny"),),
                 models=(ModelSpec("ViT", "vit_test", "random"), ModelSpec("ResNet", "resnet_test", "random"),
                         ModelSpec("Trained", "resnet_test", "train:run_b")),
-                evaluations=(EvalSpec("retrieval", "table1", ("ViT", "ResNet"), ("TILES",)),))
+                evaluations=(Retrieval("table1", ("ViT", "ResNet"), ("TILES",)),))
 
 
 def tiny_run(run_dir: Path) -> StageContext:
@@ -80,7 +81,7 @@ def test_a_feature_file_copied_with_its_sidecar_over_another_models_is_refused_b
         gallery_and_queries(ctx, "ResNet", "TILES")
     with pytest.raises(SidecarError, match=named):  # stage 04 again: it neither keeps nor silently redoes it
         extract_pair(ctx, "ResNet", "TILES", timed=False)
-    from histokit.stages.evaluate import weights_used
+    from histokit.evaluation.protocols.records import weights_used
 
     with pytest.raises(SidecarError, match=named):  # the table's "weights used" column reads the sidecar too
         weights_used(ctx, "ResNet", "TILES")
@@ -164,14 +165,12 @@ def test_a_training_runs_weights_swapped_with_their_history_are_refused_by_the_r
 
 @pytest.mark.bad_input
 def test_a_label_fraction_result_of_another_model_is_refused(tmp_path):
-    from histokit.stages.finetune_fractions import finetune_fraction
-
     ctx = tiny_run(tmp_path / "run")
     path = ctx.path("label_fraction", "resnet", "tiles", "0.1.json")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"model": "ViT", "dataset": "TILES", "fraction": 0.1, "accuracy": 99.0}))
     with pytest.raises(SidecarError, match=rf"{path}.*field 'model' is 'ViT', expected 'ResNet'"):
-        finetune_fraction(ctx, "ResNet", "TILES", 0.1, {})
+        LabelFraction("all", ("ResNet",), ("TILES",), fractions={"0.1": "10%"}).finetune(ctx, "ResNet", "TILES", 0.1)
 
 
 @pytest.mark.bad_input

@@ -125,17 +125,17 @@ def test_eval_stage_passes_the_test_paths(monkeypatch):
 
     from histokit.papers import get_recipe
     from histokit.retrieval.features import FeatureSet
-    from histokit.stages import common, eval_kimia
+    from histokit.stages import common, index
 
     paths = ["x/s0/s0_10.jpg", "x/s0/s0_2.jpg", "x/s1/s1_1.jpg", "x/s1/s1_2.jpg", "x/s1/s1_3.jpg", "x/s2/s2_1.jpg"]
     test = FeatureSet(col(1.0, 0.0, 1.8, 6.0, 10.0, 11.0), np.array([0, 0, 1, 1, 1, 2]), np.arange(10, 16))
     images = SimpleNamespace(samples=[SimpleNamespace(path=f"unused/{i}.jpg") for i in range(10)]
                              + [SimpleNamespace(path=p) for p in paths])
-    monkeypatch.setattr(eval_kimia, "feature_parts", lambda ctx, model, dataset: {"train": test, "test": test})
+    monkeypatch.setattr(index, "feature_parts", lambda ctx, model, dataset: {"train": test, "test": test})
     monkeypatch.setattr(common, "load_recipe_dataset", lambda ctx, key, test=False: images)
     recipe = get_recipe("lgffem", "full")
     spec = next(e for e in recipe.evaluations if e.table == "table1_public_code")
-    records = eval_kimia.eval_kimia_eta(SimpleNamespace(recipe=recipe, paper="lgffem"), spec)
+    records = spec.run(SimpleNamespace(recipe=recipe, paper="lgffem"))
     eta_p = [r["value"] for r in records if r["metric"] == "eta_p"]
     assert len(eta_p) == 3  # one per strategy row
     assert eta_p == pytest.approx([100.0] * 3)  # natural order: s0_2.jpg queries (lexicographic order gives 83.3)
@@ -144,7 +144,7 @@ def test_eval_stage_passes_the_test_paths(monkeypatch):
 def test_records_in_percent_are_the_floats_the_percent_api_returned():
     """The table layer's percent (eta_percent) is bit for bit what eta_* computed when it returned percent itself
     (100 * hits / n, 100 * mean, p * w / 100), so switching the API to fractions moved no table value."""
-    from histokit.stages.eval_kimia import eta_percent
+    from histokit.evaluation.protocols.kimia_eta import eta_percent
 
     rng = np.random.default_rng(0)
     for _ in range(300):

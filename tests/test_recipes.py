@@ -32,7 +32,7 @@ def test_every_evaluation_column_is_a_table_metric(paper, profile):
     recipe = get_recipe(paper, profile)
     for spec in recipe.evaluations + recipe.ablations:
         metrics = set(recipe.table(spec.table).metrics)
-        for dataset, columns in spec.params.get("columns", {}).items():
+        for dataset, columns in getattr(spec, "columns", {}).items():
             assert dataset in spec.datasets
             assert set(columns.values()) <= metrics, (paper, spec.table, set(columns.values()) - metrics)
 
@@ -48,7 +48,7 @@ def test_smoke_profiles_read_only_the_bundled_tiles(paper):
 def test_cyphervit_table4_grid_reaches_the_training_runs(profile, cypher):
     recipe = get_recipe("cyphervit", profile)
     grid = recipe.ablations[0]
-    rows = grid.params["rows"]
+    rows = grid.rows
     seen = set()
     for model in grid.models:
         spec = recipe.model(model)
@@ -63,11 +63,11 @@ def test_cyphervit_table4_grid_reaches_the_training_runs(profile, cypher):
 
 def test_cyphervit_table3_compares_each_framework_across_backbones():
     spec = get_recipe("cyphervit", "full").evaluations[2]
-    assert spec.kind == "resplit_knn" and spec.params["n_splits"] == 5
-    for vanilla, cypher in spec.params["compare"]:
-        assert spec.params["rows"][vanilla]["backbone"] == "VanillaViT"
-        assert spec.params["rows"][cypher]["backbone"] == "CypherViT"
-        assert spec.params["rows"][vanilla]["framework"] == spec.params["rows"][cypher]["framework"]
+    assert spec.kind == "resplit_knn" and spec.n_splits == 5
+    for vanilla, cypher in spec.compare:
+        assert spec.rows[vanilla]["backbone"] == "VanillaViT"
+        assert spec.rows[cypher]["backbone"] == "CypherViT"
+        assert spec.rows[vanilla]["framework"] == spec.rows[cypher]["framework"]
 
 
 def test_chen2022_dino_uses_half_normalisation_and_official_weights_first():
@@ -90,7 +90,7 @@ def test_lgffem_strategies_chain_and_ma_ms_loss_is_marked_not_reproducible():
     built = build_table(table2, pd.DataFrame(columns=["table", "method", "metric", "value"]))
     row = built[built.method == "MA + MS-loss"].iloc[0]
     assert row["eta_p"] == NOT_REPRODUCIBLE and row["eta_p (paper)"] == 97.89
-    protocols = {s.params["protocol"] for s in full.evaluations}
+    protocols = {s.protocol for s in full.evaluations}
     assert protocols == {"standard", "public_code"}
 
 
@@ -120,9 +120,9 @@ def test_chen2022_full_recipe_follows_the_reference_code():
     assert recipe.model("ImageNet ResNet-50").encoder == "resnet50_trunc"
     assert recipe.dataset("BreastPathQ").image_size == 512 and recipe.dataset("CRC-NORM").image_size is None
     assert recipe.feature_l2_normalize is False
-    params = recipe.evaluations[0].params
-    assert params["fit_on"] == "train+val"
-    assert params["columns"]["BreastPathQ"] == {"mse_unclipped": "breastpathq_mse", "tau_bpq": "breastpathq_tau",
+    probes = recipe.evaluations[0]
+    assert probes.fit_on == "train+val"
+    assert probes.columns["BreastPathQ"] == {"mse_unclipped": "breastpathq_mse", "tau_bpq": "breastpathq_tau",
                                                 "mse": "breastpathq_mse_clipped", "tau_unclipped": "breastpathq_tau_b"}
     table = recipe.table("table1")
     paper = pd.read_csv(PAPER_TABLES_DIR / table.paper_csv)
@@ -131,3 +131,42 @@ def test_chen2022_full_recipe_follows_the_reference_code():
     assert [p.aspect for p in table.protocol] == ["data + split", "preprocessing / normalisation", "input size",
                                                   "baselines' weights", "classifier / metric variant",
                                                   "evaluation protocol"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(kind="label_fraction", fractions={"0": "0%"}), r"fraction '0' must be a number in \(0, 1\]"),
+    (dict(kind="label_fraction", fractions={"1.5": "150%"}), r"fraction '1.5' must be a number in \(0, 1\]"),
+    (dict(kind="probes", columns={"CRC-NORM": {"knn_top5": "x"}}), r"unknown measures \['knn_top5'\]"),
+    (dict(kind="probes", fit_on="val"), r"fit_on must be one of"),
+    (dict(kind="resplit", test_fraction=1.0), r"test_fraction must be 'original' or in \(0, 1\)"),
+    (dict(kind="kimia", protocol="ffnir"), r"protocol must be one of"),
+    (dict(kind="retrieval", gallery="all"), r"gallery must be one of"),
+])
+def test_a_protocol_parameter_the_kit_cannot_run_fails_in_validate(bad, message):
+    """Typed protocol fields are checked when the recipe is built, naming the paper, the protocol and the table."""
+    from dataclasses import replace
+
+    from histokit.evaluation.protocols import ClassificationProbes, KimiaEta, LabelFraction, ResplitKnn, Retrieval
+
+    recipe = get_recipe("cyphervit", "smoke")
+    models, sets = ("DINO",), ("CRC-NORM",)
+    kind = bad.pop("kind")
+    protocol = {"label_fraction": lambda: LabelFraction("table2", models, sets, **bad),
+                "probes": lambda: ClassificationProbes("table1", models, sets, **{"columns": {"CRC-NORM": {}}, **bad}),
+                "resplit": lambda: ResplitKnn("table3", models, sets, columns={"CRC-NORM": {}}, **bad),
+                "kimia": lambda: KimiaEta("table1", models, sets, **bad),
+                "retrieval": lambda: Retrieval("table1", models, sets, **bad)}[kind]()
+    with pytest.raises(ValueError, match=rf"cyphervit: {protocol.kind} evaluation of table '{protocol.table}'"):
+        replace(recipe, evaluations=(protocol,)).validate()
+    with pytest.raises(ValueError, match=message):
+        replace(recipe, evaluations=(protocol,)).validate()
+
+
+def test_a_figure_naming_an_unknown_model_fails_in_validate():
+    from dataclasses import replace
+
+    from histokit.viz.figures import UmapPanels
+
+    recipe = get_recipe("cyphervit", "smoke")
+    with pytest.raises(ValueError, match=r"figure 'fig1_umap' \(umap_panels\) names unknown model 'DINOv2'"):
+        replace(recipe, figures=(UmapPanels("fig1_umap", models=("DINO", "DINOv2"), dataset="CRC-NORM"),)).validate()

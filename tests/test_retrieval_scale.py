@@ -166,13 +166,14 @@ def test_stage_04_above_the_threshold_records_the_ivf_index_and_notes_its_recall
     is IVF: its timing row names it with its recall@10 against exact, and the table reporting the timing a note."""
     import json
 
-    from histokit.papers.recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe
+    from histokit.evaluation.protocols import Retrieval
+    from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe
     from histokit.stages import index as stage
     from histokit.stages.context import StageContext
 
     recipe = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_size=32,
                     datasets=(DatasetSpec("TILES", "kather2016_tiny"),), models=(ModelSpec("tiny", "vit_test", "random"),),
-                    evaluations=(EvalSpec("retrieval", "table1", ("tiny",), ("TILES",), {"timing": True}),))
+                    evaluations=(Retrieval("table1", ("tiny",), ("TILES",), timing=True),))
     ctx = StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=tmp_path, data_root=tmp_path,
                        device="cpu", seed=0, progress=False, rehearse={"steps": 1})
     exact = stage.extract_pair(ctx, "tiny", "TILES", timed=True)

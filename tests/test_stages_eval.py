@@ -11,7 +11,7 @@ from histokit.stages import open_stage
 from histokit.stages.common import load_recipe_dataset
 from histokit.stages.data import write_indexes
 from histokit.stages.data_index import official_train_val_test
-from histokit.stages.eval_classification import knn_with_k_sweep
+from histokit.evaluation.protocols.probes import knn_with_k_sweep
 
 
 def _blobs(n, seed, d=8, classes=3):
@@ -90,9 +90,9 @@ def _flat(transform):
 
 def _chen_ctx(monkeypatch, parts):
     from histokit.papers import get_recipe
-    from histokit.stages import eval_classification
+    from histokit.stages import index
 
-    monkeypatch.setattr(eval_classification, "feature_parts", lambda ctx, model, dataset: parts)
+    monkeypatch.setattr(index, "feature_parts", lambda ctx, model, dataset: parts)
     recipe = get_recipe("chen2022", "full")
     return SimpleNamespace(recipe=recipe, seed=0), recipe.evaluations[0]
 
@@ -102,11 +102,9 @@ def test_chen2022_knn_auc_is_sklearn_defaults_on_raw_features_of_all_training_ti
     from sklearn.neighbors import KNeighborsClassifier
 
     from histokit.retrieval.features import l2_normalize
-    from histokit.stages.eval_classification import probe_measures
-
     train, val, test = _raw_blobs(40, 0), _raw_blobs(8, 1, offset=40), _raw_blobs(30, 2)
     ctx, spec = _chen_ctx(monkeypatch, {"train": train, "val": val, "test": test})
-    recs = probe_measures(ctx, spec, "DINO ViT-S/16 (TCGA)", "CRC-NORM", spec.params["columns"]["CRC-NORM"])
+    recs = spec.measures(ctx, "DINO ViT-S/16 (TCGA)", "CRC-NORM", spec.columns["CRC-NORM"])
     assert [r["metric"] for r in recs] == ["crc_norm_knn_auc"]
 
     def auc(tr_f, tr_y, te_f):
@@ -126,8 +124,6 @@ def test_chen2022_breastpathq_columns_are_the_reference_metrics_with_kit_extras_
     from sklearn.linear_model import LinearRegression
 
     from histokit.evaluation.regression import kendalltau_bpq
-    from histokit.stages.eval_classification import probe_measures
-
     rng = np.random.default_rng(3)
     w = rng.normal(size=5)
 
@@ -138,7 +134,7 @@ def test_chen2022_breastpathq_columns_are_the_reference_metrics_with_kit_extras_
 
     train, val, test = part(30, 0), part(6, 30), part(25, 36)
     ctx, spec = _chen_ctx(monkeypatch, {"train": train, "val": val, "test": test})
-    recs = probe_measures(ctx, spec, "DINO ViT-S/16 (TCGA)", "BreastPathQ", spec.params["columns"]["BreastPathQ"])
+    recs = spec.measures(ctx, "DINO ViT-S/16 (TCGA)", "BreastPathQ", spec.columns["BreastPathQ"])
     got = {r["metric"]: r["value"] for r in recs}
     raw = LinearRegression().fit(np.concatenate([train.features, val.features]),
                                  np.concatenate([train.labels, val.labels])).predict(test.features)

@@ -105,7 +105,8 @@ def test_stage_04_decodes_a_dataset_once_for_its_models_and_their_features_are_u
     """Two models (different input normalisations) on one dataset: stage 04 decodes its images once into a tile
     cache, each model reads it with its own mean / std, the features are bit-identical to decoding per model, and
     the cache is gone when the stage ends."""
-    from histokit.papers.recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe
+    from histokit.evaluation.protocols import Retrieval
+    from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe
     from histokit.retrieval.features import load_features
     from histokit.stages import index as stage
     from histokit.stages.context import StageContext
@@ -114,7 +115,7 @@ def test_stage_04_decodes_a_dataset_once_for_its_models_and_their_features_are_u
               ModelSpec("b", "resnet_test", "random", mean=(0.7, 0.6, 0.7), std=(0.15, 0.2, 0.1)))
     recipe = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_size=32,
                     datasets=(DatasetSpec("TILES", "kather2016_tiny"),), models=models,
-                    evaluations=(EvalSpec("retrieval", "table1", ("a", "b"), ("TILES",)),))
+                    evaluations=(Retrieval("table1", ("a", "b"), ("TILES",)),))
 
     def context(run_dir):
         return StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=run_dir, data_root=tmp_path,

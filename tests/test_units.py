@@ -10,7 +10,8 @@ from histokit.evaluation.knn import majority_knn, sklearn_knn_auc, weighted_knn
 from histokit.evaluation.linear import linear_probe
 from histokit.retrieval.features import FeatureSet
 from histokit.retrieval.metrics import evaluate_retrieval
-from histokit.stages import eval_classification
+from histokit.evaluation.protocols.probes import ClassificationProbes, knn_with_k_sweep
+from histokit.stages import index
 
 
 def _blobs(n, seed, d=8, classes=3, spread=2.5):
@@ -43,14 +44,13 @@ def test_table_records_are_the_floats_the_percent_api_gave(monkeypatch, seed):
     rng = np.random.default_rng(seed)
     n_test = int(rng.integers(7, 60))
     parts = {"train": _blobs(80, seed), "val": _blobs(20, seed + 100), "test": _blobs(n_test, seed + 200)}
-    monkeypatch.setattr(eval_classification, "feature_parts", lambda ctx, model, dataset: parts)
+    monkeypatch.setattr(index, "feature_parts", lambda ctx, model, dataset: parts)
     ctx = SimpleNamespace(recipe=SimpleNamespace(dataset=lambda key: SimpleNamespace(task="classification")), seed=0)
-    spec = SimpleNamespace(table="t", labels={}, params={})
-    records = eval_classification.probe_measures(ctx, spec, "m", "d", {"knn": "kNN", "knn_top3": "kNN@3",
-                                                                       "linear": "Linear"})
+    spec = ClassificationProbes("t", ("m",), ("d",))
+    records = spec.measures(ctx, "m", "d", {"knn": "kNN", "knn_top3": "kNN@3", "linear": "Linear"})
     by = {r["metric"]: r for r in records}
     test = parts["test"]
-    knn = eval_classification.knn_with_k_sweep(parts)
+    knn = knn_with_k_sweep(parts)
     assert by["kNN"]["value"] == 100.0 * float(np.mean(knn["predictions"] == test.labels))  # exact, not approx
     ranked_hit3 = by["kNN@3"]["value"]
     assert ranked_hit3 == 100.0 * knn["top3"] and 0.0 <= ranked_hit3 <= 100.0

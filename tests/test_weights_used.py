@@ -12,7 +12,8 @@ import torch
 
 import histokit.stages.common as common
 from histokit.models.backbones import create_encoder
-from histokit.papers.recipe import DatasetSpec, EvalSpec, ModelSpec, Recipe, TableSpec, TrainSpec
+from histokit.evaluation.protocols import Retrieval
+from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe, TableSpec, TrainSpec
 from histokit.results import WEIGHTS_COLUMN, build_table, merge_records, records_frame
 from histokit.stages.context import StageContext
 from histokit.stages.data import write_indexes
@@ -144,7 +145,7 @@ def test_a_rerun_on_other_weights_replaces_the_record():
 
 
 def test_records_of_a_relabelled_row_get_their_models_weights(tmp_path):
-    from histokit.stages.evaluate import with_weights_used
+    from histokit.evaluation.protocols.records import with_weights_used
     from histokit.stages.index import feature_path
 
     ctx = _ctx(tmp_path)
@@ -152,7 +153,7 @@ def test_records_of_a_relabelled_row_get_their_models_weights(tmp_path):
     sidecar.parent.mkdir(parents=True)
     sidecar.write_text(json.dumps({"sha256": "0", "model": "SimCLR", "dataset": "TILES",
                                    "weights": "trained here on 80 bundled Kather 2016 tiles (simclr_tiles)"}))
-    spec = EvalSpec("retrieval", "table2", ("SimCLR",), ("TILES",), labels={"model": "SimCLR (paper's label)"})
+    spec = Retrieval("table2", ("SimCLR",), ("TILES",), labels={"model": "SimCLR (paper's label)"})
     records = with_weights_used(ctx, spec, [{"table": "table2", "model": "SimCLR (paper's label)",
                                              "dataset": "TILES", "metric": "mAP@10", "value": 1.0}])
     assert records[0][WEIGHTS_COLUMN] == "trained here on 80 bundled Kather 2016 tiles (simclr_tiles)"

@@ -12,7 +12,7 @@ tables) — see :func:`eta_public_code`.
 
 All values are returned as fractions in [0, 1] (η_tot = η_p · η_w; the kit's one convention, docs/api.md), with
 the counts behind η_p (``n_correct`` = Σ_s |R ∩ Γ_s|, ``n_queries`` = n_tot). The paper's tables are in percent
-(99.40 · 99.47 / 100 -> 98.87): the table layer (``histokit.stages.eval_kimia.eta_percent``) converts, from the counts
+(99.40 · 99.47 / 100 -> 98.87): the table layer (``histokit.evaluation.protocols.kimia_eta.eta_percent``) converts, from the counts
 for η_p.
 """
 from __future__ import annotations

@@ -21,7 +21,9 @@ the table says so; the full profile refuses to run without them (2 M TCGA patche
 """
 from __future__ import annotations
 
-from .recipe import DatasetSpec, EvalSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
+from ..evaluation.protocols import ClassificationProbes
+from ..viz.figures import AttentionHeads
+from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
 
 PROFILES = ("smoke", "full")
 TITLE = "Chen & Krishnan 2022 — DINO ViT-S/16 on histology: k-NN AUC, BreastPathQ, attention heads"
@@ -76,8 +78,8 @@ def build(profile: str) -> Recipe:
                                "mse": "breastpathq_mse_clipped", "tau_unclipped": "breastpathq_tau_b"}}
     keys = tuple(d.key for d in datasets)
     evaluations = (
-        EvalSpec("classification_probes", "table1", tuple(m.name for m in models), keys,
-                 dict(columns={k: columns[k] for k in keys}, fit_on="train+val")),
+        ClassificationProbes("table1", tuple(m.name for m in models), keys, columns={k: columns[k] for k in keys},
+                             fit_on="train+val"),
     )
     footnotes = (
         "k-NN AUC: scikit-learn KNeighborsClassifier() defaults (k = 5, uniform weights, Minkowski p = 2) fitted on "
@@ -109,7 +111,7 @@ def build(profile: str) -> Recipe:
             "CRC-VAL-HE-7K, MUS merged into STR; BreastPathQ fitted on the official training set, tested on the "
             "official validation set (patch_evaluation.ipynb)",
             "the same sets and merge; the probes are fitted on every training tile (the kit's train and validation "
-            "splits joined, dataset order)", variant="EvalSpec param fit_on='train' (hold the 10 % validation split "
+            "splits joined, dataset order)", variant="ClassificationProbes fit_on='train' (hold the 10 % validation split "
                                                       "out)"),
         ProtocolPoint(
             "preprocessing / normalisation",
@@ -153,9 +155,8 @@ def build(profile: str) -> Recipe:
                   footnotes=footnotes, protocol=protocol),
     )
     figure_set = "CRC-NORM"
-    figures = (("fig_attention_heads", "attention_heads",
-                dict(model="DINO ViT-S/16 (TCGA)", dataset=figure_set, features=False,
-                     classes=("TUMOR", "STROMA", "LYMPHO", "TUM", "STR", "LYM"))),)
+    figures = (AttentionHeads("fig_attention_heads", model="DINO ViT-S/16 (TCGA)", dataset=figure_set,
+                              classes=("TUMOR", "STROMA", "LYMPHO", "TUM", "STR", "LYM")),)
     notes = ()
     if smoke:
         notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "

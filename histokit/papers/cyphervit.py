@@ -19,7 +19,9 @@ compares the paper (or the reference code it defers to) with the full profile po
 """
 from __future__ import annotations
 
-from .recipe import DatasetSpec, EvalSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
+from ..evaluation.protocols import ClassificationProbes, LabelFraction, ResplitKnn
+from ..viz.figures import ClsAttention, UmapPanels
+from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
 
 PROFILES = ("smoke", "full")
 TITLE = "Ye et al. 2024 — CypherViT: multi-[cls]-token clustering ViT in DINO, SimCLR, MoCo v3 and MAE"
@@ -194,129 +196,84 @@ def _cypher_run(n_cls: int, n_local: int) -> str:
     return f"dino_cyphervit_cls{n_cls}_local{n_local}"
 
 
-def build(profile: str) -> Recipe:
-    smoke = profile == "smoke"
-    size, local = (64, 32) if smoke else (224, 96)
+# Each table's column per (dataset, measure) (histokit.evaluation.protocols.probes / .resplit)
+COLUMNS = {
+    "table1": {"CRC-NONORM": {"knn": "crc_nonorm_knn", "linear": "crc_nonorm_linear"},
+               "CRC-NORM": {"knn": "crc_norm_knn", "linear": "crc_norm_linear"},
+               "PanNuke": {"knn": "pannuke_knn"},
+               "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
+    "table3": {"CRC-NORM": {"acc_mean": "crc_norm_acc_mean", "acc_std": "crc_norm_acc_std",
+                            "acc_pvalue": "pvalue_crc", "acc_pvalue_paired": "pvalue_crc_paired"},
+               "PanNuke": {"acc_mean": "pannuke_acc_mean", "acc_std": "pannuke_acc_std",
+                           "acc_pvalue": "pvalue_pannuke", "acc_pvalue_paired": "pvalue_pannuke_paired"},
+               "BreastPathQ": {"mse_mean": "breastpathq_mse_mean", "mse_std": "breastpathq_mse_std",
+                               "tau_mean": "breastpathq_tau_mean", "tau_std": "breastpathq_tau_std",
+                               "mse_pvalue": "pvalue_mse", "tau_pvalue": "pvalue_tau",
+                               "mse_pvalue_paired": "pvalue_mse_paired", "tau_pvalue_paired": "pvalue_tau_paired"}},
+    "table4": {"CRC-NONORM": {"knn": "crc_nonorm_acc1", "knn_top3": "crc_nonorm_acc3"},
+               "CRC-NORM": {"knn": "crc_norm_acc1", "knn_top3": "crc_norm_acc3"},
+               "PanNuke": {"knn": "pannuke_acc1", "knn_top3": "pannuke_acc3"},
+               "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
+}
+# Table 3's rows: model -> (framework, backbone); VanillaViT vs CypherViT are compared within each framework
+TABLE3_ROWS = {"MAE": ("MAE", "VanillaViT"), "SimCLR": ("SimCLR", "VanillaViT"),
+               "SimCLR-CypherViT": ("SimCLR", "CypherViT"), "MoCo": ("MoCo", "VanillaViT"),
+               "MoCo-CypherViT": ("MoCo", "CypherViT"), "DINO": ("DINO", "VanillaViT"),
+               "DINO-CypherViT": ("DINO", "CypherViT")}
+TABLE1_MODELS = ("Pretrained on ImageNet", "SimCLR", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
+TABLE2_MODELS = ("Fully-supervised", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
+
+
+def ssl_run(name: str, method: str, encoder: str, *, smoke: bool, dataset: str, n_local=None, n_cls=None,
+            stage0_cls=None) -> TrainSpec:
+    """One pretraining run with its framework's optimisation (smoke: 2 epochs, 1 warm-up, batch 16, 64 px, the same
+    optimizer, lr rule, weight decay and clipping); ``n_local`` None = the framework's own local crops (smoke: 2)."""
+    fw = FRAMEWORKS[method]
     batch = 16 if smoke else FULL_BATCH
-    datasets = _datasets(smoke)
-    vit, cypher = (SMOKE_VIT, SMOKE_CYPHER) if smoke else (VIT, CYPHER)
-    pretrain_on = "CRC-NONORM" if smoke else "VGH"
-    eval_sets = tuple(d.key for d in datasets if d.key != "VGH")
-    head = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
-
-    def ssl(name, method, encoder, n_local=None, n_cls=None, stage0_cls=None):
-        """One pretraining run with its framework's optimisation (smoke: 2 epochs, 1 warm-up, the same optimizer,
-        lr rule, weight decay and clipping); ``n_local`` None = the framework's own local crops (smoke: 2)."""
-        fw = FRAMEWORKS[method]
-        cfg = dict(head) if method in ("dino", "ibot") else {}
-        cfg.update(fw.get("method_cfg", {}))
-        if method not in ("dino", "ibot"):
-            n_local = 0  # two views (MoCo v3, SimCLR) or one (MAE): no local crops
-        elif n_local is None:
+    cfg = {}
+    if method in ("dino", "ibot"):
+        cfg = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
+        if n_local is None:
             n_local = BEST[1] if smoke else fw["n_local"]
-        epochs, warmup = (2, 1) if smoke else (fw["epochs"], fw["warmup_epochs"])
-        kwargs = {"num_final_cls": n_cls} if n_cls else {}
-        if stage0_cls:
-            kwargs["num_stage0_cls"] = stage0_cls
-        return TrainSpec(name=name, method=method, encoder=encoder, dataset=pretrain_on, init="random",
-                         epochs=epochs, batch_size=batch, optimizer=fw["optimizer"], lr=framework_lr(method, batch),
-                         min_lr=fw["min_lr"], weight_decay=fw["weight_decay"],
-                         weight_decay_end=fw.get("weight_decay_end"), grad_clip=fw.get("grad_clip"),
-                         grad_clip_mode=fw.get("grad_clip_mode", "global"), betas=fw.get("betas"),
-                         warmup_epochs=warmup, image_size=size, local_size=local, n_local=n_local, method_cfg=cfg,
-                         encoder_kwargs=kwargs)
+    else:
+        n_local = 0  # two views (MoCo v3, SimCLR) or one (MAE): no local crops
+    cfg.update(fw.get("method_cfg", {}))
+    kwargs = {"num_final_cls": n_cls} if n_cls else {}
+    if stage0_cls:
+        kwargs["num_stage0_cls"] = stage0_cls
+    epochs, warmup = (2, 1) if smoke else (fw["epochs"], fw["warmup_epochs"])
+    size, local = (64, 32) if smoke else (224, 96)
+    return TrainSpec(name=name, method=method, encoder=encoder, dataset=dataset, init="random", epochs=epochs,
+                     batch_size=batch, optimizer=fw["optimizer"], lr=framework_lr(method, batch), min_lr=fw["min_lr"],
+                     weight_decay=fw["weight_decay"], weight_decay_end=fw.get("weight_decay_end"),
+                     grad_clip=fw.get("grad_clip"), grad_clip_mode=fw.get("grad_clip_mode", "global"),
+                     betas=fw.get("betas"), warmup_epochs=warmup, image_size=size, local_size=local, n_local=n_local,
+                     method_cfg=cfg, encoder_kwargs=kwargs)
 
-    pretrain = [ssl(f"{m}_vit", m, vit) for m in ("dino", "ibot", "moco", "simclr", "mae")]
-    pretrain += [ssl(f"{m}_cyphervit", m, cypher, n_cls=BEST[0]) for m in ("moco", "simclr")]
-    pretrain += [ssl(_cypher_run(c, v), "dino", cypher, n_local=v, n_cls=c) for c, v in GRID]
-    stage0, stage0_alt = STAGE0[profile]
-    stage0_run = f"{_cypher_run(*BEST)}_stage0_{stage0_alt}"
-    pretrain.append(ssl(stage0_run, "dino", cypher, n_local=BEST[1], n_cls=BEST[0], stage0_cls=stage0_alt))
 
-    def cypher_model(name, run, n_cls):
-        return ModelSpec(name, cypher, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls})
+SMOKE_NOTE = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
+              "(raw = w/o norm, Macenko-normalized by the kit = w/ norm) and, in place of VGH/NKI, for the "
+              "pretraining data (training split only); 64 px images (32 px local crops), 2 epochs (1 warm-up) "
+              "for every framework, batch 16, CPU, each framework's own optimizer, lr rule, weight decay and "
+              "clipping otherwise; DINO ViT and iBOT ViT with 2 local crops, not their codebases' 8 and 10 (a "
+              "scale choice: the full profile trains 8 and 10); DINO / iBOT heads with 4,096 prototypes and no "
+              "frozen last-layer epoch; random 80/10/10 split instead of CRC-VAL-HE-7K; the trained "
+              "and fine-tuned encoders are the registered smoke variants vit_smoke (ViT/16, 192-d, 6 blocks, 3 "
+              "heads) and cyphervit_smoke (192-d, 2 stages x 3 blocks, 16 -> 4 or 8 [cls] tokens), not ViT-S/16 "
+              "and CypherViT-S; 'Pretrained on ImageNet' is timm's ViT-S/16. "
+              "PanNuke and BreastPathQ are not in the smoke profile. The protocol card of each table describes "
+              "the full profile; these notes are the smoke profile's deviations from it.")
 
-    models = [
-        ModelSpec("Pretrained on ImageNet", VIT, "timm"),  # hub weights exist for ViT-S/16 only: full size here
-        ModelSpec("Fully-supervised", vit, "random", note=f"{vit} from scratch, labels only"),
-        ModelSpec("SimCLR", vit, "train:simclr_vit"),
-        ModelSpec("MoCo", vit, "train:moco_vit"),
-        ModelSpec("iBOT", vit, "train:ibot_vit"),
-        ModelSpec("DINO", vit, "train:dino_vit"),
-        ModelSpec("MAE", vit, "train:mae_vit"),
-        cypher_model("DINO-CypherViT", _cypher_run(*BEST), BEST[0]),
-        cypher_model("SimCLR-CypherViT", "simclr_cyphervit", BEST[0]),
-        cypher_model("MoCo-CypherViT", "moco_cyphervit", BEST[0]),
-    ]
-    grid_models = {}
-    for c, v in GRID:
-        name = "DINO-CypherViT" if (c, v) == BEST else f"DINO-CypherViT [cls]={c} local={v}"
-        if (c, v) != BEST:
-            models.append(cypher_model(name, _cypher_run(c, v), c))
-        grid_models[name] = {"num_cls": str(c), "num_local_views": str(v)}
-    stage0_model = f"DINO-CypherViT [cls]={BEST[0]} local={BEST[1]} stage-0 [cls]={stage0_alt}"
-    models.append(ModelSpec(stage0_model, cypher, f"train:{stage0_run}",
-                            encoder_kwargs={"num_final_cls": BEST[0], "num_stage0_cls": stage0_alt}))
-    stage0_rows = {stage0_model: {"num_cls": f"{BEST[0]} ({stage0_alt} at stage 0)", "num_local_views": str(BEST[1])}}
 
-    def cols(table, key):
-        return {
-            "table1": {"CRC-NONORM": {"knn": "crc_nonorm_knn", "linear": "crc_nonorm_linear"},
-                       "CRC-NORM": {"knn": "crc_norm_knn", "linear": "crc_norm_linear"},
-                       "PanNuke": {"knn": "pannuke_knn"},
-                       "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
-            "table3": {"CRC-NORM": {"acc_mean": "crc_norm_acc_mean", "acc_std": "crc_norm_acc_std",
-                                    "acc_pvalue": "pvalue_crc", "acc_pvalue_paired": "pvalue_crc_paired"},
-                       "PanNuke": {"acc_mean": "pannuke_acc_mean", "acc_std": "pannuke_acc_std",
-                                   "acc_pvalue": "pvalue_pannuke", "acc_pvalue_paired": "pvalue_pannuke_paired"},
-                       "BreastPathQ": {"mse_mean": "breastpathq_mse_mean", "mse_std": "breastpathq_mse_std",
-                                       "tau_mean": "breastpathq_tau_mean", "tau_std": "breastpathq_tau_std",
-                                       "mse_pvalue": "pvalue_mse", "tau_pvalue": "pvalue_tau",
-                                       "mse_pvalue_paired": "pvalue_mse_paired",
-                                       "tau_pvalue_paired": "pvalue_tau_paired"}},
-            "table4": {"CRC-NONORM": {"knn": "crc_nonorm_acc1", "knn_top3": "crc_nonorm_acc3"},
-                       "CRC-NORM": {"knn": "crc_norm_acc1", "knn_top3": "crc_norm_acc3"},
-                       "PanNuke": {"knn": "pannuke_acc1", "knn_top3": "pannuke_acc3"},
-                       "BreastPathQ": {"mse": "breastpathq_mse", "tau": "breastpathq_tau"}},
-        }[table][key]
-
-    def only(table, keys):
-        keys = tuple(k for k in keys if k in eval_sets)
-        return keys, {k: cols(table, k) for k in keys}
-
-    t1_sets, t1_cols = only("table1", ("CRC-NONORM", "CRC-NORM", "PanNuke", "BreastPathQ"))
-    t3_sets, t3_cols = only("table3", ("CRC-NORM", "PanNuke", "BreastPathQ"))
-    t4_sets, t4_cols = only("table4", ("CRC-NONORM", "CRC-NORM", "PanNuke", "BreastPathQ"))
-    table3_rows = {"MAE": ("MAE", "VanillaViT"), "SimCLR": ("SimCLR", "VanillaViT"),
-                   "SimCLR-CypherViT": ("SimCLR", "CypherViT"), "MoCo": ("MoCo", "VanillaViT"),
-                   "MoCo-CypherViT": ("MoCo", "CypherViT"), "DINO": ("DINO", "VanillaViT"),
-                   "DINO-CypherViT": ("DINO", "CypherViT")}
-    table1_models = ("Pretrained on ImageNet", "SimCLR", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
-    table2_models = ("Fully-supervised", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
-    finetune = dict(fractions=FRACTIONS, epochs=2 if smoke else 100, lr=1e-4, batch_size=16 if smoke else 64,
-                    weight_decay=0.05, warmup_epochs=0 if smoke else 5, table="table2")
-    evaluations = (
-        EvalSpec("classification_probes", "table1", table1_models, t1_sets, dict(columns=t1_cols)),
-        EvalSpec("label_fraction", "table2", table2_models, ("CRC-NORM",), finetune),
-        EvalSpec("resplit_knn", "table3", tuple(table3_rows), t3_sets,
-                 dict(columns=t3_cols, n_splits=5, test_fraction="original",
-                      rows={m: {"framework": f, "backbone": b} for m, (f, b) in table3_rows.items()},
-                      compare=[(m, m + "-CypherViT") for m in ("SimCLR", "MoCo", "DINO")])),
-    )
-    ablations = (
-        EvalSpec("classification_probes", "table4", tuple(grid_models), t4_sets,
-                 dict(columns=t4_cols, knn_ks=(20,), rows=grid_models)),
-        # the kit's own row: the stage-0 token count (an assumption) at the paper's best setting
-        EvalSpec("classification_probes", "table4", tuple(stage0_rows), t4_sets,
-                 dict(columns=t4_cols, knn_ks=(20,), rows=stage0_rows)),
-    )
+def _tables(smoke: bool, vit: str, cypher: str, stage0: int, stage0_alt: int) -> tuple:
+    """The four tables in the paper's layout, with their footnotes and protocol cards."""
     probes = ("Frozen features: DINO weighted k-NN (cosine, T = 0.07) top-1 accuracy in %, k chosen on a validation "
               "split (10 % of the training data) from DINO's 10 / 20 / 100 / 200 (those <= the training size); "
               "linear probe = multinomial logistic regression, C swept on the same validation split.",
               "BreastPathQ: linear regression on frozen features, MSE and Kendall tau on the official validation "
               "set.",)
     card = {t: tuple(PROTOCOL[k] for k in keys) for t, keys in TABLE_PROTOCOL.items()}
-    tables = (
+    return (
         TableSpec("table1", "Table 1 — k-NN and linear probing, BreastPathQ regression",
                   "ye2024_cyphervit_table1.csv", keys=("method",),
                   metrics=("crc_nonorm_knn", "crc_nonorm_linear", "crc_norm_knn", "crc_norm_linear", "pannuke_knn",
@@ -362,27 +319,79 @@ def build(profile: str) -> Recipe:
                                 else ""),),
                   protocol=card["table4"]),
     )
-    figure_set = "CRC-NORM"
-    figures = (
-        ("fig1_umap", "umap_panels", dict(models=table1_models, dataset=figure_set,
-                                          title="UMAP of frozen features (CRC w/ norm), 15 neighbours, min_dist 0.1")),
-        ("fig2_cls_attention", "cls_attention", dict(model="DINO-CypherViT", dataset=figure_set, features=False,
-                                                     omit=("EMPTY", "DEBRIS", "BACK", "DEB", "MUC"))),
+
+
+def build(profile: str) -> Recipe:
+    smoke = profile == "smoke"
+    size = 64 if smoke else 224
+    datasets = _datasets(smoke)
+    vit, cypher = (SMOKE_VIT, SMOKE_CYPHER) if smoke else (VIT, CYPHER)
+    eval_sets = tuple(d.key for d in datasets if d.key != "VGH")
+    stage0, stage0_alt = STAGE0[profile]
+    stage0_run = f"{_cypher_run(*BEST)}_stage0_{stage0_alt}"
+
+    def ssl(name, method, encoder, **kw):
+        return ssl_run(name, method, encoder, smoke=smoke, dataset="CRC-NONORM" if smoke else "VGH", **kw)
+
+    pretrain = [ssl(f"{m}_vit", m, vit) for m in ("dino", "ibot", "moco", "simclr", "mae")]
+    pretrain += [ssl(f"{m}_cyphervit", m, cypher, n_cls=BEST[0]) for m in ("moco", "simclr")]
+    pretrain += [ssl(_cypher_run(c, v), "dino", cypher, n_local=v, n_cls=c) for c, v in GRID]
+    pretrain.append(ssl(stage0_run, "dino", cypher, n_local=BEST[1], n_cls=BEST[0], stage0_cls=stage0_alt))
+
+    def cypher_model(name, run, n_cls, **kwargs):
+        return ModelSpec(name, cypher, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls, **kwargs})
+
+    models = [
+        ModelSpec("Pretrained on ImageNet", VIT, "timm"),  # hub weights exist for ViT-S/16 only: full size here
+        ModelSpec("Fully-supervised", vit, "random", note=f"{vit} from scratch, labels only"),
+        ModelSpec("SimCLR", vit, "train:simclr_vit"),
+        ModelSpec("MoCo", vit, "train:moco_vit"),
+        ModelSpec("iBOT", vit, "train:ibot_vit"),
+        ModelSpec("DINO", vit, "train:dino_vit"),
+        ModelSpec("MAE", vit, "train:mae_vit"),
+        cypher_model("DINO-CypherViT", _cypher_run(*BEST), BEST[0]),
+        cypher_model("SimCLR-CypherViT", "simclr_cyphervit", BEST[0]),
+        cypher_model("MoCo-CypherViT", "moco_cyphervit", BEST[0]),
+    ]
+    grid_rows = {}   # Table 4: model -> its (num_cls, num_local_views) row
+    for c, v in GRID:
+        name = "DINO-CypherViT" if (c, v) == BEST else f"DINO-CypherViT [cls]={c} local={v}"
+        if (c, v) != BEST:
+            models.append(cypher_model(name, _cypher_run(c, v), c))
+        grid_rows[name] = {"num_cls": str(c), "num_local_views": str(v)}
+    stage0_model = f"DINO-CypherViT [cls]={BEST[0]} local={BEST[1]} stage-0 [cls]={stage0_alt}"
+    models.append(cypher_model(stage0_model, stage0_run, BEST[0], num_stage0_cls=stage0_alt))
+    stage0_rows = {stage0_model: {"num_cls": f"{BEST[0]} ({stage0_alt} at stage 0)", "num_local_views": str(BEST[1])}}
+
+    def sets(table):  # the table's datasets this profile has, in the table's order, and their columns
+        keys = tuple(k for k in COLUMNS[table] if k in eval_sets)
+        return keys, {k: COLUMNS[table][k] for k in keys}
+
+    t1_sets, t1_cols = sets("table1")
+    t3_sets, t3_cols = sets("table3")
+    t4_sets, t4_cols = sets("table4")
+    evaluations = (
+        ClassificationProbes("table1", TABLE1_MODELS, t1_sets, columns=t1_cols),
+        LabelFraction("table2", TABLE2_MODELS, ("CRC-NORM",), fractions=FRACTIONS, epochs=2 if smoke else 100,
+                      lr=1e-4, batch_size=16 if smoke else 64, weight_decay=0.05, warmup_epochs=0 if smoke else 5),
+        ResplitKnn("table3", tuple(TABLE3_ROWS), t3_sets, columns=t3_cols, n_splits=5, test_fraction="original",
+                   rows={m: {"framework": f, "backbone": b} for m, (f, b) in TABLE3_ROWS.items()},
+                   compare=tuple((m, m + "-CypherViT") for m in ("SimCLR", "MoCo", "DINO"))),
     )
-    notes = ()
-    if smoke:
-        notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
-                 "(raw = w/o norm, Macenko-normalized by the kit = w/ norm) and, in place of VGH/NKI, for the "
-                 "pretraining data (training split only); 64 px images (32 px local crops), 2 epochs (1 warm-up) "
-                 "for every framework, batch 16, CPU, each framework's own optimizer, lr rule, weight decay and "
-                 "clipping otherwise; DINO ViT and iBOT ViT with 2 local crops, not their codebases' 8 and 10 (a "
-                 "scale choice: the full profile trains 8 and 10); DINO / iBOT heads with 4,096 prototypes and no "
-                 "frozen last-layer epoch; random 80/10/10 split instead of CRC-VAL-HE-7K; the trained "
-                 "and fine-tuned encoders are the registered smoke variants vit_smoke (ViT/16, 192-d, 6 blocks, 3 "
-                 "heads) and cyphervit_smoke (192-d, 2 stages x 3 blocks, 16 -> 4 or 8 [cls] tokens), not ViT-S/16 "
-                 "and CypherViT-S; 'Pretrained on ImageNet' is timm's ViT-S/16. "
-                 "PanNuke and BreastPathQ are not in the smoke profile. The protocol card of each table describes "
-                 "the full profile; these notes are the smoke profile's deviations from it.",)
+    ablations = (
+        ClassificationProbes("table4", tuple(grid_rows), t4_sets, columns=t4_cols, knn_ks=(20,), rows=grid_rows),
+        # the kit's own row: the stage-0 token count (an assumption) at the paper's best setting
+        ClassificationProbes("table4", tuple(stage0_rows), t4_sets, columns=t4_cols, knn_ks=(20,),
+                             rows=stage0_rows),
+    )
+    tables = _tables(smoke, vit, cypher, stage0, stage0_alt)
+    figures = (
+        UmapPanels("fig1_umap", models=TABLE1_MODELS, dataset="CRC-NORM",
+                   title="UMAP of frozen features (CRC w/ norm), 15 neighbours, min_dist 0.1"),
+        ClsAttention("fig2_cls_attention", model="DINO-CypherViT", dataset="CRC-NORM",
+                     omit=("EMPTY", "DEBRIS", "BACK", "DEB", "MUC")),
+    )
+    notes = (SMOKE_NOTE,) if smoke else ()
     return Recipe(paper="cyphervit", title=TITLE, citation=CITATION, profile=profile, image_size=size,
                   datasets=datasets, models=tuple(models), pretrain=tuple(pretrain), evaluations=evaluations,
                   ablations=ablations, tables=tables, figures=figures, notes=notes,

@@ -18,7 +18,9 @@ official code (microsoft/esvit ``main_esvit.py``): gradient clipping 3.0 per par
 """
 from __future__ import annotations
 
-from .recipe import DatasetSpec, EvalSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
+from ..evaluation.protocols import Retrieval, RetrievalSplitVariants
+from ..viz.figures import RetrievalGallery
+from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
 
 PROFILES = ("smoke", "full")
 TITLE = "Habijan et al. 2025 — EsViT features + FAISS k-NN retrieval"
@@ -185,21 +187,19 @@ def build(profile: str) -> Recipe:
     )
     keys = tuple(d.key for d in retrieval_sets)
     table1_models = ("ResNet50 + k-NN", "DenseNet121 + k-NN", "SimCLR + k-NN")
-    retrieval = dict(k=10, gallery="train", queries="test", ap_normalization="min_k_R")
-    esvit_t1 = dict(retrieval, as_run=as_run(f"EsViT + k-NN (init: {made})"))
+    # Retrieval's defaults are the paper's protocol: k = 10, training split as gallery, test split as queries,
+    # AP@10 normalised by min(10, R)
+    esvit_as_run = as_run(f"EsViT + k-NN (init: {made})")
     evaluations = (
-        EvalSpec("retrieval", "table1", table1_models, keys, dict(retrieval, timing=True)),
-        EvalSpec("retrieval", "table1", ("EsViT + k-NN",), keys, dict(esvit_t1, timing=True)),
-        EvalSpec("retrieval", "table2", ("EsViT (No Pretraining)",), (first,), retrieval,
-                 labels={"model": "EsViT (No Pretraining)", "pretraining": "None"}),
-        EvalSpec("retrieval", "table2", ("EsViT + k-NN",), (first,),
-                 dict(retrieval, as_run=as_run(f"EsViT (Pretrained on ImageNet — {made})")),
-                 labels={"model": "EsViT (Pretrained on ImageNet)", "pretraining": "Self-Supervised"}),
+        Retrieval("table1", table1_models, keys, timing=True),
+        Retrieval("table1", ("EsViT + k-NN",), keys, as_run=esvit_as_run, timing=True),
+        Retrieval("table2", ("EsViT (No Pretraining)",), (first,),
+                  labels={"model": "EsViT (No Pretraining)", "pretraining": "None"}),
+        Retrieval("table2", ("EsViT + k-NN",), (first,), as_run=as_run(f"EsViT (Pretrained on ImageNet — {made})"),
+                  labels={"model": "EsViT (Pretrained on ImageNet)", "pretraining": "Self-Supervised"}),
     )
     # The paper's random 80/10/10 split beside a patient-aware one, where the data has patient ids.
-    ablations = (
-        EvalSpec("retrieval_split_variants", "table1_splits", ("EsViT + k-NN",), keys, esvit_t1),
-    )
+    ablations = (RetrievalSplitVariants("table1_splits", ("EsViT + k-NN",), keys, as_run=esvit_as_run),)
     common = ("Retrieval: queries = test split, gallery = training split, exact FAISS inner product on L2-normalised "
               "features (cosine); a query's own image is never a hit.",
               "mAP@10 normalises AP@10 by min(10, R) (R = relevant gallery items); Precision@10; nDCG@10 with binary "
@@ -241,7 +241,7 @@ def build(profile: str) -> Recipe:
                   keys=("model", "dataset", "split"), metrics=METRICS, footnotes=common + (crc,),
                   protocol=_card_splits()),
     )
-    figures = (("fig2", "retrieval_gallery", dict(model="EsViT + k-NN", dataset=first, k=5, n_queries=4)),)
+    figures = (RetrievalGallery("fig2", model="EsViT + k-NN", dataset=first, k=5, n_queries=4),)
     notes = ()
     if smoke:
         notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC; "

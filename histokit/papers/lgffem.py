@@ -19,7 +19,9 @@ at 1e-4, and the notebook's natural file order for the public-code eta.
 """
 from __future__ import annotations
 
-from .recipe import DatasetSpec, EvalSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
+from ..evaluation.protocols import KimiaEta
+from ..viz.figures import GradCam, Projection, RetrievalGallery
+from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
 
 PROFILES = ("smoke", "full")
 TITLE = "Nuñez-Fernández et al. 2025 — LGFFEM on Kimia Path24C"
@@ -138,11 +140,9 @@ def build(profile: str) -> Recipe:
     evaluations = []
     for protocol, suffix in (("standard", ""), ("public_code", "_public_code")):
         evaluations += [
-            EvalSpec("kimia_eta", "table1" + suffix, tuple(strategy_rows), ("Kimia",),
-                     dict(protocol=protocol, rows=strategy_rows)),
-            EvalSpec("kimia_eta", "table2" + suffix, ("DenseNet 121", final), ("Kimia",),
-                     dict(protocol=protocol, rows={"DenseNet 121": {"method": "DenseNet 121"},
-                                                   final: {"method": "LGFFEM"}})),
+            KimiaEta("table1" + suffix, tuple(strategy_rows), ("Kimia",), protocol=protocol, rows=strategy_rows),
+            KimiaEta("table2" + suffix, ("DenseNet 121", final), ("Kimia",), protocol=protocol,
+                     rows={"DenseNet 121": {"method": "DenseNet 121"}, final: {"method": "LGFFEM"}}),
         ]
     etas = ("eta_p", "eta_w", "eta_tot")
     standard = ("eta (%) in the Kimia standard protocol (Babaie et al. 2017; Shafiei et al. 2021): every test patch "
@@ -173,13 +173,12 @@ def build(profile: str) -> Recipe:
                       not_reproducible=(("MA + MS-loss", no_code),), protocol=protocol_card("table2", eta)),
         ]
     figures = (
-        ("fig3_query", "retrieval_gallery", dict(model=final, dataset="Kimia", k=5, n_queries=3)),
-        ("fig4_6_gradcam", "gradcam", dict(model=final, dataset="Kimia", k=2)),
-        ("fig7_projection", "projection", dict(model=final, dataset="Kimia", split="all" if smoke else "test",
-                                               legend_title="class (stand-in scan)" if smoke else "scan",
-                                               title="UMAP of LGFFEM descriptors" +
-                                                     (" — all 100 bundled tiles" if smoke else
-                                                      " — Kimia Path24C test patches"))),
+        RetrievalGallery("fig3_query", model=final, dataset="Kimia", k=5, n_queries=3),
+        GradCam("fig4_6_gradcam", model=final, dataset="Kimia", k=2),
+        Projection("fig7_projection", model=final, dataset="Kimia", split="all" if smoke else "test",
+                   legend_title="class (stand-in scan)" if smoke else "scan",
+                   title="UMAP of LGFFEM descriptors" + (" — all 100 bundled tiles" if smoke else
+                                                         " — Kimia Path24C test patches")),
     )
     notes = ()
     if smoke:

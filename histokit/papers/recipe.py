@@ -90,17 +90,6 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class EvalSpec:
-    """One evaluation: ``kind`` names a protocol in histokit.stages.evaluate; records go to ``table``."""
-    kind: str
-    table: str
-    models: tuple
-    datasets: tuple
-    params: dict = field(default_factory=dict)
-    labels: dict = field(default_factory=dict)  # extra key columns written on every record, e.g. {"pretraining": ..}
-
-
-@dataclass(frozen=True)
 class ProtocolPoint:
     """One line of a table's protocol card: what the paper (or its reference code) states, what the kit does.
 
@@ -151,13 +140,15 @@ class Recipe:
     models: tuple
     pretrain: tuple = ()
     finetune: tuple = ()
-    evaluations: tuple = ()
-    ablations: tuple = ()
+    evaluations: tuple = ()                # histokit.evaluation.protocols parts (Retrieval, ClassificationProbes ...)
+    ablations: tuple = ()                  # the same, for stage 06
     tables: tuple = ()
-    figures: tuple = ()                    # (figure id, kind, params)
+    figures: tuple = ()                    # histokit.viz.figures parts (RetrievalGallery, UmapPanels ...)
     notes: tuple = ()
     extraction_batch_size: int = 64
     feature_l2_normalize: bool = True      # stored features L2-normalized (False: raw embeddings, Chen & Krishnan)
+    exact_index_max: Optional[int] = None  # largest gallery searched exactly; above: FAISS IVF with its recall
+    #                                        reported (None: histokit.retrieval.scale.EXACT_MAX_GALLERY, 1,000,000)
 
     def dataset(self, key: str) -> DatasetSpec:
         for spec in self.datasets:
@@ -188,9 +179,7 @@ class Recipe:
         """The dataset keys a model row is evaluated on (evaluations, ablations, figures); every key if none names
         it. A dataset only a training run reads (ImageNet for a pretraining) is no model's dataset."""
         used = [k for e in self.evaluations + self.ablations if name in e.models for k in e.datasets]
-        for _, _, params in self.figures:
-            if "dataset" in params and name in params.get("models", [params.get("model")]):
-                used.append(params["dataset"])
+        used += [f.dataset for f in self.figures if name in f.model_rows()]
         return list(dict.fromkeys(used)) or [d.key for d in self.datasets]
 
     def replaced_runs(self, checkpoints) -> set:
@@ -240,6 +229,8 @@ class Recipe:
         names = {m.name for m in self.models}
         tables = {t.id for t in self.tables}
         for e in self.evaluations + self.ablations:
+            if not callable(getattr(e, "run", None)) or not hasattr(e, "check"):
+                raise ValueError(f"{self.paper}: evaluation {e!r} is not a protocol (histokit.evaluation.protocols)")
             if e.table not in tables:
                 raise ValueError(f"{self.paper}: evaluation {e.kind!r} writes to unknown table {e.table!r}")
             for n in e.models:
@@ -248,4 +239,9 @@ class Recipe:
             for k in e.datasets:
                 if k not in keys:
                     raise ValueError(f"{self.paper}: evaluation {e.kind!r} names unknown dataset {k!r}")
+            e.check(self)   # the protocol's own fields (known AP normalisation, fractions in (0, 1], ...)
+        for f in self.figures:
+            if not callable(getattr(f, "run", None)) or not hasattr(f, "check"):
+                raise ValueError(f"{self.paper}: figure {f!r} is not a figure part (histokit.viz.figures)")
+            f.check(self)
         return self

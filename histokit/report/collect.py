@@ -300,9 +300,8 @@ def collect_paper(root: Path, paper: str, profile: str) -> PaperRun:
                 break
 
     captions = {}
-    for fig_id, kind, params in (recipe.figures if recipe else ()):
-        detail = ", ".join(f"{k}={v}" for k, v in params.items())
-        captions[fig_id] = f"{fig_id}: {kind.replace('_', ' ')}" + (f" ({detail})" if detail else "")
+    for figure in (recipe.figures if recipe else ()):
+        captions[figure.id] = figure.caption()
     run.figures = _figures(folder, root, captions)
     run_json = folder / "run.json"
     if run_json.is_file():

@@ -43,10 +43,6 @@ class IndexSummary:
     timing: pd.DataFrame
 
 
-# Evaluation kinds that work on images, not on stored features (fine-tuning).
-IMAGE_KINDS = {"label_fraction"}
-
-
 SMOKE_TIMING_REPEATS = 5
 # A rehearsal's timings prove the measurement runs; on a CPU they mean nothing, so one timed pass, no warm-up, and
 # the amortized figure at a batch of at most REHEARSAL_TIMING_BATCH images (the code path is the same at any batch).
@@ -68,7 +64,7 @@ def extraction_batch(ctx: StageContext) -> int:
 def exact_index_max(ctx: StageContext) -> int:
     """The largest gallery searched exactly: the recipe's ``exact_index_max`` where it sets one, else
     :data:`~histokit.retrieval.scale.EXACT_MAX_GALLERY` (1,000,000 vectors)."""
-    return int(getattr(ctx.recipe, "exact_index_max", None) or EXACT_MAX_GALLERY)
+    return int(ctx.recipe.exact_index_max or EXACT_MAX_GALLERY)
 
 
 def timing_tables(ctx: StageContext, model: str, dataset: str) -> list[str]:
@@ -90,15 +86,15 @@ def pairs_needed(ctx: StageContext) -> dict[tuple[str, str], bool]:
     """(model, dataset) pairs whose features an evaluation, ablation or figure reads -> whether a table reports
     their timing (only those pay for the latency measurements)."""
     pairs: dict = {}
-    for spec in ctx.recipe.evaluations + ctx.recipe.ablations:
-        if spec.kind in IMAGE_KINDS:
+    for protocol in ctx.recipe.evaluations + ctx.recipe.ablations:
+        if protocol.needs_images:  # fine-tuning reads the images, not stored features
             continue
-        for pair in ((m, d) for m in spec.models for d in spec.datasets):
-            pairs[pair] = pairs.get(pair, False) or bool(spec.params.get("timing"))
-    for _, _, params in ctx.recipe.figures:
-        if "dataset" in params and params.get("features", True):
-            for model in params.get("models", [params["model"]] if "model" in params else []):
-                pairs.setdefault((model, params["dataset"]), False)
+        for pair in protocol.feature_pairs():
+            pairs[pair] = pairs.get(pair, False) or bool(getattr(protocol, "timing", False))
+    for figure in ctx.recipe.figures:
+        if figure.needs_features:
+            for model in figure.model_rows():
+                pairs.setdefault((model, figure.dataset), False)
     return pairs
 
 
