@@ -162,3 +162,25 @@ def feature_shapes(ctx: StageContext) -> pd.DataFrame:
         rows.append({"model": path.parent.name, "file": path.name, "images": shape[0] if shape else None,
                      "dimensions": shape[1] if len(shape) > 1 else None, "MB": round(path.stat().st_size / 1e6, 2)})
     return pd.DataFrame(rows)
+
+
+def overridable(ctx: StageContext, stage: str) -> pd.DataFrame:
+    """The tables (05_evaluate, 06_ablations) or figures (07_visualize) of a stage that :func:`run_one` re-runs, with
+    the parameters it may change and their values in the recipe."""
+    from .plan import evaluation_kind
+
+    def params(values: dict) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in values.items() if not isinstance(v, (dict, list, tuple)) or
+                         len(repr(v)) <= 40) or "none"
+
+    recipe = ctx.recipe
+    if stage == "07_visualize":
+        return pd.DataFrame([{"figure": figure_id(f), "kind": figure_kind(f), "parameters": params(figure_parameters(f))}
+                             for f in recipe.figures])
+    if stage not in ("05_evaluate", "06_ablations"):
+        raise ValueError(f"stage {stage!r} has no tables or figures to re-run; stages: 05_evaluate, 06_ablations, "
+                         "07_visualize")
+    specs = recipe.evaluations if stage == "05_evaluate" else recipe.ablations
+    rows = [{"table": evaluation_table(s), "title": recipe.table(evaluation_table(s)).title,
+             "protocol": evaluation_kind(s), "parameters": params(evaluation_parameters(s))} for s in specs]
+    return pd.DataFrame(rows).drop_duplicates(ignore_index=True) if rows else pd.DataFrame(rows)
