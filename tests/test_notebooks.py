@@ -1,4 +1,4 @@
-"""The notebook rules of DESIGN.md: a tagged parameters cell with smoke defaults, no stored outputs except
+"""The notebook rules of docs/design.md: a tagged parameters cell with smoke defaults, no stored outputs except
 nbval-checked cells, one kernel name, no function or class definitions, the same parameters everywhere — and the
 stage's own calls present. tools/make_notebooks.py writes the notebooks, but only the parameters cell and this
 structure are checked against it, so a researcher's edit of a markdown cell or an extra cell still passes."""

@@ -152,7 +152,7 @@ def build(profile: str) -> Recipe:
                   extra_metrics=("breastpathq_mse_clipped", "breastpathq_tau_b"),   # kit-only, no paper value
                   footnotes=footnotes, protocol=protocol,
                   section="patch-level evaluation (the abstract; the numbers are the public repository's, "
-                          "patch_evaluation.ipynb: see REFERENCE.md)"),
+                          "patch_evaluation.ipynb: see docs/protocols.md)"),
     )
     figure_set = "CRC-NORM"
     figures = (("fig_attention_heads", "attention_heads",
