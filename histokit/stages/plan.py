@@ -127,11 +127,13 @@ def _datasets_section(recipe: Recipe, keys) -> list[str]:
     return ["**Datasets**", ""] + _table(["key", "manifest", "split", "in this profile", "notes"], rows) if rows else []
 
 
-def _protocol_card(table) -> list[str]:
+def _protocol_card(table, profile: str) -> list[str]:
     if not table.protocol:
         return []
     rows = [[p.aspect, p.paper, p.kit, "yes" if p.same else "**differs**", p.variant] for p in table.protocol]
-    return ["**Protocol card** (paper vs kit)", ""] + _table(["aspect", "paper", "kit", "same", "variant"], rows)
+    scope = "" if profile == "full" else f" — the full profile's settings; the {profile} profile's deviations are " \
+                                          "in the table's notes"
+    return [f"**Protocol card** (paper vs kit{scope})", ""] + _table(["aspect", "paper", "kit", "same", "variant"], rows)
 
 
 def _evaluations_plan(recipe: Recipe, specs) -> list[str]:
@@ -153,7 +155,7 @@ def _evaluations_plan(recipe: Recipe, specs) -> list[str]:
         lines += [""]
         lines += _models_section(recipe, [m for s in group for m in evaluation_models(s)])
         lines += _datasets_section(recipe, [d for s in group for d in evaluation_datasets(s)])
-        lines += _protocol_card(table)
+        lines += _protocol_card(table, recipe.profile)
     return lines
 
 
