@@ -1,8 +1,11 @@
-"""Write notebooks/*.ipynb from one description, so the seven stage notebooks stay uniform.
+"""Write notebooks/*.ipynb from one description, so the seven stage notebooks start uniform.
 
 Maintainers edit this file, run ``python tools/make_notebooks.py``, and commit the notebooks. Cells stay thin:
-markdown that says what the step reproduces, and calls into histokit. The one cell per notebook marked
-``# NBVAL_CHECK_OUTPUT`` keeps its (deterministic) output for nbval to compare; all others are stored empty.
+markdown that says what the step does, the stage's plan read from the recipe (which table or figure, which section
+of which paper, which models, datasets and protocol: ``histokit.stages.plan``), and calls into histokit that run
+the stage and show what it left. The one cell per notebook marked ``# NBVAL_CHECK_OUTPUT`` keeps its
+(deterministic) output for nbval to compare; all others are stored empty. tests/test_notebooks.py checks the
+parameters cell and the structure only, so a researcher's edit of a markdown cell or an extra cell still passes.
 """
 from __future__ import annotations
 
@@ -29,9 +32,27 @@ encoders = []          # your encoders in 05 / 06's tables, e.g. ["timm:resnet18
 
 OPEN = '''from histokit.stages import open_stage
 from histokit.stages.display import show_figures, show_tables
+from histokit.stages.plan import show_plan
 
 ctx = open_stage(paper, profile, data_root, run_dir, device, seed, checkpoints, rehearse, distributed)
 print(ctx.recipe.title, "|", ctx.profile, "| run directory:", ctx.run_dir)'''
+
+# The stage's plan for the paper and profile in the parameters: the cell right after the context.
+PLAN = 'show_plan(ctx, "{stage}")'
+
+PLAN_MD = ("The cell after the parameters shows this stage's plan for the paper and profile in them, read from the "
+           "recipe: which\ntables or figures, which section of the paper, which models, datasets and protocol.")
+
+RERUN_MD = """## Re-run one {what} with other parameters
+
+`run_one(ctx, ID, **overrides)` runs only what writes that {what}, with the overrides, reading this run's
+artifacts, and writes to `<run_dir>/overrides/ID-<overrides>/`: the run's own records and {what}s stay as they are.
+The {what}s of this stage and the parameters `run_one` may change:"""
+
+RERUN = '''from histokit.stages.interactive import overridable, run_one
+
+overridable(ctx, "{stage}")
+# e.g. {example}'''
 
 # A cell text starting with "## " is a markdown cell (see build).
 YOURS_MD = """## Your encoders
@@ -73,6 +94,7 @@ Extracts each model's features (the paper's pooling, L2-normalised) for every im
 inner-product index of each gallery, and times extraction (amortised, batch as stated) and batch-1 retrieval
 latency. Devices, batch sizes and precision are recorded beside every number.""", [
         "from histokit.stages import index as index_stage\n\nsummary = index_stage.run(ctx)\nsummary.timing",
+        "from histokit.stages.interactive import feature_shapes\n\nfeature_shapes(ctx)",
     ]),
     "05_evaluate": ("Evaluation: the paper's tables", """
 Runs the recipe's evaluation protocols and writes each table in the paper's layout: the reproduced number, the
@@ -84,6 +106,8 @@ paper's number and the difference, with the protocol in the footnotes.""", [
                              "per encoder beside the paper's\nmodels, and the label fractions fine-tune them with the "
                              "paper's own recipe; each table's footnote says what ran."),
         "from histokit import byo\n\nshow_tables(byo.notebook_tables(ctx, encoders, \"evaluate\"))",
+        RERUN_MD.format(what="table"),
+        RERUN.format(stage="05_evaluate", example='run_one(ctx, "table1", k=20)   # esvit: Table I at k = 20'),
     ]),
     "06_ablations": ("Ablations and protocol variants", """
 The paper's ablations and the protocol variants the kit adds (e.g. a patient-aware split beside the paper's random
@@ -94,11 +118,16 @@ one, so the leakage effect is visible).""", [
                              "group-aware split) get a row\nper encoder; ablations of the paper's own training "
                              "settings are not run for them."),
         "from histokit import byo\n\nshow_tables(byo.notebook_tables(ctx, encoders, \"ablations\"))",
+        RERUN_MD.format(what="table"),
+        RERUN.format(stage="06_ablations",
+                     example='run_one(ctx, "table1_splits", ap_normalization="hits")   # esvit: another AP@k'),
     ]),
     "07_visualize": ("Figures", """
 The paper's figures from this run's artifacts: retrieval galleries, embedding projections, attention maps.""", [
         "from histokit.stages import visualize as visualize_stage\n\nfigures = visualize_stage.run(ctx)\n"
         "show_figures(figures)",
+        RERUN_MD.format(what="figure"),
+        RERUN.format(stage="07_visualize", example='run_one(ctx, "fig2", k=8)   # esvit: Fig. 2 with 8 neighbours'),
     ]),
 }
 
@@ -108,11 +137,12 @@ def build(stage: str) -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (histokit)", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    nb.cells.append(new_markdown_cell(f"# {stage[:2]} · {title}\n{text}"))
+    nb.cells.append(new_markdown_cell(f"# {stage[:2]} · {title}\n{text}\n\n{PLAN_MD}"))
     params = new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
     nb.cells.append(params)
     nb.cells.append(new_code_cell(OPEN))
+    nb.cells.append(new_code_cell(PLAN.format(stage=stage)))
     nb.cells += [new_markdown_cell(src) if src.startswith("## ") else new_code_cell(src) for src in cells]
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{stage}-{i}"
@@ -120,19 +150,20 @@ def build(stage: str) -> nbformat.NotebookNode:
 
 
 def keep_checked_outputs(nb: nbformat.NotebookNode, executed: Path) -> None:
-    """Copy outputs of NBVAL_CHECK_OUTPUT cells from an executed copy (same cell ids)."""
-    done = {c["id"]: c for c in json.loads(executed.read_text())["cells"]}
+    """Copy outputs of NBVAL_CHECK_OUTPUT cells from an executed copy (matched by source, so that an inserted cell
+    does not lose them; the committed notebooks themselves serve when nothing was executed)."""
+    done = {"".join(c["source"]): c for c in json.loads(executed.read_text())["cells"] if c.get("outputs")}
     for cell in nb.cells:
-        if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source and cell["id"] in done:
-            cell.outputs = nbformat.from_dict(done[cell["id"]]["outputs"])
+        if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in cell.source and cell.source in done:
+            cell.outputs = nbformat.from_dict(done[cell.source]["outputs"])
             cell.execution_count = 1  # nbval skips an "unrun" reference cell that holds outputs
 
 
 if __name__ == "__main__":
-    executed_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    executed_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else NOTEBOOKS  # default: keep the committed outputs
     for stage in STAGES:
         nb = build(stage)
-        if executed_dir and (executed_dir / f"{stage}.ipynb").exists():
+        if (executed_dir / f"{stage}.ipynb").exists():
             keep_checked_outputs(nb, executed_dir / f"{stage}.ipynb")
         nbformat.write(nb, NOTEBOOKS / f"{stage}.ipynb")
         print("wrote", NOTEBOOKS / f"{stage}.ipynb")

@@ -152,7 +152,9 @@ def build(profile: str) -> Recipe:
                   metrics=("crc_nonorm_knn_auc", "crc_norm_knn_auc", "breastpathq_mse", "breastpathq_tau",
                            "breastpathq_mse_clipped", "breastpathq_tau_b"),
                   extra_metrics=("breastpathq_mse_clipped", "breastpathq_tau_b"),   # kit-only, no paper value
-                  footnotes=footnotes, protocol=protocol),
+                  footnotes=footnotes, protocol=protocol,
+                  section="patch-level evaluation (the abstract; the numbers are the public repository's, "
+                          "patch_evaluation.ipynb: see docs/protocols.md)"),
     )
     figure_set = "CRC-NORM"
     figures = (AttentionHeads("fig_attention_heads", model="DINO ViT-S/16 (TCGA)", dataset=figure_set,

@@ -283,14 +283,16 @@ def _tables(smoke: bool, vit: str, cypher: str, stage0: int, stage0_alt: int) ->
                                        "All rows ViT-S/16 except DINO-CypherViT; ") +
                                       "DINO-CypherViT uses 4 final [cls] tokens and 2 local views (the paper's best "
                                       "setting, Table 4).",),
-                  protocol=card["table1"]),
+                  protocol=card["table1"],
+                  section="Results, downstream tasks (patch-level tissue phenotyping), Table 1"),
         TableSpec("table2", "Table 2 — fine-tuning with 1-100 % of the CRC (w/ norm) labels",
                   "ye2024_cyphervit_table2.csv", keys=("method",), metrics=tuple(FRACTIONS.values()),
                   footnotes=("End-to-end fine-tuning of encoder + linear head (AdamW, cosine schedule) on a "
                              "class-balanced fraction of the training split (at least one tile per class); top-1 "
                              "accuracy in % on the unchanged test split. Fully-supervised = ViT-S/16 from random "
                              "initialisation.",),
-                  protocol=card["table2"]),
+                  protocol=card["table2"],
+                  section="Results, downstream tasks (semi-supervised label fractions), Table 2"),
         TableSpec("table3", "Table 3 — VanillaViT vs CypherViT in each framework, 5 re-splits",
                   "ye2024_cyphervit_table3.csv", keys=("framework", "backbone"),
                   metrics=("crc_norm_acc_mean", "crc_norm_acc_std", "pannuke_acc_mean", "pannuke_acc_std",
@@ -305,7 +307,8 @@ def _tables(smoke: bool, vit: str, cypher: str, stage0: int, stage0_alt: int) ->
                              "± sample std; pvalue_*: Welch's t-test (scipy ttest_ind, equal_var=False) VanillaViT vs "
                              "CypherViT within a framework; pvalue_*_paired (kit-only columns): the paired t-test "
                              "(scipy ttest_rel), since both backbones are scored on the same five re-splits.",),
-                  protocol=card["table3"]),
+                  protocol=card["table3"],
+                  section="Results, plug-and-play across SSL frameworks (5 re-splits, t-tests), Table 3"),
         TableSpec("table4", "Table 4 — number of final [cls] tokens x number of local views (DINO-CypherViT)",
                   "ye2024_cyphervit_table4.csv", keys=("num_cls", "num_local_views"),
                   metrics=("crc_nonorm_acc1", "crc_nonorm_acc3", "crc_norm_acc1", "crc_norm_acc3", "pannuke_acc1",
@@ -317,7 +320,8 @@ def _tables(smoke: bool, vit: str, cypher: str, stage0: int, stage0_alt: int) ->
                              f"setting, since a 96 px local crop has 36 patches, fewer than 64 tokens."
                              + (" Smoke: 32 px local crops (4 patches), cyphervit_smoke's 16 or 8 tokens." if smoke
                                 else ""),),
-                  protocol=card["table4"]),
+                  protocol=card["table4"],
+                  section="Results, ablation studies ([cls] tokens x local views), Table 4"),
     )
 
 

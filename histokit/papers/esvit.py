@@ -230,16 +230,20 @@ def build(profile: str) -> Recipe:
         TableSpec("table1", "Table I — retrieval performance and efficiency", "habijan2025_esvit_table1.csv",
                   keys=("model", "dataset"), metrics=METRICS + TIMING + (AMORTIZED,), extra_metrics=(AMORTIZED,),
                   paper_device=PAPER_DEVICE, footnotes=common + (timing, crc, heads),
-                  protocol=_card_table1(fallback=made_full)),
+                  protocol=_card_table1(fallback=made_full),
+                  section="Sec. III-A (quantitative results), Table I"),
         TableSpec("table2", "Table II — effect of self-supervised pretraining", "habijan2025_esvit_table2.csv",
                   keys=("model", "pretraining"), metrics=METRICS,
                   footnotes=common + (f"Both arms use the same EsViT schedule on the {first} training split; the "
                                       "pretrained arm starts from the official ImageNet EsViT weights when given, "
                                       "else from the kit's own EsViT pretraining, named in its row label.", heads),
-                  protocol=_card_table2(fallback=made_full)),
+                  protocol=_card_table2(fallback=made_full),
+                  section="Sec. III-A (quantitative results), Table II"),
         TableSpec("table1_splits", "Random 80/10/10 split (the paper's) vs patient-aware split", "",
                   keys=("model", "dataset", "split"), metrics=METRICS, footnotes=common + (crc,),
-                  protocol=_card_splits()),
+                  protocol=_card_splits(),
+                  section="not in the paper: a variant of Table I's random 80/10/10 split (Sec. II-C) beside a "
+                          "patient-aware one"),
     )
     figures = (RetrievalGallery("fig2", model="EsViT + k-NN", dataset=first, k=5, n_queries=4),)
     notes = ()

@@ -162,15 +162,18 @@ def build(profile: str) -> Recipe:
     tables = []
     for suffix, eta, protocol_note in (("", "standard", standard), ("_public_code", "public_code", public)):
         label = "" if not suffix else " (public-code eta)"
+        section_note = "" if not suffix else ", eta as the public ffnir code computes it"
         tables += [
             TableSpec("table1" + suffix, f"Table 1 — training strategies A / B / C{label}",
                       "nunez2025_lgffem_table1.csv", keys=("strategy", "pretraining_data"), metrics=etas,
-                      footnotes=(protocol_note, training) + card_scope, protocol=protocol_card("table1", eta)),
+                      footnotes=(protocol_note, training) + card_scope, protocol=protocol_card("table1", eta),
+                      section="Sec. 4.2.1 (metric evaluation), Table 1" + section_note),
             TableSpec("table2" + suffix, f"Table 2 — comparison with other methods{label}",
                       "nunez2025_lgffem_table2.csv", keys=("method",), metrics=etas,
                       footnotes=(protocol_note, "DenseNet 121: ImageNet features (timm), global average pooling, "
                                                 "same index and protocol.") + card_scope,
-                      not_reproducible=(("MA + MS-loss", no_code),), protocol=protocol_card("table2", eta)),
+                      not_reproducible=(("MA + MS-loss", no_code),), protocol=protocol_card("table2", eta),
+                      section="Sec. 4.2.1 (metric evaluation), Table 2" + section_note),
         ]
     figures = (
         RetrievalGallery("fig3_query", model=final, dataset="Kimia", k=5, n_queries=3),

@@ -122,6 +122,8 @@ class TableSpec:
     #                                        device (timings) gets a Δ only on that device class, never across
     extra_metrics: tuple = ()              # those of ``metrics`` the paper's table lacks (kit-only columns, e.g. a
                                            # paired t-test beside the paper's): no paper value, not in its CSV
+    section: str = ""                      # where in the paper the table is, e.g. "Sec. III-A, Table I"; empty for
+    #                                        a table the kit adds (a protocol variant); the notebooks' plan shows it
 
     @property
     def all_footnotes(self) -> tuple:
