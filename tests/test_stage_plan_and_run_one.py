@@ -9,6 +9,7 @@ import pytest
 from histokit.data.datasets import load_dataset
 from histokit.papers import get_recipe, list_papers
 from histokit.stages import open_stage
+from histokit.stages.data import write_indexes
 from histokit.stages import evaluate as evaluate_stage
 from histokit.retrieval.features import FeatureSet, save_features
 from histokit.stages.common import slug
@@ -21,7 +22,7 @@ from histokit.stages.plan import FIGURE_SECTIONS, STAGE_PLANS, stage_plan
 def test_every_table_and_figure_of_the_papers_names_its_section(paper):
     recipe = get_recipe(paper, "full")
     assert all(t.section for t in recipe.tables), [t.id for t in recipe.tables if not t.section]
-    assert all((paper, fig[0]) in FIGURE_SECTIONS for fig in recipe.figures)
+    assert all((paper, fig.id) in FIGURE_SECTIONS for fig in recipe.figures)
 
 
 def test_the_evaluate_plan_names_tables_sections_models_datasets_and_the_protocol_card():
@@ -65,6 +66,7 @@ def esvit_run(tmp_path_factory):
     labels = load_dataset("kather2016_tiny").labels
     recipe = get_recipe("esvit", "smoke")
     ctx = open_stage("esvit", "smoke", run_dir=str(runs / "esvit" / "smoke"), device="cpu")
+    write_indexes(ctx)  # stage 01: the data index every later stage reads
     timing = {"device": "cpu", "device_name": "cpu", "precision": "fp32", "feature_extraction_ms": 1.0,
               "feature_extraction_batch_size": 1, "retrieval_latency_ms": 2.0,
               "feature_extraction_amortized_ms": 0.5, "extraction_batch_size": 32}

@@ -41,32 +41,20 @@ class OverrideContext(StageContext):
         return super().path(*parts)
 
 
-def with_overrides(spec, overrides: dict):
-    """The evaluation with its parameters changed (the one line to adapt when evaluations become typed)."""
-    return dataclasses.replace(spec, params={**spec.params, **overrides})
-
-
-def figure_with_overrides(figure, overrides: dict):
-    return (figure_id(figure), figure_kind(figure), {**figure_parameters(figure), **overrides})
+def with_overrides(spec, overrides: dict, recipe=None):
+    """The protocol (or figure) with some of its typed fields changed, checked as the recipe's own parts are (an
+    override such as ``k=0`` or an unknown ``ap_normalization`` is refused by name before anything runs)."""
+    changed = dataclasses.replace(spec, **overrides)
+    if recipe is not None:
+        changed.check(recipe)
+    return changed
 
 
 def evaluation_records(ctx: StageContext, spec) -> list[dict]:
-    """What stage 05 / 06 computes for one evaluation (its protocol, then the row keys and the weights used)."""
-    from . import evaluate
+    """What stage 05 / 06 computes for one protocol (its records, then the row keys and the weights used)."""
+    from ..evaluation.protocols.records import with_row_keys, with_weights_used
 
-    if spec.kind not in evaluate.EVALUATIONS:
-        raise ValueError(f"recipe {ctx.paper}: unknown evaluation kind {spec.kind!r}; known: "
-                         f"{sorted(evaluate.EVALUATIONS)}")
-    records = evaluate.EVALUATIONS[spec.kind](ctx, spec)
-    return evaluate.with_weights_used(ctx, spec, evaluate.with_row_keys(ctx, records))
-
-
-def make_figure(ctx: StageContext, figure) -> Path:
-    from .visualize import FIGURES
-
-    if figure_kind(figure) not in FIGURES:
-        raise ValueError(f"recipe {ctx.paper}: unknown figure kind {figure_kind(figure)!r}; known: {sorted(FIGURES)}")
-    return FIGURES[figure_kind(figure)](ctx, figure_id(figure), figure_parameters(figure))
+    return with_weights_used(ctx, spec, with_row_keys(ctx, spec.run(ctx)))
 
 
 def _check_overrides(what: str, known, overrides: dict) -> None:
@@ -135,13 +123,13 @@ def run_one(ctx: StageContext, target: str, **overrides):
     if figures:
         figure = figures[0]
         _check_overrides(f"figure {target!r} ({figure_kind(figure)})", figure_parameters(figure), overrides)
-        path = make_figure(open_override(ctx, out), figure_with_overrides(figure, overrides))
+        path = with_overrides(figure, overrides, recipe).run(open_override(ctx, out))
         _show(target, figure=path)
         return path
     known = {name: value for s in specs for name, value in evaluation_parameters(s).items()}
     _check_overrides(f"table {target!r}", known, overrides)
     octx = open_override(ctx, out)
-    records = records_frame([r for s in specs for r in evaluation_records(octx, with_overrides(s, overrides))])
+    records = records_frame([r for s in specs for r in evaluation_records(octx, with_overrides(s, overrides, recipe))])
     atomic_write_text(out / "records.csv", records.to_csv(index=False))
     atomic_write_json(out / "overrides.json", {"target": target, "overrides": overrides})
     spec = override_table_spec(recipe.table(target), records, overrides, known)

@@ -4,15 +4,19 @@ they stand in for), protocol and training runs. Nothing here runs anything; it o
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 from ..papers.recipe import Recipe, weight_sources
 
 # --- accessors: the one place that knows how evaluations and figures are spelled in a recipe ---------------------
-# (today EvalSpec has .kind / .models / .datasets / .params and a figure is an (id, kind, params) tuple; when they
-# become typed dataclasses only these functions change)
+# Both are typed frozen dataclasses (histokit.evaluation.protocols, histokit.viz.figures): a protocol's parameters
+# are its fields beyond what every protocol has (table, models, datasets, row labels, as-run rules); a figure's are
+# its fields beyond its id.
+PROTOCOL_COMMON = ("table", "models", "datasets", "labels", "as_run")
 
 
 def evaluation_kind(spec) -> str:
-    return spec.kind
+    return type(spec).kind
 
 
 def evaluation_table(spec) -> str:
@@ -29,29 +33,27 @@ def evaluation_datasets(spec) -> tuple:
 
 def evaluation_parameters(spec) -> dict:
     """The protocol's parameters, name -> value (what ``run_one`` may override)."""
-    return dict(spec.params)
+    return {f.name: getattr(spec, f.name) for f in fields(spec) if f.name not in PROTOCOL_COMMON}
 
 
 def figure_id(figure) -> str:
-    return figure[0]
+    return figure.id
 
 
 def figure_kind(figure) -> str:
-    return figure[1]
+    return type(figure).kind
 
 
 def figure_parameters(figure) -> dict:
-    return dict(figure[2])
+    return {f.name: getattr(figure, f.name) for f in fields(figure) if f.name != "id"}
 
 
 def figure_models(figure) -> tuple:
-    params = figure_parameters(figure)
-    return tuple(params.get("models") or ([params["model"]] if "model" in params else []))
+    return tuple(figure.model_rows())
 
 
 def figure_datasets(figure) -> tuple:
-    params = figure_parameters(figure)
-    return (params["dataset"],) if "dataset" in params else ()
+    return (figure.dataset,)
 
 
 # The section of the paper each figure reproduces (TableSpec.section says it for tables). Read in
