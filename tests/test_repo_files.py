@@ -170,3 +170,40 @@ def test_readme_prose_on_registration_agrees_with_the_manifests():
                                                       f"{load_manifest(name).access}"
     open_ones = re.findall(r"([\w/-]+) \(an open [^)]*download\)", text)
     assert open_ones and all(load_manifest(ALIASES[w.lower()]).access == "open" for w in open_ones)
+
+
+def _count_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("count_guarantee_tests", ROOT / "tools" / "count_guarantee_tests.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_guarantee_counts_in_the_docs_are_the_suites():
+    """docs/guarantees.md's marker counts are generated (tools/count_guarantee_tests.py --write), never hand-kept:
+    the suite is collected again in a subprocess (nothing runs) and the page must carry exactly its counts."""
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "count_guarantee_tests.py")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = {line[:16].strip(): int(line[16:]) for line in out.stdout.splitlines() if line[16:].strip().isdigit()}
+    tool = _count_tool()
+    assert set(table) == set(tool.MARKERS) | {"any of these", "all test cases"}
+    doc = tool.DOC.read_text()
+    assert tool.with_counts(doc, table) == doc, (
+        f"docs/guarantees.md's counts are not the suite's {table}: run python tools/count_guarantee_tests.py --write")
+
+
+def test_the_count_writer_refuses_a_page_without_the_table():
+    tool = _count_tool()
+    table = dict.fromkeys(tool.MARKERS, 1) | {"any of these": 2, "all test cases": 3}
+    page = "| `fault` | 9 | x |\n| `bad_input` | 9 | x |\n| `security` | 9 | x |\n| `determinism` | 9 | x |\n"
+    with pytest.raises(ValueError, match="any of these"):
+        tool.with_counts(page, table)
+    with pytest.raises(ValueError, match="determinism"):
+        tool.with_counts(page.replace("`determinism`", "`other`"), table)
+    full = page + "| any of these | 7 | of 8 test cases in the suite |\n"
+    assert "| `fault` | 1 |" in tool.with_counts(full, table) and "| 2 | of 3 test cases" in tool.with_counts(full, table)

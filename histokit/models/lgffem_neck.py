@@ -1,7 +1,7 @@
 """Local-Global Feature Fusion Neck (LGFFN) of LGFFEM — Nuñez-Fernández, Farias & Solar, Sensors 2025, Sec. 3.3.
 
 The neck is the paper's own contribution, so it is written here (small, one block per class) and checked in
-``tests/test_lgffem_neck.py`` against the equations evaluated by hand on tiny tensors.
+``tests/models/test_lgffem_neck.py`` against the equations evaluated by hand on tiny tensors.
 
 Paper -> code map (equation numbers of the Sensors article):
 

@@ -60,7 +60,7 @@ def test_training_index_data_and_figure_plans():
 def esvit_run(tmp_path_factory):
     """An esvit smoke run whose stage 04 is faked (clustered features of the tiles' real labels, a timing file per
     row), then stage 05 run for real: its records.csv is the run's own."""
-    from test_crosspaper import clustered
+    from feature_helpers import clustered
 
     runs = tmp_path_factory.mktemp("runs")
     labels = load_dataset("kather2016_tiny").labels

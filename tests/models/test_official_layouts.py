@@ -24,7 +24,7 @@ from histokit.models.official_layouts import (
 )
 from histokit.papers import get_recipe, list_papers
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 NAMES = sorted(OFFICIAL_WEIGHTS)
 
 

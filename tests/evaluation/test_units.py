@@ -70,7 +70,7 @@ def test_the_package_is_typed_and_the_api_page_names_real_calls():
     import tomllib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     assert (root / "histokit" / "py.typed").is_file()
     package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["histokit"]

@@ -177,7 +177,7 @@ def test_a_label_fraction_result_of_another_model_is_refused(tmp_path):
 def test_the_cross_paper_benchmark_refuses_a_feature_file_copied_over_another_models(extracted, tmp_path):
     """The common benchmark reads every paper's run; a sidecar must name the model and dataset its place names and
     the paper, profile and recipe of the run it lies in."""
-    from test_crosspaper import write_features
+    from feature_helpers import write_features
 
     labels = np.arange(8) % 2
     feats = np.eye(8, 4, dtype=np.float32)

@@ -15,7 +15,7 @@ import histokit.papers as papers
 from histokit.papers import get_recipe
 from histokit.stages.context import open_stage
 
-REPO = str(Path(__file__).resolve().parents[1])
+REPO = str(Path(__file__).resolve().parents[2])
 if REPO not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repository root off sys.path
     sys.path.insert(0, REPO)
 import benchmarks.bench_ddp as bench  # noqa: E402

@@ -9,7 +9,7 @@
 - Replicas that diverge (a center not all-reduced) are caught; the loader is sharded per rank.
 - Sharded extraction: 2 ranks == 1 process; a killed shard is redone alone and the merged store is complete; stage
   04's extraction under 2 ranks writes the feature file the single-process stage writes.
-(tests/test_torchrun_recipe.py launches real ``torchrun`` from a stage.)
+(tests/distributed/test_torchrun_recipe.py launches real ``torchrun`` from a stage.)
 """
 import json
 import os

@@ -3,7 +3,6 @@ one split for every method, the retrieval / kNN / probe numbers wired the right 
 official test sets and regression data, a planted duplicate tile found by the pixel descriptor, the row for data
 without group ids, and the CLI steps after `reproduce all`."""
 import json
-import re
 from dataclasses import replace
 
 import numpy as np
@@ -16,29 +15,13 @@ from histokit.crosspaper.benchmark import KEY_COLUMNS, METRICS
 from histokit.data.datasets import PatchDataset, load_dataset
 from histokit.data.splits import make_split
 from histokit.evaluation.knn import weighted_knn
-from histokit.papers import get_recipe
-from histokit.retrieval.features import FeatureFileError, FeatureSet, save_features
+from histokit.retrieval.features import FeatureFileError
 from histokit.retrieval.metrics import evaluate_retrieval
-from histokit.run_identity import recipe_digest
+
+from feature_helpers import clustered, write_features  # shared with the stage tests (tests/feature_helpers.py)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = "kather2016_tiny"
-
-
-def write_features(runs, paper, profile, model, key, feats, labels, test=False):
-    slug = lambda s: re.sub(r"[^a-z0-9._-]+", "_", s.lower()).strip("_")  # noqa: E731  (histokit.stages' slug)
-    path = runs / paper / profile / "features" / slug(model) / (slug(key) + ("__test" if test else "") + ".npz")
-    sha = save_features(path, FeatureSet(feats, labels, np.arange(len(labels)), {"device": "cpu"}))
-    run = {"paper": paper, "profile": profile, "recipe": recipe_digest(get_recipe(paper, profile))}
-    path.with_suffix(".json").write_text(json.dumps({"sha256": sha, "model": model, "dataset": key, "test": test,
-                                                     "run": run, "weights": "fake", "timing": {}}))
-    return path
-
-
-def clustered(labels, seed, dim=16, noise=0.3):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(int(labels.max()) + 1, dim))
-    return (centers[labels] + noise * rng.normal(size=(len(labels), dim))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from histokit import paths
 from histokit.cli import build_parser, cmd_speed, main, speed_benchmark
 from histokit.retrieval.metrics import evaluate_retrieval, retrieval_scores
 
-REPO = str(Path(__file__).resolve().parents[1])
+REPO = str(Path(__file__).resolve().parents[2])
 if REPO not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repository root off sys.path
     sys.path.insert(0, REPO)
 from benchmarks.speed import BenchConfig, run_bench  # noqa: E402
