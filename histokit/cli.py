@@ -155,7 +155,7 @@ def _print_summary(published: list, seconds: float) -> None:
     """Where a reader finds what the command made (printed with --quiet too)."""
     from . import paths
     from .run_log import format_duration
-    from .runner import portable
+    from .paths import portable
 
     print(f"[histokit] finished in {format_duration(seconds)}. Tables and figures:")
     for paper, folder in published:

@@ -84,3 +84,24 @@ def default_run_dir(paper: str, profile: str) -> Path:
 def results_dir(paper: str, profile: str) -> Path:
     """Outputs (tables, figures, run.json) for one paper+profile (committed, in the clone)."""
     return RESULTS_DIR / paper / profile
+
+
+def portable(value, root: Optional[Path] = None):
+    """``value`` with every absolute path under ``root`` made relative to it (``runs/esvit/smoke``) and every path
+    under the home directory written ``~/...``, so a fingerprint or a published ``run.json`` is the same in every
+    clone and for every user; paths elsewhere stay absolute."""
+    root = REPO_DIR if root is None else root
+    if isinstance(value, dict):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, root) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        resolved = Path(value).resolve()
+        for base, prefix in ((root.resolve(), ""), (Path.home().resolve(), "~/")):
+            try:
+                return prefix + resolved.relative_to(base).as_posix()
+            except ValueError:
+                continue
+    return value
+
+

@@ -136,7 +136,7 @@ def find_missing(recipe: Recipe, data_root: Optional[str], checkpoints: dict, *,
         timm_users = {(m.encoder, m.name) for m in recipe.models if any(k == "timm" for k, _ in weight_sources(m.weights))}
         timm_users |= {(t.encoder, t.name) for t in recipe.pretrain + recipe.finetune
                        if any(k == "timm" for k, _ in weight_sources(t.init, t.dataset))}
-        from .stages.common import hub_reachable
+        from .models.hub import hub_reachable
 
         online = hub_reachable()
         from .models.backbones import hub_weights_name

@@ -52,7 +52,7 @@ def _plain(obj):
 def recipe_document(recipe) -> dict:
     """The resolved recipe as plain JSON (datasets, models, training specs, evaluations, tables, notes), repository
     paths written relative to it: what ``results/<paper>/<label>/recipe.json`` publishes beside the tables."""
-    from .runner import portable
+    from .paths import portable
 
     return portable(_plain(recipe))
 
@@ -65,7 +65,7 @@ def recipe_digest(recipe) -> str:
 
 
 def run_identity(paper: str, profile: str, label: str, run_dir, recipe) -> dict:
-    from .runner import portable
+    from .paths import portable
 
     return {"paper": paper, "profile": profile, "label": label,
             "run_dir": portable(str(Path(run_dir).resolve())), "recipe": recipe_digest(recipe)}

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 from . import paths
 from .io import atomic_write_json
 from .provenance import device_info, git_commit, now_iso, package_versions
+from .paths import portable  # noqa: F401  (runner.portable: callers and tests name it here)
 from .run_identity import (IDENTITY_NAME, OWNER_KEYS, RUNNER_ENV, IdentityError, differences, read_identity,
                            recipe_document, run_identity)
 from .run_lock import RunLock, RunLocked
@@ -161,25 +162,6 @@ def select_stages(only: Optional[Iterable[str]] = None, start: Optional[str] = N
         wanted = {check(s) for s in only}
         stages = [s for s in stages if s in wanted]
     return stages
-
-
-def portable(value, root: Optional[Path] = None):
-    """``value`` with every absolute path under ``root`` made relative to it (``runs/esvit/smoke``) and every path
-    under the home directory written ``~/...``, so a fingerprint or a published ``run.json`` is the same in every
-    clone and for every user; paths elsewhere stay absolute."""
-    root = paths.REPO_DIR if root is None else root
-    if isinstance(value, dict):
-        return {k: portable(v, root) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [portable(v, root) for v in value]
-    if isinstance(value, str) and value.startswith("/"):
-        resolved = Path(value).resolve()
-        for base, prefix in ((root.resolve(), ""), (Path.home().resolve(), "~/")):
-            try:
-                return prefix + resolved.relative_to(base).as_posix()
-            except ValueError:
-                continue
-    return value
 
 
 def _checkpoint_identity(checkpoints: dict) -> dict:

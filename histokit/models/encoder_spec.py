@@ -225,7 +225,7 @@ def _hub_repo(spec: EncoderSpec) -> Optional[str]:
 
 def manual_weights_help(spec: EncoderSpec) -> str:
     """How to provide a hub model's weights by hand (gated, or this machine offline)."""
-    from ..stages.common import hub_cache_dir
+    from .hub import hub_cache_dir
 
     repo = _hub_repo(spec) or "<org>/<repo>"
     folder = "models--" + repo.replace("/", "--")
@@ -255,7 +255,7 @@ def _hub_failure(spec: EncoderSpec, exc: BaseException) -> str:
 
 def hub_weights_cached(spec: EncoderSpec) -> bool:
     """Whether the weights of a timm / hf-hub spec are in the local Hugging Face cache (no request)."""
-    from ..stages.common import hub_cache_dir
+    from .hub import hub_cache_dir
 
     repo = _hub_repo(spec)
     if not repo:
@@ -266,7 +266,7 @@ def hub_weights_cached(spec: EncoderSpec) -> bool:
 
 
 def _resolve_hub(spec: EncoderSpec, lenient: bool) -> tuple[nn.Module, str]:
-    from ..stages.common import hub_reachable, hub_session
+    from .hub import hub_reachable, hub_session
 
     name = spec.target if spec.scheme == "timm" else f"hf-hub:{spec.target}"
     try:
@@ -315,7 +315,7 @@ def _create_open_clip(spec: EncoderSpec):
 def _resolve_open_clip(spec: EncoderSpec) -> tuple[Encoder, str, Any]:
     """(the image tower as an Encoder, its weights in words, open_clip's preprocess transform); no random fallback:
     an open_clip model is named for its weights."""
-    from ..stages.common import hub_reachable, hub_session
+    from .hub import hub_reachable, hub_session
 
     try:
         import open_clip  # noqa: F401

@@ -1,10 +1,6 @@
 """What several stages share: a recipe dataset with its splits, and an encoder with its weights resolved."""
 from __future__ import annotations
 
-import os
-import socket
-from contextlib import contextmanager
-from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,13 +12,8 @@ from ..data.datasets import PatchDataset
 from ..models.backbones import create_encoder as _create_encoder
 from ..models.base import Encoder
 from ..papers.recipe import ModelSpec, weight_sources
-from ..io import slug as io_slug
-from .context import StageContext
-
-
-def slug(text: str) -> str:
-    """A file-system-safe name for a model row or dataset key ("EsViT + k-NN" -> "esvit_k-nn")."""
-    return io_slug(text, sep="_", keep="._-")
+from ..models import hub  # called through the module, so a test's patch of hub.hub_reachable is seen here
+from .context import StageContext, slug  # noqa: F401  (slug: stages.common.slug for its callers)
 
 
 def load_recipe_dataset(ctx: StageContext, key: str, *, test: bool = False) -> PatchDataset:
@@ -96,18 +87,6 @@ def load_encoder_weights(encoder: Encoder, path: Path) -> None:
     encoder.load_state_dict(state)
 
 
-@lru_cache(maxsize=1)
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """One quick TCP probe, so an offline smoke run does not sit through the hub client's retries per model."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 # How the weights a row was computed with came about, in words: the start of every ``source`` text of the hub
 # branch (table rows, timing.csv, the benchmark's ``weights`` column and the notes all quote it).
 WEIGHTS_FROM_CACHE = "ImageNet weights from the local cache"
@@ -116,44 +95,11 @@ WEIGHTS_UNREACHABLE = "random init: ImageNet weights unreachable"
 BUNDLED_WORDS = "bundled Kather 2016 tiles"  # the data of a manifest with ``access: bundled``, in words
 
 
-def hub_cache_dir() -> str:
-    """The Hugging Face hub cache as the environment names it now: ``HF_HUB_CACHE``, else ``HF_HOME``/hub, else
-    ``XDG_CACHE_HOME``/huggingface/hub, else ~/.cache/huggingface/hub (huggingface_hub's own rule, read at call time
-    rather than at its import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "huggingface", "hub")
-
-
-@contextmanager
-def hub_session(*, offline: bool):
-    """timm's hub downloads inside this block read and write :func:`hub_cache_dir`; ``offline``: the local cache
-    only (huggingface_hub's offline mode, HF_HUB_OFFLINE=1 — no request leaves the machine, a file that is not
-    cached raises). A block that raises leaves the random number generator as it found it, so a failed attempt
-    (the model is built before its weights are looked for) changes no later draw, a random fallback included."""
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE
-    rng = torch.random.get_rng_state()
-    constants.HF_HUB_CACHE = hub_cache_dir()
-    constants.HF_HUB_OFFLINE = bool(offline or saved[0])
-    try:
-        yield
-    except BaseException:
-        torch.random.set_rng_state(rng)
-        raise
-    finally:
-        constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = saved
-
-
 def cached_hub_encoder(encoder_name: str, **kwargs) -> Optional[Encoder]:
     """``encoder_name`` with its timm hub weights read from the local Hugging Face cache, or None when they are not
     there (never a network request)."""
     try:
-        with hub_session(offline=True):
+        with hub.hub_session(offline=True):
             return _create_encoder(encoder_name, pretrained=True, **kwargs)
     except Exception:  # not cached (LocalEntryNotFoundError), or not loadable: the caller falls back
         return None
@@ -244,14 +190,14 @@ def resolve_weights(ctx: StageContext, encoder_name: str, spec: str, dataset: st
             if encoder is not None:
                 return encoder, f"{WEIGHTS_FROM_CACHE} (timm {encoder_name})"
             lenient = ctx.profile == "smoke" or ctx.rehearsal
-            if lenient and not hub_reachable():
+            if lenient and not hub.hub_reachable():
                 ctx.add_note(scope, f"{encoder_name}: ImageNet weights could not be fetched (no network to the "
                                     f"Hugging Face hub, none in the local cache); the {ctx.label} run uses random "
                                     "initialisation instead.")
                 return (create_encoder(encoder_name, img_size=image_size, pooling=pooling),
                         f"{WEIGHTS_UNREACHABLE} (hub offline, not in the local cache)")
             try:
-                with hub_session(offline=False):
+                with hub.hub_session(offline=False):
                     encoder = create_encoder(encoder_name, pretrained=True, img_size=image_size, pooling=pooling)
                 return encoder, f"{WEIGHTS_DOWNLOADED} from the Hugging Face hub (timm {encoder_name})"
             except Exception as exc:  # no network, no cache: say exactly what happened
@@ -292,7 +238,7 @@ def init_identity(ctx: StageContext, spec: str, dataset: str, encoder: Optional[
             if path.exists():
                 return {"kind": kind, "name": value, "sha256": sha256_file(path)}
         elif kind == "timm":
-            offline = (ctx.profile == "smoke" or ctx.rehearsal) and not hub_reachable()
+            offline = (ctx.profile == "smoke" or ctx.rehearsal) and not hub.hub_reachable()
             if offline and encoder and cached_hub_encoder(encoder, **(encoder_kwargs or {})) is not None:
                 offline = False
             return {"kind": "random (hub offline)" if offline else kind}

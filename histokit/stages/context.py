@@ -9,9 +9,15 @@ from .. import paths
 from ..data.loading import seed_everything  # noqa: F401  (the kit's one; stages import it from here too)
 from ..device import configure_backends, resolve_device
 from ..io import atomic_write_json
+from ..io import slug as io_slug
 from ..papers import get_recipe
 from ..papers.recipe import Recipe
 from ..run_identity import check_stage_identity, run_identity
+
+
+def slug(text: str) -> str:
+    """A file-system-safe name for a model row or dataset key ("EsViT + k-NN" -> "esvit_k-nn")."""
+    return io_slug(text, sep="_", keep="._-")
 
 
 @dataclass
@@ -88,7 +94,7 @@ REHEARSAL_NOTE = ("REHEARSAL — not a reproduction: the full profile's exact re
 
 def _portable_path(path: Path) -> str:
     """A path as a note in a committed table shows it: relative to the repository (or ~/) where it lies there."""
-    from ..runner import portable
+    from ..paths import portable
 
     return portable(str(Path(path).resolve()))
 

@@ -39,8 +39,7 @@ from ..data.images import load_image
 from ..data.splits import make_split, official_split
 from ..io import atomic_write_json, atomic_write_text, sha256_file
 from ..sidecars import check_sidecar
-from .common import slug
-from .context import StageContext
+from .context import StageContext, slug
 
 INDEX_VERSION = 1
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)

@@ -70,7 +70,7 @@ def exact_index_max(ctx: StageContext) -> int:
 def timing_tables(ctx: StageContext, model: str, dataset: str) -> list[str]:
     """The tables that report (model, dataset)'s timings (an evaluation or ablation with ``timing``)."""
     return [spec.table for spec in ctx.recipe.evaluations + ctx.recipe.ablations
-            if spec.params.get("timing") and model in spec.models and dataset in spec.datasets]
+            if getattr(spec, "timing", False) and model in spec.models and dataset in spec.datasets]
 
 
 def index_fields(approximate: dict | None) -> dict:

@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 
+from histokit.models import hub
 from histokit import byo, paths
 from histokit.papers import get_recipe, list_papers
 from histokit.papers.recipe import ModelSpec
@@ -56,7 +57,7 @@ def _use_workdir(mp: pytest.MonkeyPatch, root) -> None:
     mp.setenv("HISTOKIT_RUNS_DIR", str(root / "runs"))
     mp.setenv("HF_HUB_CACHE", str(root / "hub"))
     mp.setenv("HF_HUB_OFFLINE", "1")
-    mp.setattr(common, "hub_reachable", lambda *a, **k: False)
+    mp.setattr(hub, "hub_reachable", lambda *a, **k: False)
 
 
 @pytest.fixture

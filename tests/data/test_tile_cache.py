@@ -110,6 +110,7 @@ def test_stage_04_decodes_a_dataset_once_for_its_models_and_their_features_are_u
     from histokit.retrieval.features import load_features
     from histokit.stages import index as stage
     from histokit.stages.context import StageContext
+    from histokit.stages.data import write_indexes
 
     models = (ModelSpec("a", "vit_test", "random"),
               ModelSpec("b", "resnet_test", "random", mean=(0.7, 0.6, 0.7), std=(0.15, 0.2, 0.1)))
@@ -118,8 +119,10 @@ def test_stage_04_decodes_a_dataset_once_for_its_models_and_their_features_are_u
                     evaluations=(Retrieval("table1", ("a", "b"), ("TILES",)),))
 
     def context(run_dir):
-        return StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=run_dir, data_root=tmp_path,
-                            device="cpu", seed=0, progress=False)
+        ctx = StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=run_dir, data_root=tmp_path,
+                           device="cpu", seed=0, progress=False)
+        write_indexes(ctx)  # stage 01: the data index stage 04 reads
+        return ctx
 
     built, real = [], stage.build_tile_cache
     monkeypatch.setattr(stage, "build_tile_cache", lambda *a, **kw: built.append(a[1]) or real(*a, **kw))

@@ -8,6 +8,7 @@ import timm
 import torch
 from torch import nn
 
+from histokit.models import hub
 from histokit.models import encoder_spec as es
 from histokit.stages import common
 
@@ -19,7 +20,7 @@ def offline_hub(tmp_path, monkeypatch):
     """Every test runs with an empty hub cache of its own and the hub offline: nothing leaves the machine."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(common, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
     return tmp_path / "hub"
 
 
@@ -135,7 +136,7 @@ def test_timm_name_offline_in_a_lenient_run_says_random_init():
 def test_gated_hub_refusal(monkeypatch):
     from huggingface_hub.errors import GatedRepoError
 
-    monkeypatch.setattr(common, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: True)
     real = timm.create_model
 
     def gated(name, pretrained=False, **kw):

@@ -57,7 +57,8 @@ def test_cpu_device_never_warns_and_hnsw_stays_on_the_cpu(gallery):
 
 
 def test_the_index_stage_builds_the_gallery_index_on_the_run_device(tmp_path, monkeypatch):
-    """Stage 04 hands the run's device to build_index: with --device cuda and faiss-cpu the index falls back."""
+    """Stage 04 hands the run's device to its gallery index (scale.gallery_index -> build_index): with --device cuda
+    and faiss-cpu the index falls back with a warning."""
     from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe
     from histokit.stages import index as stage
     from histokit.stages.context import StageContext
@@ -68,15 +69,26 @@ def test_the_index_stage_builds_the_gallery_index_on_the_run_device(tmp_path, mo
                        device="cpu", seed=0, progress=False)
     write_indexes(ctx)  # stage 01
     seen = []
-    real = stage.build_index
-    monkeypatch.setattr(stage, "build_index", lambda *a, **kw: seen.append(kw.get("device")) or real(*a, **kw))
-    stage.extract_pair(ctx, "tiny", "TILES", timed=False)
+
+    class Built(Exception):  # stops the stage once the index is built: the timings after it would need a real GPU
+        pass
+
+    def spy(features, **kw):
+        seen.append(kw.get("device"))
+        real_gallery_index(features, **kw)
+        raise Built
+
+    real_gallery_index = stage.gallery_index
+    monkeypatch.setattr(stage, "gallery_index", spy)
+    with pytest.raises(Built):
+        stage.extract_pair(ctx, "tiny", "TILES", timed=True)
     ctx.device = "cuda"  # features exist: only the index is built again, on the run's device
     if GPU_FAISS:
-        stage.extract_pair(ctx, "tiny", "TILES", timed=False)
+        with pytest.raises(Built):
+            stage.extract_pair(ctx, "tiny", "TILES", timed=True)
     else:
-        with pytest.warns(UserWarning, match="no GPU support"):
-            stage.extract_pair(ctx, "tiny", "TILES", timed=False)
+        with pytest.warns(UserWarning, match="no GPU support"), pytest.raises(Built):
+            stage.extract_pair(ctx, "tiny", "TILES", timed=True)
     assert seen == ["cpu", "cuda"]
 
 

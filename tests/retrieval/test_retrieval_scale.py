@@ -170,12 +170,14 @@ def test_stage_04_above_the_threshold_records_the_ivf_index_and_notes_its_recall
     from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe
     from histokit.stages import index as stage
     from histokit.stages.context import StageContext
+    from histokit.stages.data import write_indexes
 
     recipe = Recipe(paper="tiny", title="tiny", citation="", profile="smoke", image_size=32,
                     datasets=(DatasetSpec("TILES", "kather2016_tiny"),), models=(ModelSpec("tiny", "vit_test", "random"),),
                     evaluations=(Retrieval("table1", ("tiny",), ("TILES",), timing=True),))
     ctx = StageContext(paper="tiny", profile="smoke", recipe=recipe, run_dir=tmp_path, data_root=tmp_path,
                        device="cpu", seed=0, progress=False, rehearse={"steps": 1})
+    write_indexes(ctx)  # stage 01: the data index stage 04 reads
     exact = stage.extract_pair(ctx, "tiny", "TILES", timed=True)
     assert exact["gallery_index"] == "Flat (exact)" and exact["gallery_index_recall@10"] is None
     assert not ctx.notes().get("table1")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import histokit.stages.common as common
+from histokit.models import hub
 from histokit.models.backbones import create_encoder
 from histokit.evaluation.protocols import Retrieval
 from histokit.papers.recipe import DatasetSpec, ModelSpec, Recipe, TableSpec, TrainSpec
@@ -42,7 +43,7 @@ def no_network(monkeypatch):
         raise AssertionError(f"a test tried to reach {address}")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(common, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: False)
     for var in ("HF_HUB_CACHE", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
 
@@ -102,7 +103,7 @@ def test_weights_fetched_from_the_hub_say_downloaded(tmp_path, monkeypatch, no_n
         return real(name, **kw)
 
     monkeypatch.setattr(common, "_create_encoder", fake_hub)
-    monkeypatch.setattr(common, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: True)
     _, source = common.resolve_weights(_ctx(tmp_path), "test_resnet", "timm", "TILES", image_size=32)
     assert source.startswith(common.WEIGHTS_DOWNLOADED)
 
