@@ -172,7 +172,8 @@ def full() -> Recipe:
     figures = (
         RetrievalGallery("fig3_query", model=FINAL, dataset="Kimia", k=5, n_queries=3),
         GradCam("fig4_6_gradcam", model=FINAL, dataset="Kimia", k=2),
-        _projection(split="test", legend_title="scan", title="UMAP of LGFFEM descriptors — Kimia Path24C test patches"),
+        _projection(split="test", legend_title="scan",
+                    title="UMAP of LGFFEM descriptors — Kimia Path24C test patches"),
     )
     return Recipe(paper="lgffem", title=TITLE, citation=CITATION, profile="full", image_size=224,
                   datasets=datasets, models=models, pretrain=pretrain, evaluations=_evaluations("ABC"),
