@@ -21,9 +21,11 @@ the table says so; the full profile refuses to run without them (2 M TCGA patche
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..evaluation.protocols import ClassificationProbes
 from ..viz.figures import AttentionHeads
-from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
+from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec, derive
 
 PROFILES = ("smoke", "full")
 TITLE = "Chen & Krishnan 2022 — DINO ViT-S/16 on histology: k-NN AUC, BreastPathQ, attention heads"
@@ -37,49 +39,29 @@ REFERENCE = "Richarizardd/Self-Supervised-ViT-Path"
 BPQ_SIZE = 512   # BreastPathQ's native tile size: the reference feeds the tiles as they are (no resize)
 
 
-def _datasets(smoke: bool) -> tuple:
-    if smoke:
-        return (DatasetSpec("CRC-NONORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K-NONORM"),
-                DatasetSpec("CRC-NORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K", stain="macenko"))
+# measure -> column: the columns compared with the paper are the reference's own metrics (raw-prediction MSE,
+# kendalltau_bpq); clipped MSE and scipy's tau-b are kit-only columns beside them
+COLUMNS = {"CRC-NONORM": {"knn_auc": "crc_nonorm_knn_auc"}, "CRC-NORM": {"knn_auc": "crc_norm_knn_auc"},
+           "BreastPathQ": {"mse_unclipped": "breastpathq_mse", "tau_bpq": "breastpathq_tau",
+                           "mse": "breastpathq_mse_clipped", "tau_unclipped": "breastpathq_tau_b"}}
+
+
+def _probes(models: tuple, keys: tuple) -> tuple:
+    return (ClassificationProbes("table1", tuple(m.name for m in models), keys,
+                                 columns={k: COLUMNS[k] for k in keys}, fit_on="train+val"),)
+
+
+def full() -> Recipe:
     merge = (("MUS", "STR"),)
-    return (DatasetSpec("CRC-NONORM", "nct_crc_he_100k_nonorm", test_dataset="crc_val_he_7k", merges=merge),
-            DatasetSpec("CRC-NORM", "nct_crc_he_100k", test_dataset="crc_val_he_7k", merges=merge),
-            DatasetSpec("BreastPathQ", "breastpathq", split="official", task="regression", image_size=BPQ_SIZE))
-
-
-def build(profile: str) -> Recipe:
-    smoke = profile == "smoke"
-    size = 64 if smoke else 224
-    datasets = _datasets(smoke)
-    pretrain = ()
-    fallback = ""
-    if smoke:  # stand-ins for the TCGA-BRCA pretraining, used only when the official checkpoints are not given
-        common = dict(dataset="CRC-NONORM", init="random", epochs=2, batch_size=16, warmup_epochs=1, image_size=size)
-        pretrain = (
-            TrainSpec(name="dino_vits16", method="dino", encoder=VIT, optimizer="adamw", lr=5e-4 * 16 / 256,
-                      weight_decay=0.04, local_size=32, n_local=2, mean=HALF, std=HALF,
-                      method_cfg=dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0),
-                      **common),
-            TrainSpec(name="simclr_resnet50", method="simclr", encoder="resnet50", optimizer="adamw",
-                      lr=1.5e-4 * 16 / 256, weight_decay=1e-6, **common),
-        )
-        fallback = "|train:{}"
+    datasets = (DatasetSpec("CRC-NONORM", "nct_crc_he_100k_nonorm", test_dataset="crc_val_he_7k", merges=merge),
+                DatasetSpec("CRC-NORM", "nct_crc_he_100k", test_dataset="crc_val_he_7k", merges=merge),
+                DatasetSpec("BreastPathQ", "breastpathq", split="official", task="regression", image_size=BPQ_SIZE))
     models = (
         ModelSpec("ImageNet ResNet-50", "resnet50_trunc", "timm",
                   note="torchvision ResNet-50 truncated after layer3 (the reference's resnet50_trunc_baseline)"),
-        ModelSpec("SimCLR ResNet-50 (TCGA)", "resnet50", f"checkpoint:{SIMCLR_WEIGHTS}" + fallback.format("simclr_resnet50")),
-        ModelSpec("DINO ViT-S/16 (TCGA)", VIT, f"checkpoint:{DINO_WEIGHTS}" + fallback.format("dino_vits16"),
+        ModelSpec("SimCLR ResNet-50 (TCGA)", "resnet50", f"checkpoint:{SIMCLR_WEIGHTS}"),
+        ModelSpec("DINO ViT-S/16 (TCGA)", VIT, f"checkpoint:{DINO_WEIGHTS}",
                   pooling="cls", mean=HALF, std=HALF, encoder_kwargs=dict(pos_interpolation="dino")),
-    )
-    # measure -> column: the columns compared with the paper are the reference's own metrics (raw-prediction MSE,
-    # kendalltau_bpq); clipped MSE and scipy's tau-b are kit-only columns beside them
-    columns = {"CRC-NONORM": {"knn_auc": "crc_nonorm_knn_auc"}, "CRC-NORM": {"knn_auc": "crc_norm_knn_auc"},
-               "BreastPathQ": {"mse_unclipped": "breastpathq_mse", "tau_bpq": "breastpathq_tau",
-                               "mse": "breastpathq_mse_clipped", "tau_unclipped": "breastpathq_tau_b"}}
-    keys = tuple(d.key for d in datasets)
-    evaluations = (
-        ClassificationProbes("table1", tuple(m.name for m in models), keys, columns={k: columns[k] for k in keys},
-                             fit_on="train+val"),
     )
     footnotes = (
         "k-NN AUC: scikit-learn KNeighborsClassifier() defaults (k = 5, uniform weights, Minkowski p = 2) fitted on "
@@ -101,9 +83,6 @@ def build(profile: str) -> Recipe:
         "patch_evaluation.ipynb; BreastPathQ MSE and Tau from the output of patch_evaluation.ipynb's BreastPathQ "
         "cell only (the README does not report them).",
     )
-    if smoke:
-        footnotes += ("The protocol card below describes the full profile; the smoke profile's deviations (data, "
-                      "image size, stand-in weights) are in the notes.",)
     protocol = (
         ProtocolPoint(
             "data + split",
@@ -156,16 +135,43 @@ def build(profile: str) -> Recipe:
                   section="patch-level evaluation (the abstract; the numbers are the public repository's, "
                           "patch_evaluation.ipynb: see docs/protocols.md)"),
     )
-    figure_set = "CRC-NORM"
-    figures = (AttentionHeads("fig_attention_heads", model="DINO ViT-S/16 (TCGA)", dataset=figure_set,
+    figures = (AttentionHeads("fig_attention_heads", model="DINO ViT-S/16 (TCGA)", dataset="CRC-NORM",
                               classes=("TUMOR", "STROMA", "LYMPHO", "TUM", "STR", "LYM")),)
-    notes = ()
-    if smoke:
-        notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
-                 "(raw = NONORM, Macenko-normalized by the kit = NORM; no MUS class to merge) and for the TCGA-BRCA "
-                 "pretraining data; 64 px images, 2 epochs on CPU; random 80/10/10 split instead of "
-                 "CRC-VAL-HE-7K; DINO head with 4,096 prototypes. BreastPathQ is not in the smoke profile.",)
-    return Recipe(paper="chen2022", title=TITLE, citation=CITATION, profile=profile, image_size=size,
-                  datasets=datasets, models=models, pretrain=pretrain, evaluations=evaluations, tables=tables,
-                  figures=figures, notes=notes, extraction_batch_size=64 if smoke else 256,
+    return Recipe(paper="chen2022", title=TITLE, citation=CITATION, profile="full", image_size=224,
+                  datasets=datasets, models=models, evaluations=_probes(models, tuple(d.key for d in datasets)),
+                  tables=tables, figures=figures, extraction_batch_size=256,
                   feature_l2_normalize=False)   # the reference's probes read the raw embeddings
+
+
+def smoke() -> Recipe:
+    """The full recipe on the bundled tiles (raw = NONORM, Macenko-normalized by the kit = NORM), 64 px, with stand-in
+    pretrainings of the two TCGA-BRCA models, used only when the official checkpoints are not given."""
+    f = full()
+    common = dict(dataset="CRC-NONORM", init="random", epochs=2, batch_size=16, warmup_epochs=1, image_size=64)
+    pretrain = (
+        TrainSpec(name="dino_vits16", method="dino", encoder=VIT, optimizer="adamw", lr=5e-4 * 16 / 256,
+                  weight_decay=0.04, local_size=32, n_local=2, mean=HALF, std=HALF,
+                  method_cfg=dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0), **common),
+        TrainSpec(name="simclr_resnet50", method="simclr", encoder="resnet50", optimizer="adamw",
+                  lr=1.5e-4 * 16 / 256, weight_decay=1e-6, **common),
+    )
+    stand_in = {"SimCLR ResNet-50 (TCGA)": "simclr_resnet50", "DINO ViT-S/16 (TCGA)": "dino_vits16"}
+    models = tuple(replace(m, weights=f"{m.weights}|train:{stand_in[m.name]}") if m.name in stand_in else m
+                   for m in f.models)
+    return derive(
+        f, "smoke",
+        datasets=(DatasetSpec("CRC-NONORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K-NONORM"),
+                  DatasetSpec("CRC-NORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K", stain="macenko")),
+        pretrain=pretrain, models=models, evaluations=_probes(models, ("CRC-NONORM", "CRC-NORM")),
+        table=lambda t: replace(t, footnotes=t.footnotes + (
+            "The protocol card below describes the full profile; the smoke profile's deviations (data, image size, "
+            "stand-in weights) are in the notes.",)),
+        image_size=64, extraction_batch_size=64,
+        notes=("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
+               "(raw = NONORM, Macenko-normalized by the kit = NORM; no MUS class to merge) and for the TCGA-BRCA "
+               "pretraining data; 64 px images, 2 epochs on CPU; random 80/10/10 split instead of "
+               "CRC-VAL-HE-7K; DINO head with 4,096 prototypes. BreastPathQ is not in the smoke profile.",))
+
+
+def build(profile: str) -> Recipe:
+    return {"full": full, "smoke": smoke}[profile]()

@@ -19,9 +19,11 @@ compares the paper (or the reference code it defers to) with the full profile po
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..evaluation.protocols import ClassificationProbes, LabelFraction, ResplitKnn
 from ..viz.figures import ClsAttention, UmapPanels
-from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
+from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec, derive
 
 PROFILES = ("smoke", "full")
 TITLE = "Ye et al. 2024 — CypherViT: multi-[cls]-token clustering ViT in DINO, SimCLR, MoCo v3 and MAE"
@@ -38,7 +40,7 @@ BEST = (4, 2)   # "4 [cls] tokens at final stage plus 2 local views ... the most
 # Stage-0 [cls] tokens: the paper gives no count. The kit assumes 64 (GroupViT's first grouping stage; the smoke
 # variant 16, one per patch of a 64 px image) and runs half of it as an extra Table 4 row at BEST: 32 is fewer than
 # the 36 patches of a 96 px local crop, which 64 tokens outnumber.
-STAGE0 = {"smoke": (16, 8), "full": (64, 32)}   # (default, ablation)
+STAGE0, SMOKE_STAGE0 = (64, 32), (16, 8)   # (default, Table 4's extra row)
 
 # Each framework's official optimisation, as its codebase's reference command for a ViT states it (Ye et al. train
 # the baselines "following the default hyper-parameters setting in their official released codebases" and state no
@@ -179,19 +181,6 @@ TABLE_PROTOCOL = {
 }
 
 
-def _datasets(smoke: bool) -> tuple:
-    if smoke:
-        # The Kather 2016 tiles are colorectal H&E without stain normalization: raw they stand in for CRC w/o norm,
-        # Macenko-normalized by the kit for CRC w/ norm. PanNuke and BreastPathQ are not in the smoke profile.
-        return (DatasetSpec("CRC-NONORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K-NONORM"),
-                DatasetSpec("CRC-NORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K", stain="macenko"))
-    return (DatasetSpec("VGH", "vgh_nki"),
-            DatasetSpec("CRC-NONORM", "nct_crc_he_100k_nonorm", test_dataset="crc_val_he_7k"),
-            DatasetSpec("CRC-NORM", "nct_crc_he_100k", test_dataset="crc_val_he_7k"),
-            DatasetSpec("PanNuke", "pannuke", split="official"),
-            DatasetSpec("BreastPathQ", "breastpathq", split="official", task="regression"))
-
-
 def _cypher_run(n_cls: int, n_local: int) -> str:
     return f"dino_cyphervit_cls{n_cls}_local{n_local}"
 
@@ -224,31 +213,71 @@ TABLE1_MODELS = ("Pretrained on ImageNet", "SimCLR", "MoCo", "iBOT", "DINO", "DI
 TABLE2_MODELS = ("Fully-supervised", "MoCo", "iBOT", "DINO", "DINO-CypherViT")
 
 
-def ssl_run(name: str, method: str, encoder: str, *, smoke: bool, dataset: str, n_local=None, n_cls=None,
+def ssl_run(name: str, method: str, encoder: str, *, dataset: str = "VGH", n_local=None, n_cls=None,
             stage0_cls=None) -> TrainSpec:
-    """One pretraining run with its framework's optimisation (smoke: 2 epochs, 1 warm-up, batch 16, 64 px, the same
-    optimizer, lr rule, weight decay and clipping); ``n_local`` None = the framework's own local crops (smoke: 2)."""
+    """One pretraining run with its framework's optimisation; ``n_local`` None = the framework's own local crops."""
     fw = FRAMEWORKS[method]
-    batch = 16 if smoke else FULL_BATCH
-    cfg = {}
     if method in ("dino", "ibot"):
-        cfg = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0) if smoke else {}
-        if n_local is None:
-            n_local = BEST[1] if smoke else fw["n_local"]
+        n_local = fw["n_local"] if n_local is None else n_local
     else:
         n_local = 0  # two views (MoCo v3, SimCLR) or one (MAE): no local crops
-    cfg.update(fw.get("method_cfg", {}))
     kwargs = {"num_final_cls": n_cls} if n_cls else {}
     if stage0_cls:
         kwargs["num_stage0_cls"] = stage0_cls
-    epochs, warmup = (2, 1) if smoke else (fw["epochs"], fw["warmup_epochs"])
-    size, local = (64, 32) if smoke else (224, 96)
-    return TrainSpec(name=name, method=method, encoder=encoder, dataset=dataset, init="random", epochs=epochs,
-                     batch_size=batch, optimizer=fw["optimizer"], lr=framework_lr(method, batch), min_lr=fw["min_lr"],
-                     weight_decay=fw["weight_decay"], weight_decay_end=fw.get("weight_decay_end"),
+    return TrainSpec(name=name, method=method, encoder=encoder, dataset=dataset, init="random", epochs=fw["epochs"],
+                     batch_size=FULL_BATCH, optimizer=fw["optimizer"], lr=framework_lr(method, FULL_BATCH),
+                     min_lr=fw["min_lr"], weight_decay=fw["weight_decay"], weight_decay_end=fw.get("weight_decay_end"),
                      grad_clip=fw.get("grad_clip"), grad_clip_mode=fw.get("grad_clip_mode", "global"),
-                     betas=fw.get("betas"), warmup_epochs=warmup, image_size=size, local_size=local, n_local=n_local,
-                     method_cfg=cfg, encoder_kwargs=kwargs)
+                     betas=fw.get("betas"), warmup_epochs=fw["warmup_epochs"], image_size=224, local_size=96,
+                     n_local=n_local, method_cfg=dict(fw.get("method_cfg", {})), encoder_kwargs=kwargs)
+
+
+def _cypher_model(name: str, run: str, n_cls: int, **kwargs) -> ModelSpec:
+    return ModelSpec(name, CYPHER, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls, **kwargs})
+
+
+def _grid_name(n_cls: int, n_local: int) -> str:
+    return "DINO-CypherViT" if (n_cls, n_local) == BEST else f"DINO-CypherViT [cls]={n_cls} local={n_local}"
+
+
+# Table 4: model -> its (num_cls, num_local_views) row
+GRID_ROWS = {_grid_name(c, v): {"num_cls": str(c), "num_local_views": str(v)} for c, v in GRID}
+
+
+def _sets(table: str, eval_sets: tuple) -> tuple:
+    """The table's datasets among ``eval_sets``, in the table's order, and their columns."""
+    keys = tuple(k for k in COLUMNS[table] if k in eval_sets)
+    return keys, {k: COLUMNS[table][k] for k in keys}
+
+
+def _evaluations(eval_sets: tuple) -> tuple:
+    t1_sets, t1_cols = _sets("table1", eval_sets)
+    t3_sets, t3_cols = _sets("table3", eval_sets)
+    return (
+        ClassificationProbes("table1", TABLE1_MODELS, t1_sets, columns=t1_cols),
+        LabelFraction("table2", TABLE2_MODELS, ("CRC-NORM",), fractions=FRACTIONS, epochs=100, lr=1e-4,
+                      batch_size=64, weight_decay=0.05, warmup_epochs=5),
+        ResplitKnn("table3", tuple(TABLE3_ROWS), t3_sets, columns=t3_cols, n_splits=5, test_fraction="original",
+                   rows={m: {"framework": f, "backbone": b} for m, (f, b) in TABLE3_ROWS.items()},
+                   compare=tuple((m, m + "-CypherViT") for m in ("SimCLR", "MoCo", "DINO"))),
+    )
+
+
+def _grid_probe(eval_sets: tuple) -> ClassificationProbes:
+    keys, columns = _sets("table4", eval_sets)
+    return ClassificationProbes("table4", tuple(GRID_ROWS), keys, columns=columns, knn_ks=(20,), rows=GRID_ROWS)
+
+
+def _stage0_parts(alt: int, eval_sets: tuple) -> tuple:
+    """The kit's own Table 4 row: ``alt`` stage-0 [cls] tokens (an assumption) at the paper's best setting — its
+    training run, model and probe."""
+    run = ssl_run(f"{_cypher_run(*BEST)}_stage0_{alt}", "dino", CYPHER, n_local=BEST[1], n_cls=BEST[0],
+                  stage0_cls=alt)
+    name = f"DINO-CypherViT [cls]={BEST[0]} local={BEST[1]} stage-0 [cls]={alt}"
+    rows = {name: {"num_cls": f"{BEST[0]} ({alt} at stage 0)", "num_local_views": str(BEST[1])}}
+    keys, columns = _sets("table4", eval_sets)
+    return (run, _cypher_model(name, run.name, BEST[0], num_stage0_cls=alt),
+            ClassificationProbes("table4", tuple(rows), keys, columns=columns, knn_ks=(20,), rows=rows))
 
 
 SMOKE_NOTE = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for CRC "
@@ -265,8 +294,9 @@ SMOKE_NOTE = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 til
               "the full profile; these notes are the smoke profile's deviations from it.")
 
 
-def _tables(smoke: bool, vit: str, cypher: str, stage0: int, stage0_alt: int) -> tuple:
-    """The four tables in the paper's layout, with their footnotes and protocol cards."""
+def _tables(backbones: str, stage0: int, stage0_alt: int, tokens_note: str = "") -> tuple:
+    """The four tables in the paper's layout, with their footnotes and protocol cards; ``backbones`` says Table 1's
+    encoders, ``tokens_note`` is added to Table 4's stage-0 footnote."""
     probes = ("Frozen features: DINO weighted k-NN (cosine, T = 0.07) top-1 accuracy in %, k chosen on a validation "
               "split (10 % of the training data) from DINO's 10 / 20 / 100 / 200 (those <= the training size); "
               "linear probe = multinomial logistic regression, C swept on the same validation split.",
@@ -278,11 +308,8 @@ def _tables(smoke: bool, vit: str, cypher: str, stage0: int, stage0_alt: int) ->
                   "ye2024_cyphervit_table1.csv", keys=("method",),
                   metrics=("crc_nonorm_knn", "crc_nonorm_linear", "crc_norm_knn", "crc_norm_linear", "pannuke_knn",
                            "breastpathq_mse", "breastpathq_tau"),
-                  footnotes=probes + ((f"All rows {vit} except DINO-CypherViT ({cypher}) and 'Pretrained on "
-                                       f"ImageNet' ({VIT}); " if smoke else
-                                       "All rows ViT-S/16 except DINO-CypherViT; ") +
-                                      "DINO-CypherViT uses 4 final [cls] tokens and 2 local views (the paper's best "
-                                      "setting, Table 4).",),
+                  footnotes=probes + (backbones + "DINO-CypherViT uses 4 final [cls] tokens and 2 local views (the "
+                                                  "paper's best setting, Table 4).",),
                   protocol=card["table1"],
                   section="Results, downstream tasks (patch-level tissue phenotyping), Table 1"),
         TableSpec("table2", "Table 2 — fine-tuning with 1-100 % of the CRC (w/ norm) labels",
@@ -317,86 +344,85 @@ def _tables(smoke: bool, vit: str, cypher: str, stage0: int, stage0_alt: int) ->
                              f"Every row has {stage0} stage-0 [cls] tokens (the paper gives no count; the kit's "
                              f"assumption, 64 in CypherViT-S as GroupViT's first stage) except the kit's extra row "
                              f"'{BEST[0]} ({stage0_alt} at stage 0)': {stage0_alt} stage-0 tokens at the paper's best "
-                             f"setting, since a 96 px local crop has 36 patches, fewer than 64 tokens."
-                             + (" Smoke: 32 px local crops (4 patches), cyphervit_smoke's 16 or 8 tokens." if smoke
-                                else ""),),
+                             f"setting, since a 96 px local crop has 36 patches, fewer than 64 tokens." + tokens_note,),
                   protocol=card["table4"],
                   section="Results, ablation studies ([cls] tokens x local views), Table 4"),
     )
 
 
-def build(profile: str) -> Recipe:
-    smoke = profile == "smoke"
-    size = 64 if smoke else 224
-    datasets = _datasets(smoke)
-    vit, cypher = (SMOKE_VIT, SMOKE_CYPHER) if smoke else (VIT, CYPHER)
+def full() -> Recipe:
+    datasets = (DatasetSpec("VGH", "vgh_nki"),
+                DatasetSpec("CRC-NONORM", "nct_crc_he_100k_nonorm", test_dataset="crc_val_he_7k"),
+                DatasetSpec("CRC-NORM", "nct_crc_he_100k", test_dataset="crc_val_he_7k"),
+                DatasetSpec("PanNuke", "pannuke", split="official"),
+                DatasetSpec("BreastPathQ", "breastpathq", split="official", task="regression"))
     eval_sets = tuple(d.key for d in datasets if d.key != "VGH")
-    stage0, stage0_alt = STAGE0[profile]
-    stage0_run = f"{_cypher_run(*BEST)}_stage0_{stage0_alt}"
-
-    def ssl(name, method, encoder, **kw):
-        return ssl_run(name, method, encoder, smoke=smoke, dataset="CRC-NONORM" if smoke else "VGH", **kw)
-
-    pretrain = [ssl(f"{m}_vit", m, vit) for m in ("dino", "ibot", "moco", "simclr", "mae")]
-    pretrain += [ssl(f"{m}_cyphervit", m, cypher, n_cls=BEST[0]) for m in ("moco", "simclr")]
-    pretrain += [ssl(_cypher_run(c, v), "dino", cypher, n_local=v, n_cls=c) for c, v in GRID]
-    pretrain.append(ssl(stage0_run, "dino", cypher, n_local=BEST[1], n_cls=BEST[0], stage0_cls=stage0_alt))
-
-    def cypher_model(name, run, n_cls, **kwargs):
-        return ModelSpec(name, cypher, f"train:{run}", encoder_kwargs={"num_final_cls": n_cls, **kwargs})
-
-    models = [
-        ModelSpec("Pretrained on ImageNet", VIT, "timm"),  # hub weights exist for ViT-S/16 only: full size here
-        ModelSpec("Fully-supervised", vit, "random", note=f"{vit} from scratch, labels only"),
-        ModelSpec("SimCLR", vit, "train:simclr_vit"),
-        ModelSpec("MoCo", vit, "train:moco_vit"),
-        ModelSpec("iBOT", vit, "train:ibot_vit"),
-        ModelSpec("DINO", vit, "train:dino_vit"),
-        ModelSpec("MAE", vit, "train:mae_vit"),
-        cypher_model("DINO-CypherViT", _cypher_run(*BEST), BEST[0]),
-        cypher_model("SimCLR-CypherViT", "simclr_cyphervit", BEST[0]),
-        cypher_model("MoCo-CypherViT", "moco_cyphervit", BEST[0]),
-    ]
-    grid_rows = {}   # Table 4: model -> its (num_cls, num_local_views) row
-    for c, v in GRID:
-        name = "DINO-CypherViT" if (c, v) == BEST else f"DINO-CypherViT [cls]={c} local={v}"
-        if (c, v) != BEST:
-            models.append(cypher_model(name, _cypher_run(c, v), c))
-        grid_rows[name] = {"num_cls": str(c), "num_local_views": str(v)}
-    stage0_model = f"DINO-CypherViT [cls]={BEST[0]} local={BEST[1]} stage-0 [cls]={stage0_alt}"
-    models.append(cypher_model(stage0_model, stage0_run, BEST[0], num_stage0_cls=stage0_alt))
-    stage0_rows = {stage0_model: {"num_cls": f"{BEST[0]} ({stage0_alt} at stage 0)", "num_local_views": str(BEST[1])}}
-
-    def sets(table):  # the table's datasets this profile has, in the table's order, and their columns
-        keys = tuple(k for k in COLUMNS[table] if k in eval_sets)
-        return keys, {k: COLUMNS[table][k] for k in keys}
-
-    t1_sets, t1_cols = sets("table1")
-    t3_sets, t3_cols = sets("table3")
-    t4_sets, t4_cols = sets("table4")
-    evaluations = (
-        ClassificationProbes("table1", TABLE1_MODELS, t1_sets, columns=t1_cols),
-        LabelFraction("table2", TABLE2_MODELS, ("CRC-NORM",), fractions=FRACTIONS, epochs=2 if smoke else 100,
-                      lr=1e-4, batch_size=16 if smoke else 64, weight_decay=0.05, warmup_epochs=0 if smoke else 5),
-        ResplitKnn("table3", tuple(TABLE3_ROWS), t3_sets, columns=t3_cols, n_splits=5, test_fraction="original",
-                   rows={m: {"framework": f, "backbone": b} for m, (f, b) in TABLE3_ROWS.items()},
-                   compare=tuple((m, m + "-CypherViT") for m in ("SimCLR", "MoCo", "DINO"))),
+    stage0_run, stage0_model, stage0_probe = _stage0_parts(STAGE0[1], eval_sets)
+    pretrain = tuple(ssl_run(f"{m}_vit", m, VIT) for m in ("dino", "ibot", "moco", "simclr", "mae"))
+    pretrain += tuple(ssl_run(f"{m}_cyphervit", m, CYPHER, n_cls=BEST[0]) for m in ("moco", "simclr"))
+    pretrain += tuple(ssl_run(_cypher_run(c, v), "dino", CYPHER, n_local=v, n_cls=c) for c, v in GRID)
+    pretrain += (stage0_run,)
+    models = (
+        ModelSpec("Pretrained on ImageNet", VIT, "timm"),  # hub weights exist for ViT-S/16 only: full size there
+        ModelSpec("Fully-supervised", VIT, "random", note=f"{VIT} from scratch, labels only"),
+        ModelSpec("SimCLR", VIT, "train:simclr_vit"),
+        ModelSpec("MoCo", VIT, "train:moco_vit"),
+        ModelSpec("iBOT", VIT, "train:ibot_vit"),
+        ModelSpec("DINO", VIT, "train:dino_vit"),
+        ModelSpec("MAE", VIT, "train:mae_vit"),
+        _cypher_model("DINO-CypherViT", _cypher_run(*BEST), BEST[0]),
+        _cypher_model("SimCLR-CypherViT", "simclr_cyphervit", BEST[0]),
+        _cypher_model("MoCo-CypherViT", "moco_cyphervit", BEST[0]),
     )
-    ablations = (
-        ClassificationProbes("table4", tuple(grid_rows), t4_sets, columns=t4_cols, knn_ks=(20,), rows=grid_rows),
-        # the kit's own row: the stage-0 token count (an assumption) at the paper's best setting
-        ClassificationProbes("table4", tuple(stage0_rows), t4_sets, columns=t4_cols, knn_ks=(20,),
-                             rows=stage0_rows),
-    )
-    tables = _tables(smoke, vit, cypher, stage0, stage0_alt)
+    models += tuple(_cypher_model(_grid_name(c, v), _cypher_run(c, v), c) for c, v in GRID if (c, v) != BEST)
+    models += (stage0_model,)
     figures = (
         UmapPanels("fig1_umap", models=TABLE1_MODELS, dataset="CRC-NORM",
                    title="UMAP of frozen features (CRC w/ norm), 15 neighbours, min_dist 0.1"),
         ClsAttention("fig2_cls_attention", model="DINO-CypherViT", dataset="CRC-NORM",
                      omit=("EMPTY", "DEBRIS", "BACK", "DEB", "MUC")),
     )
-    notes = (SMOKE_NOTE,) if smoke else ()
-    return Recipe(paper="cyphervit", title=TITLE, citation=CITATION, profile=profile, image_size=size,
-                  datasets=datasets, models=tuple(models), pretrain=tuple(pretrain), evaluations=evaluations,
-                  ablations=ablations, tables=tables, figures=figures, notes=notes,
-                  extraction_batch_size=64 if smoke else 256)
+    return Recipe(paper="cyphervit", title=TITLE, citation=CITATION, profile="full", image_size=224,
+                  datasets=datasets, models=models, pretrain=pretrain, evaluations=_evaluations(eval_sets),
+                  ablations=(_grid_probe(eval_sets), stage0_probe),
+                  tables=_tables("All rows ViT-S/16 except DINO-CypherViT; ", *STAGE0), figures=figures,
+                  extraction_batch_size=256)
+
+
+def smoke() -> Recipe:
+    """The full recipe on the bundled tiles: the Kather 2016 tiles are colorectal H&E without stain normalization,
+    raw they stand in for CRC w/o norm, Macenko-normalized by the kit for CRC w/ norm, and for the VGH/NKI
+    pretraining data (PanNuke and BreastPathQ are not in the smoke profile); the smoke variants of ViT and CypherViT,
+    each framework's optimisation at 64 px, 2 epochs (1 warm-up), batch 16 with its own lr rule."""
+    f, eval_sets = full(), ("CRC-NONORM", "CRC-NORM")
+    full_run, full_model, _ = _stage0_parts(STAGE0[1], eval_sets)
+    stage0_run, stage0_model, stage0_probe = _stage0_parts(SMOKE_STAGE0[1], eval_sets)
+    dino_head = dict(out_dim=4096, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0)
+
+    def scaled(t):
+        return replace(t, dataset="CRC-NONORM", epochs=2, warmup_epochs=1, batch_size=16,
+                       lr=framework_lr(t.method, 16), image_size=64, local_size=32,
+                       # DINO ViT and iBOT ViT: 2 local crops, not their codebases' 8 and 10 (a scale choice)
+                       n_local=BEST[1] if t.name in ("dino_vit", "ibot_vit") else t.n_local,
+                       method_cfg={**dino_head, **t.method_cfg} if t.method in ("dino", "ibot") else t.method_cfg)
+
+    def fully_supervised_note(m):
+        return replace(m, note=f"{SMOKE_VIT} from scratch, labels only") if m.name == "Fully-supervised" else m
+
+    return derive(
+        f, "smoke", encoders={VIT: SMOKE_VIT, CYPHER: SMOKE_CYPHER}, train=scaled,
+        datasets=(DatasetSpec("CRC-NONORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K-NONORM"),
+                  DatasetSpec("CRC-NORM", "kather2016_tiny", stand_in_for="NCT-CRC-HE-100K", stain="macenko")),
+        pretrain=tuple(t for t in f.pretrain if t != full_run) + (stage0_run,),
+        models=tuple(fully_supervised_note(m) for m in f.models if m != full_model) + (stage0_model,),
+        evaluations=tuple(replace(e, epochs=2, batch_size=16, warmup_epochs=0) if isinstance(e, LabelFraction)
+                          else e for e in _evaluations(eval_sets)),
+        ablations=(_grid_probe(eval_sets), stage0_probe),
+        tables=_tables(f"All rows {SMOKE_VIT} except DINO-CypherViT ({SMOKE_CYPHER}) and 'Pretrained on "
+                       f"ImageNet' ({VIT}); ", *SMOKE_STAGE0,
+                       " Smoke: 32 px local crops (4 patches), cyphervit_smoke's 16 or 8 tokens."),
+        image_size=64, extraction_batch_size=64, notes=(SMOKE_NOTE,))
+
+
+def build(profile: str) -> Recipe:
+    return {"full": full, "smoke": smoke}[profile]()

@@ -19,9 +19,11 @@ at 1e-4, and the notebook's natural file order for the public-code eta.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..evaluation.protocols import KimiaEta
 from ..viz.figures import GradCam, Projection, RetrievalGallery
-from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec
+from .recipe import DatasetSpec, ModelSpec, ProtocolPoint, Recipe, TableSpec, TrainSpec, derive
 
 PROFILES = ("smoke", "full")
 TITLE = "Nuñez-Fernández et al. 2025 — LGFFEM on Kimia Path24C"
@@ -30,6 +32,7 @@ CITATION = ("C. Nuñez-Fernández, H. Farias, M. Solar, \"Content-Based Histopat
 STRATEGIES = (("A", "IN-1K", "ImageNet"), ("B", "IN-1K + PanNuke", "PanNuke"),
               ("C", "IN-1K + PanNuke + Kimia", "Kimia"))
 STRATEGY_EPOCHS = {"A": 60, "B": 300, "C": 300}  # Sec. 4.1.3 (full profile; smoke trains 2)
+FINAL = "LGFFEM strategy C"   # the model of Table 2 and the figures
 # Each dataset's training augmentation as its ffnir script (models/lgffem_train.py): train_in1k.py, train_pannuke.py,
 # train_kimia.py. The smoke stand-in for Kimia takes Kimia's.
 AUGMENTATION = {"ImageNet": "ffnir_imagenet", "PanNuke": "ffnir_pannuke", "Kimia": "ffnir_kimia"}
@@ -95,55 +98,48 @@ def protocol_card(table: str, eta: str) -> tuple:
     return tuple(card)
 
 
-def build(profile: str) -> Recipe:
-    smoke = profile == "smoke"
-    size = 64 if smoke else 224
-    encoder = "lgffem_atto" if smoke else "lgffem_base"
-    if smoke:
-        # The bundled tiles stand in for Kimia Path24C: each tissue class plays the role of a scan.
-        datasets = (DatasetSpec("Kimia", "kather2016_tiny", stand_in_for="kimia_path24c"),)
-    else:
-        # Training reads the whole training set, no validation hold-out, as the ffnir scripts: ImageNet-1k's train
-        # split (torchvision ImageNet(split="train")), PanNuke fold 1 (PathML PanNukeDataModule(split=1) ->
-        # train_dataloader = fold 1; its validation loader is never used), Kimia Path24C's 22,591 official training
-        # patches (train_kimia.py reads <kimia>/train) - which are also the search gallery of the standard eta.
-        datasets = (DatasetSpec("ImageNet", "imagenet1k", split="none"),
-                    DatasetSpec("PanNuke", "pannuke", split="official", train_splits=("fold1",), val_fraction=0.0),
-                    DatasetSpec("Kimia", "kimia_path24c", split="official", val_fraction=0.0))
-    available = {d.key for d in datasets}
+def _evaluations(strategies) -> tuple:
+    """Tables 1 and 2 in both eta protocols; Table 1's rows are the ``strategies`` (letters) the profile trains."""
+    strategy_rows = {f"LGFFEM strategy {letter}": {"strategy": letter, "pretraining_data": data}
+                     for letter, data, _ in STRATEGIES if letter in strategies}
+    evaluations = ()
+    for protocol, suffix in (("standard", ""), ("public_code", "_public_code")):
+        evaluations += (
+            KimiaEta("table1" + suffix, tuple(strategy_rows), ("Kimia",), protocol=protocol, rows=strategy_rows),
+            KimiaEta("table2" + suffix, ("DenseNet 121", FINAL), ("Kimia",), protocol=protocol,
+                     rows={"DenseNet 121": {"method": "DenseNet 121"}, FINAL: {"method": "LGFFEM"}}),
+        )
+    return evaluations
+
+
+def _projection(**kw) -> Projection:
+    return Projection("fig7_projection", model=FINAL, dataset="Kimia", **kw)
+
+
+def full() -> Recipe:
+    # Training reads the whole training set, no validation hold-out, as the ffnir scripts: ImageNet-1k's train
+    # split (torchvision ImageNet(split="train")), PanNuke fold 1 (PathML PanNukeDataModule(split=1) ->
+    # train_dataloader = fold 1; its validation loader is never used), Kimia Path24C's 22,591 official training
+    # patches (train_kimia.py reads <kimia>/train) - which are also the search gallery of the standard eta.
+    datasets = (DatasetSpec("ImageNet", "imagenet1k", split="none"),
+                DatasetSpec("PanNuke", "pannuke", split="official", train_splits=("fold1",), val_fraction=0.0),
+                DatasetSpec("Kimia", "kimia_path24c", split="official", val_fraction=0.0))
 
     # Sub-center ArcFace with the paper's m = 17.2°, s = 64 (variant="public_code": the scripts' m = s = 17.5); the
     # scripts' 6 sub-centres and their own AdamW for the class centres at a constant 1e-4 (the paper states neither;
     # centres_optimizer="shared", sub_centers=3: the kit's earlier choice, the centres in the model's optimizer).
-    def arcface(name, dataset, init, epochs):
-        return TrainSpec(name=name, method="subcenter_arcface", encoder=encoder, dataset=dataset, init=init,
-                         epochs=2 if smoke else epochs, batch_size=16 if smoke else 64, lr=5e-3, min_lr=8e-5,
-                         weight_decay=1e-5, warmup_epochs=0, image_size=size,
-                         method_cfg=dict(variant="paper", sub_centers=6, centres_optimizer="separate",
-                                         centres_lr=1e-4, augmentation=AUGMENTATION[dataset]))
-
     # Each strategy continues from the previous one; the frozen backbone is timm's FCMAE ConvNeXt V2 throughout.
     # Sec. 4.1.3: "Strategy A used a batch size of 64 for 60 epochs, while strategies B and C ... for 300 epochs".
-    pretrain, previous = [], "timm"
+    pretrain, previous = (), "timm"
     for letter, _, dataset in STRATEGIES:
-        if dataset in available:
-            pretrain.append(arcface(f"lgffem_{letter}", dataset, previous, STRATEGY_EPOCHS[letter]))
-            previous = f"train:lgffem_{letter}"
-    trained = [t.name for t in pretrain]
-    models = [ModelSpec(f"LGFFEM strategy {letter}", encoder, f"train:lgffem_{letter}")
-              for letter, _, _ in STRATEGIES if f"lgffem_{letter}" in trained]
-    models.append(ModelSpec("DenseNet 121", "densenet121", "timm"))
-    models = tuple(models)
-    strategy_rows = {f"LGFFEM strategy {letter}": {"strategy": letter, "pretraining_data": data}
-                     for letter, data, _ in STRATEGIES if f"lgffem_{letter}" in trained}
-    final = "LGFFEM strategy C"
-    evaluations = []
-    for protocol, suffix in (("standard", ""), ("public_code", "_public_code")):
-        evaluations += [
-            KimiaEta("table1" + suffix, tuple(strategy_rows), ("Kimia",), protocol=protocol, rows=strategy_rows),
-            KimiaEta("table2" + suffix, ("DenseNet 121", final), ("Kimia",), protocol=protocol,
-                     rows={"DenseNet 121": {"method": "DenseNet 121"}, final: {"method": "LGFFEM"}}),
-        ]
+        pretrain += (TrainSpec(name=f"lgffem_{letter}", method="subcenter_arcface", encoder="lgffem_base",
+                               dataset=dataset, init=previous, epochs=STRATEGY_EPOCHS[letter], batch_size=64,
+                               lr=5e-3, min_lr=8e-5, weight_decay=1e-5, warmup_epochs=0, image_size=224,
+                               method_cfg=dict(variant="paper", sub_centers=6, centres_optimizer="separate",
+                                               centres_lr=1e-4, augmentation=AUGMENTATION[dataset])),)
+        previous = f"train:lgffem_{letter}"
+    models = tuple(ModelSpec(f"LGFFEM strategy {letter}", "lgffem_base", f"train:lgffem_{letter}")
+                   for letter, _, _ in STRATEGIES) + (ModelSpec("DenseNet 121", "densenet121", "timm"),)
     etas = ("eta_p", "eta_w", "eta_tot")
     standard = ("eta (%) in the Kimia standard protocol (Babaie et al. 2017; Shafiei et al. 2021): every test patch "
                 "queries the training patches through an exact FAISS L2 index; eta_p = correct top-1 scans / test "
@@ -157,40 +153,58 @@ def build(profile: str) -> Recipe:
                 "their own AdamW at 1e-4 (the public code's), neck and heads AdamW, cosine 5e-3 -> 8e-5; backbone "
                 "frozen.")
     no_code = "no public code exists, so the row shows the paper's numbers only; nothing of it was run here."
-    card_scope = (("The protocol card below describes the full profile; the smoke profile's deviations (data, "
-                   "backbone, image size, epochs) are in the notes.",) if smoke else ())
-    tables = []
+    tables = ()
     for suffix, eta, protocol_note in (("", "standard", standard), ("_public_code", "public_code", public)):
         label = "" if not suffix else " (public-code eta)"
         section_note = "" if not suffix else ", eta as the public ffnir code computes it"
-        tables += [
+        tables += (
             TableSpec("table1" + suffix, f"Table 1 — training strategies A / B / C{label}",
                       "nunez2025_lgffem_table1.csv", keys=("strategy", "pretraining_data"), metrics=etas,
-                      footnotes=(protocol_note, training) + card_scope, protocol=protocol_card("table1", eta),
+                      footnotes=(protocol_note, training), protocol=protocol_card("table1", eta),
                       section="Sec. 4.2.1 (metric evaluation), Table 1" + section_note),
             TableSpec("table2" + suffix, f"Table 2 — comparison with other methods{label}",
                       "nunez2025_lgffem_table2.csv", keys=("method",), metrics=etas,
                       footnotes=(protocol_note, "DenseNet 121: ImageNet features (timm), global average pooling, "
-                                                "same index and protocol.") + card_scope,
+                                                "same index and protocol."),
                       not_reproducible=(("MA + MS-loss", no_code),), protocol=protocol_card("table2", eta),
                       section="Sec. 4.2.1 (metric evaluation), Table 2" + section_note),
-        ]
+        )
     figures = (
-        RetrievalGallery("fig3_query", model=final, dataset="Kimia", k=5, n_queries=3),
-        GradCam("fig4_6_gradcam", model=final, dataset="Kimia", k=2),
-        Projection("fig7_projection", model=final, dataset="Kimia", split="all" if smoke else "test",
-                   legend_title="class (stand-in scan)" if smoke else "scan",
-                   title="UMAP of LGFFEM descriptors" + (" — all 100 bundled tiles" if smoke else
-                                                         " — Kimia Path24C test patches")),
+        RetrievalGallery("fig3_query", model=FINAL, dataset="Kimia", k=5, n_queries=3),
+        GradCam("fig4_6_gradcam", model=FINAL, dataset="Kimia", k=2),
+        _projection(split="test", legend_title="scan",
+                    title="UMAP of LGFFEM descriptors — Kimia Path24C test patches"),
     )
-    notes = ()
-    if smoke:
-        notes = ("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for Kimia "
-                 "Path24C, each tissue class playing a scan, random 80/10/10 split (test patches query the training "
-                 "patches); ConvNeXt V2-Atto instead of -Base as the frozen backbone (the neck and heads are the "
-                 "paper's: 3 layers at 512 channels, 2048-d); 64 px, 2 epochs, CPU. Strategies A and B need "
-                 "ImageNet-1k and PanNuke, which the smoke profile does not have: they are not run, and strategy C "
-                 "starts from untrained neck weights.",)
-    return Recipe(paper="lgffem", title=TITLE, citation=CITATION, profile=profile, image_size=size,
-                  datasets=datasets, models=models, pretrain=tuple(pretrain), evaluations=tuple(evaluations),
-                  tables=tuple(tables), figures=figures, notes=notes, extraction_batch_size=32 if smoke else 256)
+    return Recipe(paper="lgffem", title=TITLE, citation=CITATION, profile="full", image_size=224,
+                  datasets=datasets, models=models, pretrain=pretrain, evaluations=_evaluations("ABC"),
+                  tables=tables, figures=figures, extraction_batch_size=256)
+
+
+def smoke() -> Recipe:
+    """The full recipe on the bundled tiles, ConvNeXt V2-Atto, 64 px, 2 epochs. Strategies A and B need ImageNet-1k
+    and PanNuke, which the smoke profile does not have: they are not run, and C starts from the untrained neck."""
+    f = full()
+    return derive(
+        f, "smoke", encoders={"lgffem_base": "lgffem_atto"},
+        train=lambda t: replace(t, epochs=2, batch_size=16, image_size=64),
+        # each tissue class of the bundled tiles plays the role of a scan
+        datasets=(DatasetSpec("Kimia", "kather2016_tiny", stand_in_for="kimia_path24c"),),
+        pretrain=(replace(f.train_spec("lgffem_C"), init="timm"),),
+        models=(f.model(FINAL), f.model("DenseNet 121")),
+        evaluations=_evaluations("C"),
+        table=lambda t: replace(t, footnotes=t.footnotes + (
+            "The protocol card below describes the full profile; the smoke profile's deviations (data, backbone, "
+            "image size, epochs) are in the notes.",)),
+        figures=f.figures[:2] + (_projection(split="all", legend_title="class (stand-in scan)",
+                                             title="UMAP of LGFFEM descriptors — all 100 bundled tiles"),),
+        image_size=64, extraction_batch_size=32,
+        notes=("SMOKE PROFILE — not a reproduction: 100 bundled Kather 2016 tiles (CC BY 4.0) stand in for Kimia "
+               "Path24C, each tissue class playing a scan, random 80/10/10 split (test patches query the training "
+               "patches); ConvNeXt V2-Atto instead of -Base as the frozen backbone (the neck and heads are the "
+               "paper's: 3 layers at 512 channels, 2048-d); 64 px, 2 epochs, CPU. Strategies A and B need "
+               "ImageNet-1k and PanNuke, which the smoke profile does not have: they are not run, and strategy C "
+               "starts from untrained neck weights.",))
+
+
+def build(profile: str) -> Recipe:
+    return {"full": full, "smoke": smoke}[profile]()

@@ -1,12 +1,12 @@
 """A recipe is data: which datasets, which models, which training runs, which evaluations and which tables a paper
 reproduces, per profile. The stage notebooks are the same for every paper and do what the recipe lists.
 
-Profiles scale a recipe without changing its method: ``smoke`` = the bundled real tiles, small images, one or two
-epochs, CPU; ``full`` = the paper's datasets and hyper-parameters on a GPU.
+Profiles scale a recipe without changing its method: ``full`` = the paper's datasets and hyper-parameters on a GPU,
+written as data; ``smoke`` = :func:`derive` of it with the bundled real tiles, small images, one or two epochs, CPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -247,3 +247,23 @@ class Recipe:
                 raise ValueError(f"{self.paper}: figure {f!r} is not a figure part (histokit.viz.figures)")
             f.check(self)
         return self
+
+
+def derive(full: Recipe, profile: str, *, encoders: Optional[dict] = None, train=None, table=None,
+           **fields) -> Recipe:
+    """``full`` under another ``profile``, by explicit overrides: ``fields`` replace the Recipe's own (datasets,
+    notes, image_size, pretrain ...); then, over the result, ``encoders`` ({full name: smaller name}) renames the
+    encoder of every training run and of every model but a hub-weight (``timm``) row (hub weights fit the full-size
+    models only), ``train`` maps every TrainSpec and ``table`` every TableSpec."""
+    rename = dict(encoders or {})
+    same = lambda part: part   # noqa: E731
+    train, table = train or same, table or same
+
+    def renamed(part):
+        return replace(part, encoder=rename.get(part.encoder, part.encoder))
+
+    out = replace(full, profile=profile, **fields)
+    return replace(out, pretrain=tuple(train(renamed(t)) for t in out.pretrain),
+                   finetune=tuple(train(renamed(t)) for t in out.finetune),
+                   models=tuple(m if m.weights == "timm" else renamed(m) for m in out.models),
+                   tables=tuple(table(t) for t in out.tables))

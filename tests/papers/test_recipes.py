@@ -170,3 +170,22 @@ def test_a_figure_naming_an_unknown_model_fails_in_validate():
     recipe = get_recipe("cyphervit", "smoke")
     with pytest.raises(ValueError, match=r"figure 'fig1_umap' \(umap_panels\) names unknown model 'DINOv2'"):
         replace(recipe, figures=(UmapPanels("fig1_umap", models=("DINO", "DINOv2"), dataset="CRC-NORM"),)).validate()
+
+
+def test_derive_overrides_fields_then_renames_encoders_but_hub_rows_and_maps_every_run():
+    # the smoke profile is derive(full, ...): explicit fields first, then the encoder renames and the run / table maps
+    from dataclasses import replace
+
+    from histokit.papers.recipe import DatasetSpec, derive
+    full = get_recipe("esvit", "full")
+    tiles = (DatasetSpec("CRC", "kather2016_tiny"),)
+    out = derive(full, "smoke", encoders={"resnet50": "resnet26"}, datasets=tiles,
+                 pretrain=(replace(full.train_spec("esvit_pretrain"), dataset="CRC"),),
+                 finetune=tuple(t for t in full.finetune if t.dataset == "CRC"),
+                 train=lambda t: replace(t, epochs=2), table=lambda t: replace(t, footnotes=()))
+    assert (out.profile, out.datasets, full.profile) == ("smoke", tiles, "full")
+    assert {t.epochs for t in out.pretrain + out.finetune} == {2} and out.pretrain[0].dataset == "CRC"
+    assert out.train_spec("simclr_CRC").encoder == "resnet26"
+    assert out.model("SimCLR + k-NN").encoder == "resnet26"      # a trained row: the smaller variant
+    assert out.model("ResNet50 + k-NN").encoder == "resnet50"    # a hub-weight row: hub weights fit full size only
+    assert all(t.footnotes == () for t in out.tables) and [t.footnotes != () for t in full.tables] == [True] * 3
